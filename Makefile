@@ -1,0 +1,44 @@
+# One entry point for humans and CI. Every target builds .venv/ first from the pinned lock.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?= -m "not slow"
+
+.PHONY: venv test test-all lint demo protos lock clean
+
+venv: $(STAMP)
+
+# The lock is the complete, resolved closure: installing it with --no-deps reproduces the
+# environment exactly and side-steps the unsatisfiable published pins (requirements/README.md).
+$(STAMP): requirements/lock.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -r requirements/lock.txt
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+test: venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-all: venv
+	$(BIN)/python -m pytest
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy safepolicy training export server audit
+
+demo: venv
+	$(BIN)/safepolicy demo --workdir demo-output
+
+protos: venv
+	$(BIN)/python -m server.protogen
+
+# Re-resolve the lock from requirements/base.in (needs the registries).
+lock:
+	rm -rf /tmp/safepolicy-lock && $(PYTHON) -m venv /tmp/safepolicy-lock
+	/tmp/safepolicy-lock/bin/pip install -q -r requirements/base.in
+	/tmp/safepolicy-lock/bin/pip install -q --no-deps -r requirements/nodeps.in
+	/tmp/safepolicy-lock/bin/pip freeze --all | grep -v -E '^(pip|wheel)==' > requirements/lock.txt
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""safepolicy export."""

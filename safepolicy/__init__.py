@@ -1,0 +1,1 @@
+"""safepolicy: offline safe RL policies from dataset to production."""
