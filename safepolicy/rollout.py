@@ -99,7 +99,7 @@ class _ScheduledEpisodes(gym.Wrapper):  # type: ignore[misc]
                 terminated=bool(terminated),
                 cost_trace=trace,
             )
-        return observation, reward, terminated, truncated, info
+        return observation, float(reward), terminated, truncated, info
 
 
 def _env_factory(spec: TaskSpec, seeds: list[int], record_costs: bool) -> Callable[[], gym.Env]:
@@ -172,7 +172,8 @@ def rollout_episodes(
         bar = tqdm(total=episodes, desc=f"{spec.name} episodes", unit="ep")
     records: dict[int, EpisodeRecord] = {}
     try:
-        action_shape = (num_envs, *envs.single_action_space.shape)
+        action_space_shape: tuple[int, ...] = envs.single_action_space.shape or ()
+        action_shape = (num_envs, *action_space_shape)
         observations, _ = envs.reset()
         while len(records) < episodes:
             actions = np.asarray(policy(observations), dtype=np.float32)
