@@ -115,22 +115,24 @@ class SquashedGaussianActor(nn.Module):
         """A reparameterised action and its log-probability (tanh change of variables)."""
         mean, log_std = self.distribution(observations)
         pre_squash = mean + log_std.exp() * torch.randn_like(mean)
-        return self.scale(torch.tanh(pre_squash)), self._log_prob(pre_squash, mean, log_std)
+        return self.scale(torch.tanh(pre_squash)), squashed_gaussian_log_prob(pre_squash, mean, log_std)
 
     def log_prob(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Log-likelihood of (dataset) actions, used for behaviour cloning."""
         mean, log_std = self.distribution(observations)
         squashed = self.unscale(actions).clamp(-1 + 1e-6, 1 - 1e-6)
-        return self._log_prob(torch.atanh(squashed), mean, log_std)
+        return squashed_gaussian_log_prob(torch.atanh(squashed), mean, log_std)
 
-    def _log_prob(self, pre_squash: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor,
-                  ) -> torch.Tensor:
-        gaussian = -0.5 * (((pre_squash - mean) / log_std.exp()) ** 2) - log_std
-        gaussian = gaussian - 0.5 * math.log(2 * math.pi)
-        # log |d tanh(u) / du| = log(1 - tanh(u)^2), written stably; the affine scaling to the
-        # bounds adds a constant that does not affect any gradient, so it is left out.
-        jacobian = 2.0 * (math.log(2.0) - pre_squash - F.softplus(-2.0 * pre_squash))
-        return (gaussian - jacobian).sum(dim=-1)
+
+def squashed_gaussian_log_prob(pre_squash: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor,
+                               ) -> torch.Tensor:
+    """log pi(tanh(u)) for u ~ N(mean, exp(log_std)), summed over action dimensions."""
+    gaussian = -0.5 * (((pre_squash - mean) / log_std.exp()) ** 2) - log_std
+    gaussian = gaussian - 0.5 * math.log(2 * math.pi)
+    # log |d tanh(u) / du| = log(1 - tanh(u)^2), written stably; the affine scaling to the
+    # bounds adds a constant that does not affect any gradient, so it is left out.
+    jacobian = 2.0 * (math.log(2.0) - pre_squash - F.softplus(-2.0 * pre_squash))
+    return (gaussian - jacobian).sum(dim=-1)
 
 
 class DeterministicActor(nn.Module):
@@ -182,12 +184,13 @@ class CriticEnsemble(nn.Module):
 
 
 class ValueNetwork(nn.Module):
-    """V(s) for IQL-style expectile value learning."""
+    """V(s) heads for IQL-style expectile value learning: [batch, outputs]."""
 
-    def __init__(self, obs_dim: int, hidden_sizes: Sequence[int] = (256, 256)) -> None:
+    def __init__(self, obs_dim: int, outputs: int = 1, hidden_sizes: Sequence[int] = (256, 256),
+                 ) -> None:
         super().__init__()
         self.normalizer = ObservationNormalizer(obs_dim)
-        self.trunk = mlp(obs_dim, 1, hidden_sizes)
+        self.trunk = mlp(obs_dim, outputs, hidden_sizes)
 
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
-        return self.trunk(self.normalizer(observations)).squeeze(-1)
+        return self.trunk(self.normalizer(observations))

@@ -1,0 +1,78 @@
+"""What every algorithm shares: the training context, the Algorithm protocol, small helpers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from training.data import OfflineBuffer
+from training.networks import SquashedGaussianActor
+
+
+@dataclass
+class TrainingContext:
+    """The problem an algorithm is given: data, dimensions, budget, device and randomness."""
+
+    buffer: OfflineBuffer
+    obs_dim: int
+    action_dim: int
+    action_low: list[float]
+    action_high: list[float]
+    hidden_sizes: list[int]
+    gamma: float
+    batch_size: int
+    cost_limit: float
+    episode_length: int
+    total_steps: int
+    device: torch.device
+    generator: torch.Generator  # CPU generator: minibatch indices and noise, replayable
+    seed: int
+
+    def new_actor(self) -> SquashedGaussianActor:
+        """A squashed Gaussian actor with the dataset's observation statistics."""
+        actor = SquashedGaussianActor(self.obs_dim, self.action_dim, self.hidden_sizes,
+                                      self.action_low, self.action_high)
+        actor.normalizer.set_statistics(self.buffer.obs_mean.cpu(), self.buffer.obs_std.cpu())
+        return actor.to(self.device)
+
+
+class Algorithm(Protocol):
+    """One offline algorithm: ``step`` does one gradient update and returns its log values."""
+
+    actor: SquashedGaussianActor
+
+    def step(self) -> dict[str, float]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """Polyak averaging ``target <- (1 - tau) target + tau source`` (parameters only)."""
+    with torch.no_grad():
+        torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
+
+
+def per_step_budget(cost_limit: float, gamma: float, episode_length: int, mode: str) -> float:
+    """The cost budget per step b in the Lagrangian reward r - lambda * (c - b).
+
+    ``"paper"``: b = (1 - gamma) * kappa, so that the discounted sum of b over an infinite horizon
+    is kappa. ``"episode"``: b = kappa / T, the average per-step cost an episode of DSRL's length T
+    may incur; DSRL's limit is on the undiscounted episode cost, and the two agree only when
+    T = 1 / (1 - gamma).
+    """
+    if mode == "paper":
+        return (1.0 - gamma) * cost_limit
+    if mode == "episode":
+        return cost_limit / episode_length
+    raise ValueError(f"per_step_budget must be 'paper' or 'episode', got {mode!r}")
+
+
+def lagrangian_reward(rewards: torch.Tensor, costs: torch.Tensor, lagrange_multiplier: float,
+                      budget_per_step: float) -> torch.Tensor:
+    """O3SRL's modified reward r' = r - lambda * (c - b)."""
+    return rewards - lagrange_multiplier * (costs - budget_per_step)

@@ -1,0 +1,132 @@
+"""IQL (Kostrikov et al., 2022) as an offline RL oracle for the Lagrangian reward.
+
+Departures from the paper, and why:
+- As in the TD3+BC oracle, reward and cost are learned separately: Q_r with an upper expectile
+  value V_r (optimistic in-sample maximum of reward), Q_c with the lower expectile value V_c
+  (the in-sample minimum of cost). The Lagrangian advantage used by advantage-weighted
+  regression is A = (Q_r - V_r) - lambda * (Q_c - V_c). An expectile is not linear, so this is
+  an approximation of IQL on r' (exact when both signals' expectiles are taken at the same
+  actions); it lets lambda change every M steps without re-learning any value.
+- The policy is the squashed Gaussian actor; AWR fits its full log-likelihood.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+
+from training.algorithms.base import TrainingContext, per_step_budget, soft_update
+from training.config import IQLConfig
+from training.data import Batch
+from training.networks import CriticEnsemble, ValueNetwork
+
+
+def expectile_loss(differences: torch.Tensor, expectile: float) -> torch.Tensor:
+    """Asymmetric L2: |tau - 1(u < 0)| * u^2, averaged."""
+    weight = torch.where(differences > 0, expectile, 1.0 - expectile)
+    return (weight * differences.pow(2)).mean()
+
+
+def awr_weights(advantages: torch.Tensor, beta: float, max_weight: float) -> torch.Tensor:
+    """exp(beta * A), clipped so that a few large advantages cannot dominate."""
+    return torch.exp(beta * advantages).clamp(max=max_weight)
+
+
+class IQLOracle:
+    """IQL on r - lambda (c - b) with separate reward and cost values."""
+
+    def __init__(self, config: IQLConfig, context: TrainingContext, per_step_budget_mode: str,
+                 lagrange_multiplier: float = 0.0) -> None:
+        self.config = config
+        self.context = context
+        self.lagrange_multiplier = lagrange_multiplier
+        self.budget_per_step = per_step_budget(context.cost_limit, context.gamma,
+                                               context.episode_length, per_step_budget_mode)
+        stats = (context.buffer.obs_mean.cpu(), context.buffer.obs_std.cpu())
+        self.actor = context.new_actor()
+        self.critic = CriticEnsemble(context.obs_dim, context.action_dim,
+                                     2 * config.critics_per_signal, context.hidden_sizes)
+        self.value = ValueNetwork(context.obs_dim, 2, context.hidden_sizes)
+        self.critic.normalizer.set_statistics(*stats)
+        self.value.normalizer.set_statistics(*stats)
+        self.critic.to(context.device)
+        self.value.to(context.device)
+        self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
+        self.value_optimizer = torch.optim.Adam(self.value.parameters(), lr=config.critic_lr)
+
+    def step(self) -> dict[str, float]:
+        batch = self.context.buffer.sample(self.context.batch_size, self.context.generator)
+        return self.update(batch)
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        """Value, then Q, then policy, as in the IQL paper's Algorithm 1."""
+        config, s, gamma = self.config, self.config.critics_per_signal, self.context.gamma
+        with torch.no_grad():
+            target_q = self.target_critic(batch.observations, batch.actions)
+            reward_q = target_q[:s].min(dim=0).values
+            cost_q = target_q[s:].max(dim=0).values
+        values = self.value(batch.observations)
+        value_loss = (expectile_loss(reward_q - values[:, 0], config.expectile)
+                      + expectile_loss(cost_q - values[:, 1], 1.0 - config.expectile))
+        self.value_optimizer.zero_grad(set_to_none=True)
+        value_loss.backward()
+        self.value_optimizer.step()
+
+        with torch.no_grad():
+            next_values = self.value(batch.next_observations)
+            not_done = 1.0 - batch.dones
+            reward_target = batch.rewards + gamma * not_done * next_values[:, 0]
+            cost_target = batch.costs + gamma * not_done * next_values[:, 1]
+            targets = torch.cat([reward_target.expand(s, -1), cost_target.expand(s, -1)])
+        q_loss = (self.critic(batch.observations, batch.actions) - targets).pow(2).mean(1).sum()
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        q_loss.backward()
+        self.critic_optimizer.step()
+        soft_update(self.target_critic, self.critic, config.tau)
+
+        with torch.no_grad():
+            values = values.detach()
+            advantages = ((reward_q - values[:, 0])
+                          - self.lagrange_multiplier * (cost_q - values[:, 1]))
+            weights = awr_weights(advantages, config.beta, config.max_weight)
+        log_prob = self.actor.log_prob(batch.observations, self.actor.scale(batch.actions))
+        actor_loss = -(weights * log_prob).mean()
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor_optimizer.step()
+        return {"loss/value": value_loss.item(), "loss/critic": q_loss.item(),
+                "loss/actor": actor_loss.item()}
+
+    @torch.no_grad()
+    def value_estimates(self, observations: torch.Tensor) -> tuple[float, float]:
+        """Mean Q_r(s, pi(s)) and Q_c(s, pi(s)) at the policy's deterministic actions."""
+        actions = torch.tanh(self.actor.distribution(observations)[0])
+        q = self.critic(observations, actions)
+        s = self.config.critics_per_signal
+        return q[:s].mean().item(), q[s:].mean().item()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            "value": self.value.state_dict(),
+            "target_critic": self.target_critic.state_dict(),
+            "actor_optimizer": self.actor_optimizer.state_dict(),
+            "critic_optimizer": self.critic_optimizer.state_dict(),
+            "value_optimizer": self.value_optimizer.state_dict(),
+            "lagrange_multiplier": self.lagrange_multiplier,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.value.load_state_dict(state["value"])
+        self.target_critic.load_state_dict(state["target_critic"])
+        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self.value_optimizer.load_state_dict(state["value_optimizer"])
+        self.lagrange_multiplier = float(state["lagrange_multiplier"])

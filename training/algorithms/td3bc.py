@@ -1,0 +1,161 @@
+"""TD3+BC (Fujimoto & Gu, 2021) as an offline RL oracle for the Lagrangian reward.
+
+The oracle maximises the value of r' = r - lambda * (c - b) for whatever lambda it is given
+(O3SRL changes lambda every M steps; TD3+BC-Lag keeps one).
+
+Departures from the paper, and why:
+- Reward and cost critics are learned separately and combined linearly,
+  Q_{r'} = Q_r - lambda * (Q_c - b / (1 - gamma)). For a fixed policy the Bellman operator is
+  linear in the reward, so this is the same fixed point as a critic of r'; but when lambda jumps
+  between arms the critics need not re-learn, and O3SRL's value estimate of the cost comes for
+  free. Targets use the minimum of the reward critics and the maximum of the cost critics
+  (clipped double Q, pessimistic for both signals).
+- All 2 x ``critics_per_signal`` critics are one batched ensemble (one matmul per layer).
+- The actor is the project's squashed Gaussian actor: TD3+BC trains its deterministic path
+  tanh(mean); its log-std head is fitted by maximum likelihood to the dataset actions with the
+  mean detached, so the exported stochastic policy has a calibrated spread without changing
+  the TD3+BC objective.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from training.algorithms.base import (
+    TrainingContext,
+    per_step_budget,
+    soft_update,
+)
+from training.config import TD3BCConfig
+from training.data import Batch
+from training.networks import CriticEnsemble, SquashedGaussianActor, squashed_gaussian_log_prob
+
+
+def critic_targets(batch: Batch, next_q: torch.Tensor, critics_per_signal: int, gamma: float,
+                   ) -> torch.Tensor:
+    """TD targets for the stacked [reward critics; cost critics], shape [2S, batch]."""
+    next_reward_value = next_q[:critics_per_signal].min(dim=0).values
+    next_cost_value = next_q[critics_per_signal:].max(dim=0).values
+    not_done = 1.0 - batch.dones
+    reward_target = batch.rewards + gamma * not_done * next_reward_value
+    cost_target = batch.costs + gamma * not_done * next_cost_value
+    return torch.cat([reward_target.expand(critics_per_signal, -1),
+                      cost_target.expand(critics_per_signal, -1)])
+
+
+def critic_loss(q_values: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean squared TD error, summed over the ensemble members."""
+    return (q_values - targets).pow(2).mean(dim=1).sum()
+
+
+def td3bc_actor_loss(lagrangian_q: torch.Tensor, policy_actions: torch.Tensor,
+                     dataset_actions: torch.Tensor, alpha: float) -> torch.Tensor:
+    """-lambda_bc * Q(s, pi(s)) + (pi(s) - a)^2 with lambda_bc = alpha / mean |Q|."""
+    q_weight = alpha / lagrangian_q.abs().mean().detach().clamp(min=1e-6)
+    return -q_weight * lagrangian_q.mean() + F.mse_loss(policy_actions, dataset_actions)
+
+
+def log_std_loss(actor: SquashedGaussianActor, observations: torch.Tensor,
+                 unit_actions: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood of dataset actions through the log-std head only."""
+    mean, log_std = actor.distribution(observations)
+    pre_squash = torch.atanh(unit_actions.clamp(-1 + 1e-6, 1 - 1e-6))
+    return -squashed_gaussian_log_prob(pre_squash, mean.detach(), log_std).mean()
+
+
+class TD3BCOracle:
+    """TD3+BC on r - lambda (c - b); ``lagrange_multiplier`` may change between steps."""
+
+    def __init__(self, config: TD3BCConfig, context: TrainingContext, per_step_budget_mode: str,
+                 lagrange_multiplier: float = 0.0) -> None:
+        self.config = config
+        self.context = context
+        self.lagrange_multiplier = lagrange_multiplier
+        self.budget_per_step = per_step_budget(context.cost_limit, context.gamma,
+                                               context.episode_length, per_step_budget_mode)
+        self.actor = context.new_actor()
+        self.critic = CriticEnsemble(context.obs_dim, context.action_dim,
+                                     2 * config.critics_per_signal, context.hidden_sizes)
+        self.critic.normalizer.set_statistics(context.buffer.obs_mean.cpu(),
+                                              context.buffer.obs_std.cpu())
+        self.critic.to(context.device)
+        self.target_actor = copy.deepcopy(self.actor).requires_grad_(False)
+        self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
+        self.updates = 0
+
+    def unit_action(self, actor: SquashedGaussianActor, observations: torch.Tensor) -> torch.Tensor:
+        """The deterministic action in [-1, 1] (critics work in these units)."""
+        return torch.tanh(actor.distribution(observations)[0])
+
+    def step(self) -> dict[str, float]:
+        """One TD3+BC update on a fresh minibatch."""
+        batch = self.context.buffer.sample(self.context.batch_size, self.context.generator)
+        return self.update(batch)
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        """Critic update every call; actor, log-std and targets every ``policy_delay`` calls."""
+        config, s = self.config, self.config.critics_per_signal
+        logs: dict[str, float] = {}
+        with torch.no_grad():
+            noise = torch.randn(batch.actions.shape, generator=self.context.generator)
+            noise = (noise.to(batch.actions.device) * config.policy_noise).clamp(
+                -config.noise_clip, config.noise_clip)
+            next_actions = (self.unit_action(self.target_actor, batch.next_observations)
+                            + noise).clamp(-1.0, 1.0)
+            next_q = self.target_critic(batch.next_observations, next_actions)
+            targets = critic_targets(batch, next_q, s, self.context.gamma)
+        loss = critic_loss(self.critic(batch.observations, batch.actions), targets)
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.critic_optimizer.step()
+        logs["loss/critic"] = loss.item()
+
+        self.updates += 1
+        if self.updates % config.policy_delay == 0:
+            policy_actions = self.unit_action(self.actor, batch.observations)
+            q = self.critic(batch.observations, policy_actions)
+            lagrangian_q = q[0] - self.lagrange_multiplier * q[s]
+            actor_loss = td3bc_actor_loss(lagrangian_q, policy_actions, batch.actions, config.alpha)
+            actor_loss = actor_loss + log_std_loss(self.actor, batch.observations, batch.actions)
+            self.actor_optimizer.zero_grad(set_to_none=True)
+            actor_loss.backward()
+            self.actor_optimizer.step()
+            soft_update(self.target_critic, self.critic, config.tau)
+            soft_update(self.target_actor, self.actor, config.tau)
+            logs["loss/actor"] = actor_loss.item()
+        return logs
+
+    @torch.no_grad()
+    def value_estimates(self, observations: torch.Tensor) -> tuple[float, float]:
+        """Mean reward and cost values Q_r(s, pi(s)), Q_c(s, pi(s)) over ``observations``."""
+        q = self.critic(observations, self.unit_action(self.actor, observations))
+        s = self.config.critics_per_signal
+        return q[:s].mean().item(), q[s:].mean().item()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            "target_actor": self.target_actor.state_dict(),
+            "target_critic": self.target_critic.state_dict(),
+            "actor_optimizer": self.actor_optimizer.state_dict(),
+            "critic_optimizer": self.critic_optimizer.state_dict(),
+            "updates": self.updates,
+            "lagrange_multiplier": self.lagrange_multiplier,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.target_actor.load_state_dict(state["target_actor"])
+        self.target_critic.load_state_dict(state["target_critic"])
+        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self.updates = int(state["updates"])
+        self.lagrange_multiplier = float(state["lagrange_multiplier"])
