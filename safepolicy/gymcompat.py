@@ -17,7 +17,7 @@ import dataclasses
 import importlib
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
 
@@ -31,7 +31,12 @@ def _array_defaults_to_factories(cls: type) -> None:
     for name in getattr(cls, "__annotations__", {}):
         value = cls.__dict__.get(name)
         if isinstance(value, np.ndarray):
-            setattr(cls, name, dataclasses.field(default_factory=lambda v=value: v.copy()))
+            setattr(cls, name, dataclasses.field(default_factory=_copier(value)))
+
+
+def _copier(value: np.ndarray) -> Callable[[], np.ndarray]:
+    """A default factory that gives every instance its own copy of ``value``."""
+    return lambda: value.copy()
 
 
 @contextlib.contextmanager

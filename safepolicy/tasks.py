@@ -130,6 +130,8 @@ class Float32Observation(gym.ObservationWrapper):  # type: ignore[misc]
     def __init__(self, env: gym.Env) -> None:
         super().__init__(env)
         space = env.observation_space
+        if not isinstance(space, gym.spaces.Box):
+            raise TypeError(f"expected a Box observation space, got {space}")
         self.observation_space = gym.spaces.Box(
             low=space.low.astype(np.float32),
             high=space.high.astype(np.float32),
@@ -139,6 +141,19 @@ class Float32Observation(gym.ObservationWrapper):  # type: ignore[misc]
 
     def observation(self, observation: np.ndarray) -> np.ndarray:
         return np.asarray(observation, dtype=np.float32)
+
+
+class SeedGlobalNumpyOnReset(gym.Wrapper):  # type: ignore[misc]
+    """Make ``reset(seed=...)`` reproducible for Bullet-Safety-Gym.
+
+    Its environments ignore the ``seed`` argument and draw initial positions and joint angles
+    from numpy's global generator, so the seed is applied there (this reseeds the global RNG).
+    """
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+        if seed is not None:
+            np.random.seed(seed)
+        return self.env.reset(seed=seed, options=options)
 
 
 class CostAsFloat(gym.Wrapper):  # type: ignore[misc]
@@ -157,6 +172,7 @@ def make_env(task: str | TaskSpec, **kwargs: Any) -> gym.Env:
         import bullet_safety_gym  # noqa: F401  (registers the Safety*-v0 ids)
 
         env = gym.make(spec.env_id, max_episode_steps=spec.max_episode_steps, **kwargs)
+        env = SeedGlobalNumpyOnReset(env)
     else:
         from safepolicy.gymcompat import import_safety_gymnasium
 

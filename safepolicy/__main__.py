@@ -1,0 +1,7 @@
+"""``python -m safepolicy``: the same dispatcher as the ``safepolicy`` console script."""
+
+import sys
+
+from safepolicy.cli import main
+
+sys.exit(main())

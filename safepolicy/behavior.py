@@ -1,0 +1,380 @@
+"""Behaviour policies that stand in for DSRL's trained agents when collecting datasets.
+
+DSRL's datasets hold trajectories from agents trained at many cost limits, so they span
+cheap-and-safe to rewarding-and-unsafe. We have no trained agents, so we get that spread from
+scripted controllers whose every episode draws an :class:`EpisodeStyle`:
+
+- ``effort`` (0..1): how hard the controller chases reward while it respects the constraint
+  (target speed, throttle).
+- ``aggressiveness`` (0..1): the fraction of the episode spent in *aggressive windows*, a few
+  stretches of steps during which the controller ignores the constraint and chases reward
+  (runs past the speed limit, leaves the safe band, drives through hazards). Episode cost
+  therefore grows roughly in proportion to it, and reward with it.
+- ``noise``: the standard deviation of Gaussian noise added to every action.
+
+A behaviour *mix* (``"scripted=0.6,cautious=0.3,random=0.1"``) says how often each kind of
+episode occurs: ``scripted`` draws all three uniformly, ``cautious`` never opens an aggressive
+window, ``random`` plays temporally correlated random actions. Tasks without a scripted
+controller fall back to random actions for every kind.
+
+The scripted controllers read the observation layouts of the installed gyms:
+Bullet-Safety-Gym's Ball (``0.1 x, 0.1 y, 0.2 vx, 0.2 vy, ...``) and RaceCar
+(``0.1 x, 0.1 y, vx, vy, sin yaw, cos yaw, ...``) agents on the Run and Circle tasks, and
+Safety-Gymnasium's Point and Car robots on the Goal and Button tasks through their lidars.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from safepolicy.tasks import TaskSpec
+
+BEHAVIOR_KINDS = ("scripted", "cautious", "random")
+DEFAULT_BEHAVIOR = "scripted=0.65,cautious=0.3,random=0.05"
+
+
+class BehaviorError(ValueError):
+    """A behaviour mix that cannot be parsed."""
+
+
+@dataclass(frozen=True)
+class EpisodeStyle:
+    """How one episode is played (see the module docstring)."""
+
+    kind: str
+    effort: float
+    aggressiveness: float
+    noise: float
+
+
+def parse_behavior_mix(text: str) -> dict[str, float]:
+    """Parse ``"scripted=0.6,cautious=0.3,random=0.1"`` (or one bare kind) into weights that sum
+    to 1; raises BehaviorError naming the bad part."""
+    weights: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition("=")
+        name = name.strip()
+        if name not in BEHAVIOR_KINDS:
+            raise BehaviorError(
+                f"unknown behaviour {name!r} in {text!r}; use a mix of "
+                f"{', '.join(BEHAVIOR_KINDS)} such as {DEFAULT_BEHAVIOR!r}"
+            )
+        try:
+            weight = float(value) if value else 1.0
+        except ValueError as error:
+            raise BehaviorError(f"weight {value!r} of {name!r} is not a number") from error
+        if not math.isfinite(weight) or weight < 0:
+            raise BehaviorError(f"weight of {name!r} must be a non-negative number, got {value!r}")
+        weights[name] = weights.get(name, 0.0) + weight
+    total = sum(weights.values())
+    if total <= 0:
+        raise BehaviorError(
+            f"behaviour mix {text!r} has no positive weight; e.g. {DEFAULT_BEHAVIOR!r}"
+        )
+    return {name: weight / total for name, weight in weights.items()}
+
+
+def aggressive_windows(rng: np.random.Generator, steps: int, aggressiveness: float) -> np.ndarray:
+    """Mask over ``steps``: about ``aggressiveness * steps`` True steps in 1-3 stretches."""
+    mask = np.zeros(steps, dtype=bool)
+    total = round(aggressiveness * steps)
+    if total <= 0:
+        return mask
+    pieces = int(rng.integers(1, 4))
+    lengths = np.diff(np.sort(np.concatenate([[0, total], rng.integers(0, total + 1, pieces - 1)])))
+    for length in lengths:
+        if length > 0:
+            start = int(rng.integers(0, steps - length + 1))
+            mask[start : start + length] = True
+    return mask
+
+
+def _wrap_angle(angle: float) -> float:
+    return (angle + math.pi) % (2 * math.pi) - math.pi
+
+
+class Controller(ABC):
+    """A closed-loop policy for one task whose behaviour is set per episode by a style."""
+
+    def __init__(self, spec: TaskSpec, action_space: gym.spaces.Box) -> None:
+        self.spec = spec
+        self.action_space = action_space
+        self.style = EpisodeStyle("cautious", 1.0, 0.0, 0.0)
+        self.aggressive = np.zeros(spec.max_episode_steps, dtype=bool)
+
+    def begin_episode(self, style: EpisodeStyle, rng: np.random.Generator) -> None:
+        """Start an episode played in ``style``; draws its aggressive windows."""
+        self.style = style
+        self.aggressive = aggressive_windows(rng, self.spec.max_episode_steps, style.aggressiveness)
+
+    def is_aggressive(self, step: int) -> bool:
+        return bool(step < self.aggressive.size and self.aggressive[step])
+
+    @abstractmethod
+    def act(self, observation: np.ndarray, step: int, rng: np.random.Generator) -> np.ndarray:
+        """The action for ``observation`` at ``step`` of the episode (before noise and clipping)."""
+
+
+class RandomController(Controller):
+    """Temporally correlated random actions (Ornstein-Uhlenbeck) of a per-episode scale."""
+
+    def begin_episode(self, style: EpisodeStyle, rng: np.random.Generator) -> None:
+        super().begin_episode(style, rng)
+        self._state = np.zeros(self.action_space.shape, dtype=np.float64)
+        self._scale = 0.2 + 0.8 * style.effort
+
+    def act(self, observation: np.ndarray, step: int, rng: np.random.Generator) -> np.ndarray:
+        theta = 0.15
+        self._state += -theta * self._state + 0.6 * rng.standard_normal(self._state.shape)
+        return self._scale * np.tanh(self._state)
+
+
+# Bullet-Safety-Gym constants (bullet_safety_gym/envs/agents.py and tasks.py).
+_BULLET_VELOCITY_LIMIT = {"Ball": 2.5, "Car": 1.5}
+_CIRCLE_RADIUS = 7.0  # CircleTask's CircleZone radius; reward peaks on it
+_CIRCLE_X_LIMIT = 6.0  # CircleTask charges cost for |x| > 6
+_RUN_Y_LIMIT = 2.0  # RunTask charges cost for |y| > 2
+
+
+def _bullet_agent(spec: TaskSpec) -> str:
+    return "Ball" if spec.name.startswith("Ball") else "Car"
+
+
+def _planar_state(agent: str, observation: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Position, velocity and heading of a Ball or RaceCar from its observation."""
+    position = 10.0 * observation[0:2].astype(np.float64)
+    if agent == "Ball":
+        velocity = 5.0 * observation[2:4].astype(np.float64)
+        heading = math.atan2(velocity[1], velocity[0])
+    else:
+        velocity = observation[2:4].astype(np.float64)
+        heading = math.atan2(float(observation[4]), float(observation[5]))
+    return position, velocity, heading
+
+
+class _PlanarTracker(Controller):
+    """Drive a Ball (world-frame force) or a RaceCar (throttle, steering) at a target point."""
+
+    def __init__(self, spec: TaskSpec, action_space: gym.spaces.Box) -> None:
+        super().__init__(spec, action_space)
+        self.agent = _bullet_agent(spec)
+
+    def drive(
+        self,
+        observation: np.ndarray,
+        target: np.ndarray,
+        speed: float,
+        turn_around: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Action that heads for ``target`` at ``speed``; a car facing away from the target
+        turns on the side of ``turn_around`` (its turning circle is wide)."""
+        position, velocity, heading = _planar_state(self.agent, observation)
+        offset = target - position
+        direction = offset / max(float(np.linalg.norm(offset)), 1e-6)
+        if self.agent == "Ball":
+            return 1.5 * (speed * direction - velocity)
+        bearing = _wrap_angle(math.atan2(direction[1], direction[0]) - heading)
+        if turn_around is not None and abs(bearing) > math.pi / 2:
+            to_center = turn_around - position
+            side = math.cos(heading) * to_center[1] - math.sin(heading) * to_center[0]
+            bearing = math.copysign(abs(bearing), side)
+        forward = float(np.dot(velocity, [math.cos(heading), math.sin(heading)]))
+        # steering > 0 turns left; the RaceCar reaches about 2.6 m/s at full throttle
+        throttle = speed / 2.6 + 0.8 * (speed - forward)
+        return np.array([throttle, 2.0 * bearing])
+
+
+class RunController(_PlanarTracker):
+    """Bullet Run tasks: run along +x in the lane; the speed limit is the constraint.
+
+    Outside aggressive windows it holds ``effort`` times just under the velocity limit; inside,
+    it runs at a burst speed well above it (reward grows with distance covered).
+    """
+
+    def begin_episode(self, style: EpisodeStyle, rng: np.random.Generator) -> None:
+        super().begin_episode(style, rng)
+        limit = _BULLET_VELOCITY_LIMIT[self.agent]
+        self.safe_speed = limit * (0.3 + 0.66 * style.effort)
+        self.burst_speed = limit * float(rng.uniform(1.2, 3.6 if self.agent == "Ball" else 1.8))
+
+    def act(self, observation: np.ndarray, step: int, rng: np.random.Generator) -> np.ndarray:
+        position, _, _ = _planar_state(self.agent, observation)
+        speed = self.burst_speed if self.is_aggressive(step) else self.safe_speed
+        lookahead = max(2.0 * speed, 1.5)
+        target = np.array([position[0] + lookahead, 0.0])
+        return self.drive(observation, target, speed)
+
+
+class CircleController(_PlanarTracker):
+    """Bullet Circle tasks: circle clockwise on the reward circle (radius 7) with pure pursuit.
+
+    The circle crosses the cost boundary |x| = 6, so outside aggressive windows the path is the
+    circle with its sides flattened to |x| <= 6 - margin; inside, the whole circle.
+    """
+
+    def begin_episode(self, style: EpisodeStyle, rng: np.random.Generator) -> None:
+        super().begin_episode(style, rng)
+        self.margin = float(rng.uniform(0.4, 1.2))
+        top_speed = 2.5 if self.agent == "Car" else 4.0
+        self.speed = top_speed * (0.35 + 0.65 * style.effort)
+        self.lookahead = 3.0 if self.agent == "Car" else max(1.2 * self.speed, 1.5)
+
+    def act(self, observation: np.ndarray, step: int, rng: np.random.Generator) -> np.ndarray:
+        position, velocity, _ = _planar_state(self.agent, observation)
+        bound = math.inf if self.is_aggressive(step) else _CIRCLE_X_LIMIT - self.margin
+        if self.agent == "Ball":
+            # a velocity field: clockwise along the circle, pulled onto it, held inside the bound
+            distance = max(float(np.linalg.norm(position)), 1e-6)
+            radial = position / distance
+            tangent = np.array([radial[1], -radial[0]])
+            wanted = self.speed * tangent + (_CIRCLE_RADIUS - distance) * radial
+            low, high = -2.0 * (bound + position[0]), 2.0 * (bound - position[0])
+            wanted[0] = float(np.clip(wanted[0], low, high))
+            return 1.5 * (wanted - velocity)
+        # pure pursuit of a point a lookahead ahead (clockwise); the car cuts inside the path, so
+        # its path is a little wider than the reward circle
+        radius = _CIRCLE_RADIUS + (0.4 if self.agent == "Car" else 0.0)
+        angle = math.atan2(position[1], position[0]) - self.lookahead / radius
+        target = radius * np.array([math.cos(angle), math.sin(angle)])
+        target[0] = float(np.clip(target[0], -bound, bound))
+        return self.drive(observation, target, self.speed, turn_around=np.zeros(2))
+
+
+class GoalController(Controller):
+    """Safety-Gymnasium Goal and Button tasks: steer at the goal seen by the goal lidar.
+
+    Outside aggressive windows it also steers away from what the hazard lidars see, more firmly
+    the lower its effort; inside, it heads straight for the goal.
+    """
+
+    _HAZARD_LIDARS = ("hazards_lidar", "vases_lidar", "pillars_lidar", "gremlins_lidar")
+
+    def __init__(
+        self, spec: TaskSpec, action_space: gym.spaces.Box, layout: dict[str, slice]
+    ) -> None:
+        super().__init__(spec, action_space)
+        self.layout = layout
+        self.robot = "Point" if spec.name.startswith("Point") else "Car"
+        bins = layout["goal_lidar"].stop - layout["goal_lidar"].start
+        self._front = (np.cos((np.arange(bins) + 0.5) * 2 * math.pi / bins) > 0).astype(np.float64)
+
+    def begin_episode(self, style: EpisodeStyle, rng: np.random.Generator) -> None:
+        super().begin_episode(style, rng)
+        self.throttle = 0.4 + 0.6 * style.effort
+        self.avoidance = 2.0 - style.effort
+
+    @staticmethod
+    def _lidar_vector(lidar: np.ndarray) -> np.ndarray:
+        """Sum of bin directions weighted by closeness (bins start at the robot's forward axis)."""
+        angles = (np.arange(lidar.size) + 0.5) * 2 * math.pi / lidar.size
+        return np.array([np.dot(lidar, np.cos(angles)), np.dot(lidar, np.sin(angles))])
+
+    def act(self, observation: np.ndarray, step: int, rng: np.random.Generator) -> np.ndarray:
+        goal = self._lidar_vector(observation[self.layout["goal_lidar"]])
+        steer = goal / max(float(np.linalg.norm(goal)), 1e-6)
+        if not self.is_aggressive(step):
+            for name in self._HAZARD_LIDARS:
+                if name in self.layout:
+                    # only near things ahead matter: steer sideways around them
+                    lidar = np.clip(observation[self.layout[name]] - 0.6, 0.0, None) / 0.4
+                    repulsion = self._lidar_vector(lidar * self._front)
+                    steer = steer - self.avoidance * repulsion
+        bearing = math.atan2(steer[1], steer[0])
+        forward = self.throttle * max(math.cos(bearing), 0.0)
+        turn = float(np.clip(2.0 * bearing, -1.0, 1.0))
+        if self.robot == "Point":
+            return np.array([forward, turn])
+        return np.array([forward - 0.5 * turn, forward + 0.5 * turn])
+
+
+def _safety_gymnasium_layout(env: gym.Env) -> dict[str, slice] | None:
+    """Slices of the named observation parts of a Safety-Gymnasium builder env, if it has them."""
+    task = getattr(env.unwrapped, "task", None)
+    obs_info = getattr(task, "obs_info", None)
+    space = getattr(obs_info, "obs_space_dict", None)
+    if space is None:
+        return None
+    layout: dict[str, slice] = {}
+    offset = 0
+    for name, part in space.items():
+        size = int(np.prod(part.shape))
+        layout[name] = slice(offset, offset + size)
+        offset += size
+    return layout
+
+
+def _box(env: gym.Env) -> gym.spaces.Box:
+    space = env.action_space
+    if not isinstance(space, gym.spaces.Box):
+        raise BehaviorError(f"behaviour policies need a continuous (Box) action space, got {space}")
+    return space
+
+
+def make_controller(spec: TaskSpec, env: gym.Env) -> Controller | None:
+    """The scripted controller for ``spec``, or None when the task has none."""
+    space = _box(env)
+    if spec.family == "bullet" and spec.name.startswith(("Ball", "Car")):
+        if spec.name.endswith("Run"):
+            return RunController(spec, space)
+        return CircleController(spec, space)
+    if spec.family == "safety_gymnasium" and ("Goal" in spec.name or "Button" in spec.name):
+        layout = _safety_gymnasium_layout(env)
+        if layout is not None and "goal_lidar" in layout:
+            return GoalController(spec, space, layout)
+    return None
+
+
+class BehaviorMix:
+    """Per episode, draw a style from the mix and act with the task's controller plus noise."""
+
+    def __init__(self, spec: TaskSpec, env: gym.Env, mix: str = DEFAULT_BEHAVIOR) -> None:
+        self.spec = spec
+        self.weights = parse_behavior_mix(mix)
+        self.action_space = _box(env)
+        self.random = RandomController(spec, self.action_space)
+        self.scripted = make_controller(spec, env)
+        self.controller: Controller = self.random
+        self.style = EpisodeStyle("random", 0.5, 0.0, 0.0)
+
+    @property
+    def has_scripted_controller(self) -> bool:
+        return self.scripted is not None
+
+    def begin_episode(self, rng: np.random.Generator) -> EpisodeStyle:
+        """Draw the next episode's style and prepare its controller."""
+        kinds = list(self.weights)
+        kind = kinds[int(rng.choice(len(kinds), p=[self.weights[k] for k in kinds]))]
+        effort = float(rng.uniform(0.0, 1.0))
+        if kind == "scripted":
+            # squared: more mildly unsafe episodes than blatantly unsafe ones
+            aggressiveness = float(rng.uniform()) ** 2
+            style = EpisodeStyle(kind, effort, aggressiveness, float(rng.uniform(0.0, 0.3)))
+        elif kind == "cautious":
+            style = EpisodeStyle(kind, effort, 0.0, float(rng.uniform(0.0, 0.1)))
+        else:
+            style = EpisodeStyle(kind, effort, 0.0, 0.0)
+        self.controller = self.scripted if kind != "random" and self.scripted else self.random
+        self.controller.begin_episode(style, rng)
+        self.style = style
+        return style
+
+    def act(self, observation: np.ndarray, step: int, rng: np.random.Generator) -> np.ndarray:
+        """The action to take: the controller's, plus the episode's noise, clipped to the space."""
+        action = np.asarray(self.controller.act(observation, step, rng), dtype=np.float64)
+        if self.style.noise > 0:
+            action = action + self.style.noise * rng.standard_normal(action.shape)
+        low, high = self.action_space.low, self.action_space.high
+        return np.clip(action, low, high).astype(self.action_space.dtype)
+
+    def describe(self) -> dict[str, Any]:
+        """What to record in the dataset's attributes."""
+        return {
+            "mix": self.weights,
+            "controller": type(self.scripted).__name__ if self.scripted else "RandomController",
+        }
