@@ -41,6 +41,7 @@ from export.cli import main as export_main
 from export.onnx_export import ExportError, export_actor, export_run
 from export.repository import ModelRepository, RepositoryError
 from safepolicy.datasets import Dataset, write_dataset
+from training.networks import SquashedGaussianActor
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,11 +57,17 @@ ALGORITHMS = [
 ]
 
 
-def torch_outputs(actor: torch.nn.Module, observations: np.ndarray) -> dict[str, np.ndarray]:
+def torch_outputs(actor: SquashedGaussianActor, observations: np.ndarray) -> dict[str, np.ndarray]:
     with torch.no_grad():
         tensor = torch.from_numpy(observations)
         mean, log_std = actor.distribution(tensor)
         return {"action": actor(tensor).numpy(), "mean": mean.numpy(), "log_std": log_std.numpy()}
+
+
+def output_layer(actor: SquashedGaussianActor) -> torch.nn.Linear:
+    layer = actor.trunk[-1]
+    assert isinstance(layer, torch.nn.Linear)
+    return layer
 
 
 def leftovers(directory: Path) -> list[str]:
@@ -358,7 +365,7 @@ def test_graph_shapes_must_match_the_metadata(tmp_path):
 def test_stochastic_actions_are_bounded_and_reproducible(tmp_path):
     actor = make_actor()
     with torch.no_grad():  # a wide Gaussian: many samples saturate tanh at the bounds
-        actor.trunk[-1].bias[2:] = 2.0
+        output_layer(actor).bias[2:] = 2.0
     policy = load_policy(export_actor(actor, make_metadata(), tmp_path, "p"))
     observations = np.repeat(observations_around(actor, count=4), 500, axis=0)
 
@@ -377,8 +384,8 @@ def test_stochastic_actions_are_bounded_and_reproducible(tmp_path):
 def test_narrow_gaussian_samples_centre_on_the_deterministic_action(tmp_path):
     actor = make_actor()
     with torch.no_grad():  # log_std = LOG_STD_MIN everywhere: std about 0.0067
-        actor.trunk[-1].weight[2:] = 0.0
-        actor.trunk[-1].bias[2:] = -10.0
+        output_layer(actor).weight[2:] = 0.0
+        output_layer(actor).bias[2:] = -10.0
     policy = load_policy(export_actor(actor, make_metadata(), tmp_path, "p"))
     observation = observations_around(actor, count=1)
 
