@@ -293,7 +293,9 @@ def export_actor(actor: SquashedGaussianActor, actor_metadata: ActorMetadata,
         if target.exists():
             raise ExportError(f"{target}: version {version} of {name!r} appeared during the "
                               "export (a concurrent export?); export again")
+        _fsync_tree(staging)
         os.rename(staging, target)
+        _fsync_directory(name_dir)  # make the rename itself durable
     except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
         if created_name_dir:
@@ -304,6 +306,23 @@ def export_actor(actor: SquashedGaussianActor, actor_metadata: ActorMetadata,
         raise ExportError(f"export of {name!r} version {version} failed: {error}") from error
     log.info("exported %s version %d to %s", name, version, target)
     return target
+
+
+def _fsync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _fsync_tree(directory: Path) -> None:
+    """Flush the files of a staged version to disk, so a crash cannot leave a renamed version
+    directory with truncated files."""
+    for path in directory.iterdir():
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+    _fsync_directory(directory)
 
 
 def _write_and_verify(staging: Path, model: onnx.ModelProto, metadata: PolicyMetadata,
