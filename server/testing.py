@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -16,7 +17,8 @@ from export.artifact import AuditVerdict, write_audit_verdict
 
 def make_policy(repo: Path, name: str = "ballrun", version: int | None = None, *,
                 obs_dim: int = 8, action_dim: int = 2, hidden_sizes: tuple[int, ...] = (32, 32),
-                cost_limit: float = 10.0, seed: int = 0, audit: str | None = None) -> Path:
+                cost_limit: float = 10.0, seed: int = 0,
+                audit: Literal["PASS", "FAIL"] | None = None) -> Path:
     """Export a small untrained actor as ``repo/name/version``; optionally write an audit."""
     import torch  # lazily: the server never imports this module
 
@@ -34,7 +36,7 @@ def make_policy(repo: Path, name: str = "ballrun", version: int | None = None, *
     if audit is not None:
         write_audit_verdict(version_dir, AuditVerdict(
             verdict=audit, task="BallRun", cost_limit=cost_limit, confidence=0.95, episodes=10,
-            mean_cost=1.0, cost_upper_bound=2.0, violation_rate=0.0))  # type: ignore[arg-type]
+            mean_cost=1.0, cost_upper_bound=2.0, violation_rate=0.0))
     return version_dir
 
 
@@ -47,3 +49,15 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def add_version(source: Path, repo: Path, name: str, version: int) -> Path:
+    """Copy a version directory into ``repo/name/version`` atomically (copy, then rename)."""
+    import shutil
+
+    target = repo / name / str(version)
+    staging = repo / name / f".tmp-copy-{version}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(source, staging)
+    staging.rename(target)
+    return target
