@@ -81,17 +81,19 @@ def parse_behavior_mix(text: str) -> dict[str, float]:
 
 
 def aggressive_windows(rng: np.random.Generator, steps: int, aggressiveness: float) -> np.ndarray:
-    """Mask over ``steps``: about ``aggressiveness * steps`` True steps in 1-3 stretches."""
+    """Mask over ``steps``: ``aggressiveness * steps`` True steps in 1-3 separate stretches."""
     mask = np.zeros(steps, dtype=bool)
-    total = round(aggressiveness * steps)
+    total = min(round(aggressiveness * steps), steps)
     if total <= 0:
         return mask
     pieces = int(rng.integers(1, 4))
-    lengths = np.diff(np.sort(np.concatenate([[0, total], rng.integers(0, total + 1, pieces - 1)])))
-    for length in lengths:
-        if length > 0:
-            start = int(rng.integers(0, steps - length + 1))
-            mask[start : start + length] = True
+    lengths = rng.multinomial(total, np.full(pieces, 1.0 / pieces))
+    gaps = rng.multinomial(steps - total, np.full(pieces + 1, 1.0 / (pieces + 1)))
+    start = 0
+    for gap, length in zip(gaps, lengths, strict=False):
+        start += int(gap)
+        mask[start : start + int(length)] = True
+        start += int(length)
     return mask
 
 

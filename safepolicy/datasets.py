@@ -112,7 +112,9 @@ class DatasetSummary(BaseModel):
         return "\n".join(lines)
 
 
-def summarize(dataset: Dataset, cost_limits: Sequence[float] = COMMON_COST_LIMITS) -> DatasetSummary:
+def summarize(
+    dataset: Dataset, cost_limits: Sequence[float] = COMMON_COST_LIMITS
+) -> DatasetSummary:
     """Episode count, return and cost quantiles, and the fraction of episodes under each limit."""
     returns, costs = dataset.episode_returns_and_costs()
     quantiles = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -160,8 +162,10 @@ def validate_arrays(arrays: dict[str, np.ndarray], source: str) -> None:
             raise DatasetError(f"{source}: '{key}' must be 2-D [transitions, dim], got shape "
                                f"{arrays[key].shape}")
     if arrays["next_observations"].shape != arrays["observations"].shape:
-        raise DatasetError(f"{source}: 'next_observations' shape {arrays['next_observations'].shape}"
-                           f" differs from 'observations' {arrays['observations'].shape}")
+        raise DatasetError(
+            f"{source}: 'next_observations' shape {arrays['next_observations'].shape}"
+            f" differs from 'observations' {arrays['observations'].shape}"
+        )
     for key in ("observations", "next_observations", "actions", "rewards", "costs"):
         bad = ~np.isfinite(arrays[key])
         if bad.any():
@@ -187,13 +191,10 @@ def load_dataset(path: str | os.PathLike[str]) -> Dataset:
     try:
         with h5py.File(path, "r") as handle:
             arrays = {key: handle[key][()] for key in DSRL_KEYS if key in handle}
-            missing = [key for key in DSRL_KEYS if key not in handle]
             attrs = {key: _attr_value(value) for key, value in handle.attrs.items()}
     except (OSError, KeyError) as error:
         raise DatasetError(f"{path}: not a readable HDF5 file ({error}); the file may be "
                            "truncated or not a dataset: regenerate or re-download it") from error
-    if missing:
-        arrays.update({key: np.empty((0,)) for key in missing})
     validate_arrays(arrays, str(path))
     return Dataset(
         observations=arrays["observations"].astype(np.float32, copy=False),
@@ -222,11 +223,13 @@ def _attr_value(value: Any) -> Any:
 
 
 def write_dataset(path: str | os.PathLike[str], dataset: Dataset) -> Path:
-    """Write ``dataset`` as DSRL HDF5 atomically: a reader sees the old file or the whole new one."""
+    """Write ``dataset`` as DSRL HDF5 atomically: readers see the old file or the whole new one."""
     path = Path(path)
     validate_arrays(dataset.arrays(), str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    descriptor, temporary = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
+    )
     os.close(descriptor)
     try:
         with h5py.File(temporary, "w") as handle:

@@ -12,9 +12,12 @@ dsrl package's ``__init__``, which imports gyms and prints warnings), so the num
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import math
+import sys
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -165,12 +168,25 @@ class CostAsFloat(gym.Wrapper):  # type: ignore[misc]
         return observation, float(reward), bool(terminated), bool(truncated), info
 
 
+@functools.cache
+def _import_bullet_safety_gym() -> None:
+    """Import bullet_safety_gym (registering its Safety*-v0 ids) whatever sys.stdout/stderr are.
+
+    Its builder silences PyBullet by flushing the C stream named after ``sys.stderr.name`` on
+    import and on every env build; with the streams replaced (pytest's capture, a notebook)
+    that name is no C symbol and it raises. It is given the process's real streams instead.
+    """
+    with contextlib.redirect_stdout(sys.__stdout__), contextlib.redirect_stderr(sys.__stderr__):
+        import bullet_safety_gym  # noqa: F401
+        from bullet_safety_gym.envs import builder
+    builder.sys = types.SimpleNamespace(stdout=sys.__stdout__, stderr=sys.__stderr__)
+
+
 def make_env(task: str | TaskSpec, **kwargs: Any) -> gym.Env:
     """A fresh environment for ``task`` with the unified step API and DSRL's episode length."""
     spec = task if isinstance(task, TaskSpec) else get_task(task)
     if spec.family == "bullet":
-        import bullet_safety_gym  # noqa: F401  (registers the Safety*-v0 ids)
-
+        _import_bullet_safety_gym()
         env = gym.make(spec.env_id, max_episode_steps=spec.max_episode_steps, **kwargs)
         env = SeedGlobalNumpyOnReset(env)
     else:
