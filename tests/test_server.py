@@ -28,6 +28,8 @@ from server.settings import ServerSettings
 from server.testing import add_version, make_policy, observations
 
 OBS_DIM = 8
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 @pytest.fixture(scope="module")
@@ -203,9 +205,9 @@ def test_bad_stream_message_ends_the_stream_with_its_code(running: ServerThread)
 def test_unservable_policy_is_unavailable(pool: Path, repo: Path) -> None:
     broken = add_version(pool / "ballrun" / "2", repo, "broken", 1)
     (broken / "policy.onnx").write_bytes(b"not a model")
-    with ServerThread(settings(repo)) as server, PolicyClient(server.target) as client:
-        with pytest.raises(grpc.RpcError) as caught:
-            client.act("broken", observations(1))
+    with ServerThread(settings(repo)) as server, PolicyClient(server.target) as client, \
+            pytest.raises(grpc.RpcError) as caught:
+        client.act("broken", observations(1))
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "no servable version" in caught.value.details()
 
@@ -259,7 +261,7 @@ def test_hot_reload_under_load_fails_no_request(pool: Path, repo: Path) -> None:
                 while not stop.is_set():
                     try:
                         seen.append(client.act("ballrun", observations(1)).version)
-                    except BaseException as error:  # noqa: BLE001 - counted, asserted below
+                    except BaseException as error:
                         failures.append(error)
 
         threads = [threading.Thread(target=load) for _ in range(3)]
@@ -321,11 +323,11 @@ def test_health_transitions(pool: Path, tmp_path: Path) -> None:
     root.mkdir()
     with ServerThread(settings(root, drain_delay_s=1.0)) as server:
         for service in ("", "safepolicy.v1.PolicyService", "inference.GRPCInferenceService"):
-            assert health_status(server.target, service) == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert health_status(server.target, service) == NOT_SERVING
         add_version(pool / "ballrun" / "1", root, "ballrun", 1)
         server.reload()
         for service in ("", "safepolicy.v1.PolicyService", "inference.GRPCInferenceService"):
-            assert health_status(server.target, service) == health_pb2.HealthCheckResponse.SERVING
+            assert health_status(server.target, service) == SERVING
         server.loop.call_soon_threadsafe(server.server.shutdown)
         time.sleep(0.3)  # inside the drain delay: still listening, refusing new calls
         assert health_status(server.target) == health_pb2.HealthCheckResponse.NOT_SERVING
