@@ -58,7 +58,7 @@ def test_generated_code_is_reproducible(tmp_path: Path) -> None:
     names = sorted(path.name for path in written)
     committed = sorted(path.name for path in GENERATED.iterdir() if path.is_file())
     assert names == committed, "server/_generated/ is stale: run `python -m server.protogen`"
-    match, mismatch, error = filecmp.cmpfiles(tmp_path / "generated", GENERATED, names,
+    _match, mismatch, error = filecmp.cmpfiles(tmp_path / "generated", GENERATED, names,
                                               shallow=False)
     assert mismatch == [] and error == [], (
         f"{mismatch + error} differ from protos/: run `python -m server.protogen`")

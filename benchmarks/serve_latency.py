@@ -1,0 +1,260 @@
+"""Serving latency and throughput of the policy server against a bare echo server.
+
+Both servers are grpc.aio servers in their own processes, serving the same
+``safepolicy.v1.PolicyService`` messages; the echo answers Act/ActStream with a zero action
+of the right shape and does nothing else (no validation, inference or metrics). Runs
+alternate between the two, rounds are repeated and the median round is reported, so the
+ratios hold on a busy machine even when the absolute figures drift.
+
+    python benchmarks/serve_latency.py [--requests 2000] [--rounds 3] [--obs-dim 60]
+
+Targets (issue 5): Act p50 <= 1.15x echo, ActStream p50 <= 1.15x stream echo, 8-client
+throughput >= 0.9x echo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from server._generated import policy_pb2, policy_pb2_grpc  # noqa: E402
+from server.client import act_request  # noqa: E402
+from server.testing import free_port  # noqa: E402
+
+POLICY = "bench"
+
+
+class EchoServicer(policy_pb2_grpc.PolicyServiceServicer):
+    """The floor: same messages, same server kind, no work."""
+
+    def __init__(self, action_dim: int) -> None:
+        self.action = np.zeros(action_dim, dtype="<f4").tobytes()
+        self.action_dim = action_dim
+
+    def _answer(self) -> policy_pb2.ActResponse:
+        return policy_pb2.ActResponse(actions=policy_pb2.Tensor(
+            shape=[self.action_dim], data=self.action), policy=POLICY, version=1)
+
+    async def Act(self, request: Any, context: Any) -> policy_pb2.ActResponse:
+        return self._answer()
+
+    async def ActStream(self, request_iterator: AsyncIterator[Any],
+                        context: Any) -> AsyncIterator[policy_pb2.ActResponse]:
+        async for _request in request_iterator:
+            yield self._answer()
+
+
+async def serve_echo(port: int, action_dim: int) -> None:
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    policy_pb2_grpc.add_PolicyServiceServicer_to_server(EchoServicer(action_dim), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+def wait_ready(target: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    request = act_request(POLICY, np.zeros(1, np.float32))
+    with grpc.insecure_channel(target) as channel:
+        stub = policy_pb2_grpc.PolicyServiceStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                stub.Act(request, timeout=1)
+            except grpc.RpcError as error:
+                if error.code() == grpc.StatusCode.INVALID_ARGUMENT:  # up, wrong shape: fine
+                    return
+                time.sleep(0.2)
+                continue
+            return
+    raise TimeoutError(f"{target} did not come up")
+
+
+def unary(target: str, request: Any, count: int) -> list[float]:
+    with grpc.insecure_channel(target) as channel:
+        act = policy_pb2_grpc.PolicyServiceStub(channel).Act
+        for _ in range(200):
+            act(request, timeout=10)
+        times = []
+        for _ in range(count):
+            started = time.perf_counter()
+            act(request, timeout=10)
+            times.append(time.perf_counter() - started)
+    return times
+
+
+def concurrent(target: str, request: Any, clients: int, count: int) -> tuple[list[float], float]:
+    """``clients`` threads, each with its own channel, ``count`` calls each."""
+    times: list[float] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(clients + 1)
+
+    def worker() -> None:
+        with grpc.insecure_channel(target) as channel:
+            act = policy_pb2_grpc.PolicyServiceStub(channel).Act
+            for _ in range(50):
+                act(request, timeout=10)
+            barrier.wait()
+            local = []
+            for _ in range(count):
+                started = time.perf_counter()
+                act(request, timeout=10)
+                local.append(time.perf_counter() - started)
+        with lock:
+            times.extend(local)
+
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return times, clients * count / (time.perf_counter() - started)
+
+
+def stream(target: str, request: Any, count: int) -> list[float]:
+    import queue
+
+    requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def iterate() -> Any:
+        while (item := requests.get()) is not None:
+            yield item
+
+    with grpc.insecure_channel(target) as channel:
+        call = policy_pb2_grpc.PolicyServiceStub(channel).ActStream(iterate(), timeout=600)
+        for _ in range(200):
+            requests.put(request)
+            next(call)
+        times = []
+        for _ in range(count):
+            started = time.perf_counter()
+            requests.put(request)
+            next(call)
+            times.append(time.perf_counter() - started)
+        requests.put(None)
+        for _ in call:
+            pass
+    return times
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q) * 1000.0)
+
+
+def measure(target: str, request: Any, count: int) -> dict[str, float]:
+    one = unary(target, request, count)
+    eight, throughput = concurrent(target, request, 8, max(count // 4, 50))
+    streamed = stream(target, request, count)
+    return {
+        "act1_p50": percentile(one, 50), "act1_p99": percentile(one, 99),
+        "act1_rps": len(one) / sum(one),
+        "act8_p50": percentile(eight, 50), "act8_p99": percentile(eight, 99),
+        "act8_rps": throughput,
+        "stream_p50": percentile(streamed, 50), "stream_p99": percentile(streamed, 99),
+        "stream_rps": len(streamed) / sum(streamed),
+    }
+
+
+def start(command: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=2000, help="calls per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per server")
+    parser.add_argument("--obs-dim", type=int, default=60)
+    parser.add_argument("--action-dim", type=int, default=2)
+    parser.add_argument("--repo", type=Path, help="existing repository holding policy 'bench' "
+                        "(default: export an untrained 256x256 actor into a temporary one)")
+    parser.add_argument("--serve-echo", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_echo is not None:
+        asyncio.run(serve_echo(args.serve_echo, args.action_dim))
+        return 0
+
+    scratch = tempfile.TemporaryDirectory(prefix="serve-latency-")
+    repo = args.repo
+    if repo is None:
+        from server.testing import make_policy
+
+        repo = Path(scratch.name) / "repo"
+        make_policy(repo, POLICY, 1, obs_dim=args.obs_dim, action_dim=args.action_dim,
+                    hidden_sizes=(256, 256))
+    echo_port, server_port = free_port(), free_port()
+    processes = [
+        start([sys.executable, __file__, "--serve-echo", str(echo_port),
+               "--action-dim", str(args.action_dim)]),
+        start([sys.executable, "-m", "server", "--repo", str(repo), "--host", "127.0.0.1",
+               "--port", str(server_port), "--metrics-port", "0", "--poll-interval-s", "0",
+               "--log-level", "WARNING"]),
+    ]
+    try:
+        targets = {"echo": f"127.0.0.1:{echo_port}", "safepolicy": f"127.0.0.1:{server_port}"}
+        for target in targets.values():
+            wait_ready(target)
+        request = act_request(POLICY, np.random.default_rng(0).normal(
+            size=args.obs_dim).astype(np.float32))
+        rounds: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+        for index in range(args.rounds):
+            order = list(targets) if index % 2 == 0 else list(reversed(targets))
+            for name in order:
+                rounds[name].append(measure(targets[name], request, args.requests))
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(30)
+        scratch.cleanup()
+
+    def median(name: str, key: str) -> float:
+        return statistics.median(r[key] for r in rounds[name])
+
+    print(f"obs_dim={args.obs_dim} action_dim={args.action_dim} MLP 256x256, "
+          f"{args.requests} calls x {args.rounds} alternating rounds (median round), "
+          f"{os.cpu_count()} CPUs\n")
+    print("| path | echo p50 / p99 (ms) | safepolicy p50 / p99 (ms) | echo req/s | "
+          "safepolicy req/s | ratio | target |")
+    print("|---|---|---|---|---|---|---|")
+    rows: list[tuple[str, str, Callable[[float, float], float], str]] = [
+        ("Act, 1 client", "act1", lambda s, e: s / e, "p50 <= 1.15x"),
+        ("Act, 8 clients", "act8", lambda s, e: s / e, "req/s >= 0.9x"),
+        ("ActStream, per message", "stream", lambda s, e: s / e, "p50 <= 1.15x"),
+    ]
+    verdicts = []
+    for label, key, ratio, target in rows:
+        if key == "act8":
+            value = ratio(median("safepolicy", f"{key}_rps"), median("echo", f"{key}_rps"))
+            ok = value >= 0.9
+        else:
+            value = ratio(median("safepolicy", f"{key}_p50"), median("echo", f"{key}_p50"))
+            ok = value <= 1.15
+        verdicts.append(ok)
+        print(f"| {label} | {median('echo', f'{key}_p50'):.3f} / {median('echo', f'{key}_p99'):.3f}"
+              f" | {median('safepolicy', f'{key}_p50'):.3f} / "
+              f"{median('safepolicy', f'{key}_p99'):.3f} | {median('echo', f'{key}_rps'):.0f} | "
+              f"{median('safepolicy', f'{key}_rps'):.0f} | {value:.3f}x | {target} "
+              f"{'met' if ok else 'MISSED'} |")
+    return 0 if all(verdicts) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
