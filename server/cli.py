@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--tls-client-ca-file", type=Path)
     add("--grace-s", type=float)
     add("--drain-delay-s", type=float)
+    add("--gil-switch-interval-ms", type=float)
     add("--log-level")
     parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     return parser
@@ -109,6 +110,11 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings.model_copy(update={
             "metrics_port": settings.metrics_port + args.worker_index})
     from server.app import PolicyServer  # after settings: `--help` stays fast
+
+    # onnxruntime releases the GIL for each run; with grpc's poller thread busy, getting it
+    # back waits up to the switch interval (5 ms by default): p99 5.8 ms and 0.3x the echo's
+    # 8-client throughput in benchmarks/serve_latency.py, 0.7 ms and 0.67x at 0.2 ms
+    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000.0)
 
     try:
         server = PolicyServer(settings)

@@ -62,6 +62,9 @@ class ServerSettings(BaseSettings):
     drain_delay_s: float = Field(0.0, ge=0.0, description="on SIGTERM: how long to report "
                                  "NOT_SERVING (refusing new calls) before stopping, so load "
                                  "balancers notice")
+    gil_switch_interval_ms: float = Field(
+        0.2, gt=0.0, description="Python's thread switch interval in the server process; "
+        "small values stop inference threads waiting for the GIL (sys.setswitchinterval)")
     log_level: str = Field("INFO", description="logging level")
 
     @field_validator("pins", mode="before")
