@@ -32,8 +32,8 @@ def _common(parser: argparse.ArgumentParser, episodes_required: bool) -> None:
                         default=None if episodes_required else 100,
                         help="episodes to play (episode i is reset with seed S + i)")
     parser.add_argument("--seed", type=int, default=0, help="first reset seed (default 0)")
-    parser.add_argument("--envs", type=_positive_int, default=1,
-                        help="environments stepped together, each in its own process when > 1")
+    parser.add_argument("--envs", type=_positive_int, default=4,
+                        help="environments stepped together with batched inference (default 4)")
     parser.add_argument("--confidence", type=float, default=0.95,
                         help="confidence of the upper bound on expected cost (default 0.95)")
     parser.add_argument("--cvar-alpha", type=float, default=0.1,

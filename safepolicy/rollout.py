@@ -17,9 +17,11 @@ When ``num_envs`` does not divide ``episodes``, environments that have finished 
 stepping (the vector API steps all of them) until the rest are done; those spare episodes are
 discarded.
 
-``vectorization="auto"`` picks ``SyncVectorEnv`` for one environment and ``AsyncVectorEnv``
-(one worker process per environment) for more; see ``benchmarks/audit_throughput.py`` for the
-measurements behind that choice.
+``vectorization="auto"`` picks ``SyncVectorEnv``: measured with ``benchmarks/audit_throughput.py``
+on the project's 2-core machines, ``AsyncVectorEnv`` (a worker process per environment) stepped
+BallRun and HalfCheetahVelocity at about half the rate of ``SyncVectorEnv`` (the pipe round trip
+costs more than the step), and gained nothing measurable on PointGoal1. Ask for ``"async"``
+on machines with cores to spare and slow environments.
 """
 
 from __future__ import annotations
@@ -120,8 +122,7 @@ def make_vector_env(task: str | TaskSpec, seeds: Sequence[int], num_envs: int = 
         raise ValueError(f"vectorization must be 'auto', 'sync' or 'async', got {vectorization!r}")
     factories = [_env_factory(spec, list(seeds[j::num_envs]), record_costs)
                  for j in range(num_envs)]
-    use_async = vectorization == "async" or (vectorization == "auto" and num_envs > 1)
-    if use_async:
+    if vectorization == "async":
         return gym.vector.AsyncVectorEnv(factories)
     return gym.vector.SyncVectorEnv(factories)
 
@@ -147,7 +148,8 @@ def rollout_episodes(
         num_envs: environments stepped together; more than ``episodes`` is pointless and capped.
         progress: show a tqdm progress bar counting finished episodes.
         record_costs: keep each episode's per-step cumulative cost in ``cost_trace``.
-        vectorization: ``"sync"`` (one process), ``"async"`` (a process per env) or ``"auto"``.
+        vectorization: ``"sync"`` (one process), ``"async"`` (a process per env) or ``"auto"``
+            (currently sync; see the module docstring).
 
     Returns:
         One :class:`EpisodeRecord` per episode, ordered by seed.
