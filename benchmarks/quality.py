@@ -1,0 +1,167 @@
+"""Quality benchmark: tasks x algorithms x cost limits x seeds -> JSON, Markdown table, plot.
+
+For each task it collects a dataset with ``safepolicy collect`` (or reuses one), trains every
+algorithm at every cost limit and seed, evaluates the final actor on the fixed seed list in the
+real environment (the loop's evaluation, DSRL-normalised), and writes
+``OUT/quality.json``, ``OUT/quality.md`` (mean +- std over seeds, unsafe cells marked) and
+``OUT/quality.png`` (normalised reward vs normalised cost). Finished runs are reused, so an
+interrupted benchmark continues where it stopped.
+
+Default size (fits about an hour on the 2-core CPU):
+    python benchmarks/quality.py
+Paper-size settings are a flag away:
+    python benchmarks/quality.py --steps 100000 --seeds 0 1 2 --eval-episodes 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SAFE_THRESHOLD = 1.0  # DSRL: a policy is safe when its normalised cost is at most 1
+
+
+def collect_if_missing(task: str, data_dir: Path, episodes: int, seed: int) -> Path:
+    path = data_dir / f"{task}.h5"
+    if not path.exists():
+        subprocess.run([sys.executable, "-m", "safepolicy", "collect", "--task", task,
+                        "--episodes", str(episodes), "--seed", str(seed), "--out", str(path)],
+                       check=True)
+    return path
+
+
+def train_once(algorithm: str, task: str, dataset: Path, cost_limit: float, seed: int,
+               steps: int, eval_episodes: int, out: Path) -> dict:
+    from training.loop import TrainRequest, train
+
+    evaluation = out / "evaluation.json"
+    if not evaluation.exists():
+        if out.exists():
+            import shutil
+
+            shutil.rmtree(out)  # an interrupted run restarts cleanly
+        started = time.perf_counter()
+        train(TrainRequest(algorithm=algorithm, task=task, dataset=dataset,
+                           cost_limit=cost_limit, out=out, seed=seed, steps=steps,
+                           overrides={"run.eval_episodes": str(eval_episodes)}, progress=False))
+        (out / "train_seconds.txt").write_text(f"{time.perf_counter() - started:.1f}\n")
+    result: dict = json.loads(evaluation.read_text())
+    seconds = out / "train_seconds.txt"
+    result["train_seconds"] = float(seconds.read_text()) if seconds.exists() else None
+    return result
+
+
+def summarise(results: list[dict]) -> dict[tuple[str, str, float], dict[str, float]]:
+    cells: dict[tuple[str, str, float], list[dict]] = {}
+    for row in results:
+        cells.setdefault((row["task"], row["algorithm"], row["cost_limit"]), []).append(row)
+    summary = {}
+    for key, rows in cells.items():
+        rewards = [r["normalized_reward"] for r in rows]
+        costs = [r["normalized_cost"] for r in rows]
+        summary[key] = {
+            "reward_mean": statistics.fmean(rewards),
+            "reward_std": statistics.pstdev(rewards),
+            "cost_mean": statistics.fmean(costs),
+            "cost_std": statistics.pstdev(costs),
+            "seeds": len(rows),
+        }
+    return summary
+
+
+def markdown_table(summary: dict, tasks: list[str], algorithms: list[str],
+                   cost_limits: list[float]) -> str:
+    header = "| task | cost limit | " + " | ".join(algorithms) + " |"
+    lines = [header, "|" + "---|" * (len(algorithms) + 2)]
+    for task in tasks:
+        for limit in cost_limits:
+            cells = []
+            for algorithm in algorithms:
+                cell = summary.get((task, algorithm, limit))
+                if cell is None:
+                    cells.append("-")
+                    continue
+                marker = " **unsafe**" if cell["cost_mean"] > SAFE_THRESHOLD else ""
+                cells.append(f"{cell['reward_mean']:.2f} ± {cell['reward_std']:.2f} / "
+                             f"{cell['cost_mean']:.2f} ± {cell['cost_std']:.2f}{marker}")
+            lines.append(f"| {task} | {limit:g} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Cells: normalised reward / normalised cost (mean ± std over seeds); "
+                 "**unsafe** marks mean normalised cost > 1.")
+    return "\n".join(lines)
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 5))
+    markers = {"o3srl": "o", "bc-safe": "s", "td3bc-lag": "^"}
+    for (task, algorithm, limit), cell in sorted(summary.items()):
+        axis.errorbar(cell["cost_mean"], cell["reward_mean"], xerr=cell["cost_std"],
+                      yerr=cell["reward_std"], fmt=markers.get(algorithm, "x"),
+                      label=f"{task} {algorithm} κ={limit:g}", alpha=0.8, capsize=2)
+    axis.axvline(SAFE_THRESHOLD, color="red", linestyle="--", label="cost limit")
+    axis.set_xlabel("normalised cost (≤ 1 is safe)")
+    axis.set_ylabel("normalised reward")
+    axis.set_title("safepolicy quality benchmark")
+    axis.legend(fontsize=6, ncol=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=["BallRun", "CarCircle"])
+    parser.add_argument("--algorithms", nargs="+", default=["o3srl", "bc-safe", "td3bc-lag"])
+    parser.add_argument("--cost-limits", nargs="+", type=float, default=[5.0, 10.0, 20.0])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--steps", type=int, default=8000)
+    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--dataset-episodes", type=int, default=200)
+    parser.add_argument("--data-dir", type=Path, default=ROOT / "data")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality")
+    args = parser.parse_args()
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for task in args.tasks:
+        dataset = collect_if_missing(task, args.data_dir, args.dataset_episodes, seed=0)
+        for limit in args.cost_limits:
+            for algorithm in args.algorithms:
+                for seed in args.seeds:
+                    run_dir = args.out / "runs" / f"{task}-{algorithm}-{limit:g}-s{seed}"
+                    row = train_once(algorithm, task, dataset, limit, seed, args.steps,
+                                     args.eval_episodes, run_dir)
+                    row.update(task=task, algorithm=algorithm, cost_limit=limit, seed=seed)
+                    results.append(row)
+                    print(f"{task} {algorithm} kappa={limit:g} seed={seed}: "
+                          f"reward {row['normalized_reward']:.2f} cost {row['normalized_cost']:.2f}"
+                          f" ({row['train_seconds']} s)", flush=True)
+                    summary = summarise(results)
+                    table = markdown_table(summary, args.tasks, args.algorithms, args.cost_limits)
+                    settings = {k: (str(v) if isinstance(v, Path) else v)
+                                for k, v in vars(args).items()}
+                    (args.out / "quality.json").write_text(json.dumps(
+                        {"settings": settings, "runs": results}, indent=2))
+                    (args.out / "quality.md").write_text(
+                        f"Settings: {args.steps} gradient steps, seeds {args.seeds}, "
+                        f"{args.eval_episodes} evaluation episodes, datasets of "
+                        f"{args.dataset_episodes} episodes.\n\n{table}\n")
+    plot(summarise(results), args.out / "quality.png")
+    print((args.out / "quality.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
