@@ -63,10 +63,12 @@ def code_version() -> str:
     """The git commit of this checkout (``+dirty`` when modified), or the package version."""
     root = Path(__file__).resolve().parent.parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
-                                capture_output=True, text=True, check=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True, timeout=5).stdout.strip()
+        def git(*args: str) -> str:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                                  check=True, timeout=5).stdout.strip()
+
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         from importlib.metadata import PackageNotFoundError, version
@@ -81,7 +83,8 @@ def atomic_torch_save(payload: dict[str, Any], path: str | os.PathLike[str]) -> 
     """``torch.save`` to a temporary file beside ``path``, then rename: never half-written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
+                                             dir=path.parent)
     os.close(descriptor)
     try:
         torch.save(payload, temporary)
@@ -120,7 +123,8 @@ def load_actor(path: str | os.PathLike[str]) -> tuple[SquashedGaussianActor, Act
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise CheckpointError(
             f"{path}: not a safepolicy actor checkpoint (format {found!r}, expected "
-            f"{ACTOR_FORMAT!r}); export reads RUN_DIR/{ACTOR_FILENAME} written at the end of training"
+            f"{ACTOR_FORMAT!r}); export reads RUN_DIR/{ACTOR_FILENAME}, written at the end "
+            "of training"
         )
     try:
         actor = SquashedGaussianActor(**payload["actor_config"])

@@ -26,9 +26,12 @@ class RunConfig:
 
     steps: int = param(100_000, "gradient updates in total", "O3SRL: T about 100k")
     batch_size: int = param(256, "transitions per minibatch", "TD3+BC/IQL: 256; OSRL: 512")
-    hidden_sizes: list[int] = param([256, 256], "hidden layer widths of every MLP",
-                                    "OSRL/TD3+BC: 2x256")
+    hidden_sizes: list[int] = param(  # noqa: RUF009 (param returns a default_factory field)
+        [256, 256], "hidden layer widths of every MLP", "OSRL/TD3+BC: 2x256")
     gamma: float = param(0.99, "discount factor", "0.99 everywhere")
+    precision: str = param("fp32", "critic matmuls: fp32, or bf16-mixed (bf16 hidden layers, "
+                           "fp32 weights/outputs/losses; several times faster on AVX512-BF16)",
+                           "fp32")
     log_every: int = param(500, "steps between scalar log rows (CSV)")
     checkpoint_every: int = param(5_000, "steps between resumable checkpoints")
     eval_episodes: int = param(10, "episodes in the final evaluation (0 disables it)")
@@ -69,7 +72,8 @@ class IQLConfig:
 class O3SRLConfig:
     """O3SRL: EXP3 over K Lagrange multipliers around an offline RL oracle."""
 
-    oracle: Literal["td3bc", "iql"] = param("td3bc", "offline RL oracle", "paper: TD3+BC; IQL works")
+    oracle: Literal["td3bc", "iql"] = param("td3bc", "offline RL oracle",
+                                            "paper: TD3+BC; IQL works")
     num_arms: int = param(5, "K, number of lambda arms", "paper: K=5 (K=2 already good)")
     lambda_max: float = param(5.0, "C, the largest lambda", "paper: C=5")
     arm_geometry: Literal["uniform", "dense-near-zero"] = param(

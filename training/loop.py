@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -107,10 +108,12 @@ def check_dataset_matches_task(dataset: Dataset, spec: TaskSpec) -> tuple[list[f
 
     env = make_env(spec)
     try:
-        obs_dim = int(np.prod(env.observation_space.shape))
-        action_dim = int(np.prod(env.action_space.shape))
-        low = env.action_space.low.astype(float).tolist()
-        high = env.action_space.high.astype(float).tolist()
+        observation_space, action_space = env.observation_space, env.action_space
+        assert isinstance(action_space, gym.spaces.Box)  # every registered task is continuous
+        obs_dim = int(np.prod(observation_space.shape or ()))
+        action_dim = int(np.prod(action_space.shape))
+        low = action_space.low.astype(float).tolist()
+        high = action_space.high.astype(float).tolist()
     finally:
         env.close()
     if dataset.obs_dim != obs_dim or dataset.action_dim != action_dim:
@@ -209,7 +212,7 @@ def train(request: TrainRequest) -> Path:
         action_low=action_low, action_high=action_high, hidden_sizes=run_config.hidden_sizes,
         gamma=run_config.gamma, batch_size=run_config.batch_size, cost_limit=request.cost_limit,
         episode_length=spec.max_episode_steps, total_steps=run_config.steps, device=device,
-        generator=generator, seed=request.seed)
+        generator=generator, seed=request.seed, precision=run_config.precision)
     algorithm: Algorithm = build_algorithm(request.algorithm, algorithm_config, context, dataset)
 
     dataset_hash = file_sha256(request.dataset)
@@ -217,7 +220,8 @@ def train(request: TrainRequest) -> Path:
         "algorithm": request.algorithm, "task": spec.name, "env_id": spec.env_id,
         "cost_limit": request.cost_limit, "seed": request.seed, "device": str(device),
         "dataset": str(request.dataset), "dataset_sha256": dataset_hash,
-        "run": dataclasses.asdict(run_config), "algorithm_config": dataclasses.asdict(algorithm_config),
+        "run": dataclasses.asdict(run_config),
+        "algorithm_config": dataclasses.asdict(algorithm_config),
     }
     start_step = 0
     if request.resume and checkpoint_path.exists():

@@ -13,6 +13,7 @@ CPU every update counts (platform-facts.md measured about 1.2x from this fusion 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -20,12 +21,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+PRECISIONS = ("fp32", "bf16-mixed")
 LOG_STD_MIN = -5.0
 LOG_STD_MAX = 2.0
 
 
-def mlp(in_dim: int, out_dim: int, hidden_sizes: Sequence[int], activation: type[nn.Module] = nn.ReLU,
-        ) -> nn.Sequential:
+def mlp(in_dim: int, out_dim: int, hidden_sizes: Sequence[int],
+        activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
     """A plain MLP: Linear-activation blocks, then a linear output layer."""
     layers: list[nn.Module] = []
     last = in_dim
@@ -115,7 +117,8 @@ class SquashedGaussianActor(nn.Module):
         """A reparameterised action and its log-probability (tanh change of variables)."""
         mean, log_std = self.distribution(observations)
         pre_squash = mean + log_std.exp() * torch.randn_like(mean)
-        return self.scale(torch.tanh(pre_squash)), squashed_gaussian_log_prob(pre_squash, mean, log_std)
+        log_prob = squashed_gaussian_log_prob(pre_squash, mean, log_std)
+        return self.scale(torch.tanh(pre_squash)), log_prob
 
     def log_prob(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Log-likelihood of (dataset) actions, used for behaviour cloning."""
@@ -158,29 +161,44 @@ class EnsembleLinear(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.bias, inputs, self.weight)
+    def forward(self, inputs: torch.Tensor, members: list[int] | None = None) -> torch.Tensor:
+        if members is None:
+            return torch.baddbmm(self.bias, inputs, self.weight)
+        return torch.baddbmm(self.bias[members], inputs, self.weight[members])
 
 
 class CriticEnsemble(nn.Module):
-    """N Q(s, a) critics in stacked weights; returns [N, batch] from one batched pass."""
+    """N Q(s, a) critics in stacked weights; returns [N, batch] from one batched pass.
+
+    ``precision="bf16-mixed"`` runs the hidden layers' matmuls in bfloat16 under autocast
+    (weights, gradients and optimiser state stay float32; the output layer and every loss stay
+    float32, so Q-values keep full precision). On CPUs with AVX512-BF16 this is where most of
+    an update's floating-point work goes, at several times the float32 rate.
+    """
 
     def __init__(self, obs_dim: int, action_dim: int, ensemble_size: int = 2,
-                 hidden_sizes: Sequence[int] = (256, 256)) -> None:
+                 hidden_sizes: Sequence[int] = (256, 256), precision: str = "fp32") -> None:
         super().__init__()
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.ensemble_size = ensemble_size
+        self.mixed_bf16 = precision == "bf16-mixed"
         self.normalizer = ObservationNormalizer(obs_dim)
         sizes = [obs_dim + action_dim, *hidden_sizes, 1]
         self.layers = nn.ModuleList(
-            EnsembleLinear(ensemble_size, a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True)
+            EnsembleLinear(ensemble_size, a, b) for a, b in itertools.pairwise(sizes)
         )
 
-    def forward(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    def forward(self, observations: torch.Tensor, actions: torch.Tensor,
+                members: list[int] | None = None) -> torch.Tensor:
+        """Q-values [len(members) or N, batch]; ``members`` evaluates only those critics."""
         inputs = torch.cat([self.normalizer(observations), actions], dim=-1)
-        hidden = inputs.unsqueeze(0).expand(self.ensemble_size, -1, -1)
-        for layer in self.layers[:-1]:
-            hidden = F.relu(layer(hidden))
-        return self.layers[-1](hidden).squeeze(-1)
+        count = self.ensemble_size if members is None else len(members)
+        hidden = inputs.unsqueeze(0).expand(count, -1, -1)
+        with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=self.mixed_bf16):
+            for layer in self.layers[:-1]:
+                hidden = F.relu(layer(hidden, members))
+        return self.layers[-1](hidden.float(), members).squeeze(-1)
 
 
 class ValueNetwork(nn.Module):

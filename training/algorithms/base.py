@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,6 +31,7 @@ class TrainingContext:
     device: torch.device
     generator: torch.Generator  # CPU generator: minibatch indices and noise, replayable
     seed: int
+    precision: str = "fp32"
 
     def new_actor(self) -> SquashedGaussianActor:
         """A squashed Gaussian actor with the dataset's observation statistics."""
@@ -42,13 +44,19 @@ class TrainingContext:
 class Algorithm(Protocol):
     """One offline algorithm: ``step`` does one gradient update and returns its log values."""
 
-    actor: SquashedGaussianActor
+    @property
+    def actor(self) -> SquashedGaussianActor: ...
 
     def step(self) -> dict[str, float]: ...
 
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def adam(parameters: Iterable[nn.Parameter], lr: float) -> torch.optim.Adam:
+    """Adam with the fused kernel (one pass over all parameters; CPU and CUDA in torch >= 2.4)."""
+    return torch.optim.Adam(parameters, lr=lr, fused=True)
 
 
 def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:

@@ -14,7 +14,7 @@ import torch
 from torch.nn import functional as F
 
 from safepolicy.datasets import Dataset
-from training.algorithms.base import TrainingContext
+from training.algorithms.base import TrainingContext, adam
 from training.algorithms.td3bc import TD3BCOracle, log_std_loss
 from training.config import BCSafeConfig, TD3BCLagConfig
 from training.data import episode_rows_within_cost
@@ -32,13 +32,13 @@ class BCSafe:
         self.buffer = context.buffer.subset(torch.as_tensor(rows))
         self.context = context
         self.actor = context.new_actor()
-        self.optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr)
+        self.optimizer = adam(self.actor.parameters(), lr=config.actor_lr)
 
     def step(self) -> dict[str, float]:
         batch = self.buffer.sample(self.context.batch_size, self.context.generator)
-        predicted = torch.tanh(self.actor.distribution(batch.observations)[0])
-        loss = F.mse_loss(predicted, batch.actions) + log_std_loss(
-            self.actor, batch.observations, batch.actions)
+        mean, log_std = self.actor.distribution(batch.observations)
+        loss = F.mse_loss(torch.tanh(mean), batch.actions) + log_std_loss(
+            mean, log_std, batch.actions)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

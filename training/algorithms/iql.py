@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from training.algorithms.base import TrainingContext, per_step_budget, soft_update
+from training.algorithms.base import TrainingContext, adam, per_step_budget, soft_update
 from training.config import IQLConfig
 from training.data import Batch
 from training.networks import CriticEnsemble, ValueNetwork
@@ -47,16 +47,17 @@ class IQLOracle:
         stats = (context.buffer.obs_mean.cpu(), context.buffer.obs_std.cpu())
         self.actor = context.new_actor()
         self.critic = CriticEnsemble(context.obs_dim, context.action_dim,
-                                     2 * config.critics_per_signal, context.hidden_sizes)
+                                     2 * config.critics_per_signal, context.hidden_sizes,
+                                     context.precision)
         self.value = ValueNetwork(context.obs_dim, 2, context.hidden_sizes)
         self.critic.normalizer.set_statistics(*stats)
         self.value.normalizer.set_statistics(*stats)
         self.critic.to(context.device)
         self.value.to(context.device)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
-        self.value_optimizer = torch.optim.Adam(self.value.parameters(), lr=config.critic_lr)
+        self.actor_optimizer = adam(self.actor.parameters(), lr=config.actor_lr)
+        self.critic_optimizer = adam(self.critic.parameters(), lr=config.critic_lr)
+        self.value_optimizer = adam(self.value.parameters(), lr=config.critic_lr)
 
     def step(self) -> dict[str, float]:
         batch = self.context.buffer.sample(self.context.batch_size, self.context.generator)

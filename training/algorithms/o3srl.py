@@ -48,6 +48,7 @@ from training.algorithms.base import TrainingContext
 from training.algorithms.iql import IQLOracle
 from training.algorithms.td3bc import TD3BCOracle
 from training.config import O3SRLConfig
+from training.networks import SquashedGaussianActor
 
 
 def lambda_arms(num_arms: int, lambda_max: float, geometry: str) -> np.ndarray:
@@ -135,7 +136,7 @@ class O3SRL:
         self.oracle.lagrange_multiplier = float(self.arms[self.arm])
 
     @property
-    def actor(self):  # type: ignore[no-untyped-def]
+    def actor(self) -> SquashedGaussianActor:
         return self.oracle.actor
 
     def step(self) -> dict[str, float]:

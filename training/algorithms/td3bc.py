@@ -27,6 +27,7 @@ from torch.nn import functional as F
 
 from training.algorithms.base import (
     TrainingContext,
+    adam,
     per_step_budget,
     soft_update,
 )
@@ -59,10 +60,9 @@ def td3bc_actor_loss(lagrangian_q: torch.Tensor, policy_actions: torch.Tensor,
     return -q_weight * lagrangian_q.mean() + F.mse_loss(policy_actions, dataset_actions)
 
 
-def log_std_loss(actor: SquashedGaussianActor, observations: torch.Tensor,
-                 unit_actions: torch.Tensor) -> torch.Tensor:
+def log_std_loss(mean: torch.Tensor, log_std: torch.Tensor, unit_actions: torch.Tensor,
+                 ) -> torch.Tensor:
     """Negative log-likelihood of dataset actions through the log-std head only."""
-    mean, log_std = actor.distribution(observations)
     pre_squash = torch.atanh(unit_actions.clamp(-1 + 1e-6, 1 - 1e-6))
     return -squashed_gaussian_log_prob(pre_squash, mean.detach(), log_std).mean()
 
@@ -79,14 +79,15 @@ class TD3BCOracle:
                                                context.episode_length, per_step_budget_mode)
         self.actor = context.new_actor()
         self.critic = CriticEnsemble(context.obs_dim, context.action_dim,
-                                     2 * config.critics_per_signal, context.hidden_sizes)
+                                     2 * config.critics_per_signal, context.hidden_sizes,
+                                     context.precision)
         self.critic.normalizer.set_statistics(context.buffer.obs_mean.cpu(),
                                               context.buffer.obs_std.cpu())
         self.critic.to(context.device)
         self.target_actor = copy.deepcopy(self.actor).requires_grad_(False)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
+        self.actor_optimizer = adam(self.actor.parameters(), lr=config.actor_lr)
+        self.critic_optimizer = adam(self.critic.parameters(), lr=config.critic_lr)
         self.updates = 0
 
     def unit_action(self, actor: SquashedGaussianActor, observations: torch.Tensor) -> torch.Tensor:
@@ -118,11 +119,17 @@ class TD3BCOracle:
 
         self.updates += 1
         if self.updates % config.policy_delay == 0:
-            policy_actions = self.unit_action(self.actor, batch.observations)
-            q = self.critic(batch.observations, policy_actions)
-            lagrangian_q = q[0] - self.lagrange_multiplier * q[s]
+            mean, log_std = self.actor.distribution(batch.observations)
+            policy_actions = torch.tanh(mean)
+            # TD3 reads the first critic of each signal; the critics' own weights get no
+            # gradient here (they are not updated by the actor loss), which saves their
+            # weight-gradient matmuls.
+            self.critic.requires_grad_(False)
+            q_reward, q_cost = self.critic(batch.observations, policy_actions, members=[0, s])
+            self.critic.requires_grad_(True)
+            lagrangian_q = q_reward - self.lagrange_multiplier * q_cost
             actor_loss = td3bc_actor_loss(lagrangian_q, policy_actions, batch.actions, config.alpha)
-            actor_loss = actor_loss + log_std_loss(self.actor, batch.observations, batch.actions)
+            actor_loss = actor_loss + log_std_loss(mean, log_std, batch.actions)
             self.actor_optimizer.zero_grad(set_to_none=True)
             actor_loss.backward()
             self.actor_optimizer.step()
