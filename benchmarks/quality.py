@@ -10,7 +10,7 @@ interrupted benchmark continues where it stopped.
 Default size (fits about an hour on the 2-core CPU):
     python benchmarks/quality.py
 Paper-size settings are a flag away:
-    python benchmarks/quality.py --steps 100000 --seeds 0 1 2 --eval-episodes 20
+    python benchmarks/quality.py --steps 100000 --seeds 0 1 2 --eval-episodes 20 --precision fp32
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,9 +38,12 @@ def collect_if_missing(task: str, data_dir: Path, episodes: int, seed: int) -> P
 
 
 def train_once(algorithm: str, task: str, dataset: Path, cost_limit: float, seed: int,
-               steps: int, eval_episodes: int, out: Path) -> dict:
+               steps: int, eval_episodes: int, precision: str, out: Path) -> dict:
+    import torch
+
     from training.loop import TrainRequest, train
 
+    torch.set_num_threads(1)  # one run per core; --jobs sets how many run at once
     evaluation = out / "evaluation.json"
     if not evaluation.exists():
         if out.exists():
@@ -49,12 +53,18 @@ def train_once(algorithm: str, task: str, dataset: Path, cost_limit: float, seed
         started = time.perf_counter()
         train(TrainRequest(algorithm=algorithm, task=task, dataset=dataset,
                            cost_limit=cost_limit, out=out, seed=seed, steps=steps,
-                           overrides={"run.eval_episodes": str(eval_episodes)}, progress=False))
+                           overrides={"run.eval_episodes": str(eval_episodes),
+                                      "run.precision": precision}, progress=False))
         (out / "train_seconds.txt").write_text(f"{time.perf_counter() - started:.1f}\n")
     result: dict = json.loads(evaluation.read_text())
     seconds = out / "train_seconds.txt"
     result["train_seconds"] = float(seconds.read_text()) if seconds.exists() else None
+    result.update(task=task, algorithm=algorithm, cost_limit=cost_limit, seed=seed)
     return result
+
+
+def train_once_star(job: tuple) -> dict:
+    return train_once(*job)
 
 
 def summarise(results: list[dict]) -> dict[tuple[str, str, float], dict[str, float]]:
@@ -126,7 +136,9 @@ def main() -> int:
     parser.add_argument("--algorithms", nargs="+", default=["o3srl", "bc-safe", "td3bc-lag"])
     parser.add_argument("--cost-limits", nargs="+", type=float, default=[5.0, 10.0, 20.0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("--steps", type=int, default=8000)
+    parser.add_argument("--steps", type=int, default=10_000)
+    parser.add_argument("--precision", default="bf16-mixed", choices=["fp32", "bf16-mixed"])
+    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one per core)")
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--dataset-episodes", type=int, default=200)
     parser.add_argument("--data-dir", type=Path, default=ROOT / "data")
@@ -134,30 +146,29 @@ def main() -> int:
     args = parser.parse_args()
 
     args.out.mkdir(parents=True, exist_ok=True)
-    results = []
-    for task in args.tasks:
-        dataset = collect_if_missing(task, args.data_dir, args.dataset_episodes, seed=0)
-        for limit in args.cost_limits:
-            for algorithm in args.algorithms:
-                for seed in args.seeds:
-                    run_dir = args.out / "runs" / f"{task}-{algorithm}-{limit:g}-s{seed}"
-                    row = train_once(algorithm, task, dataset, limit, seed, args.steps,
-                                     args.eval_episodes, run_dir)
-                    row.update(task=task, algorithm=algorithm, cost_limit=limit, seed=seed)
-                    results.append(row)
-                    print(f"{task} {algorithm} kappa={limit:g} seed={seed}: "
-                          f"reward {row['normalized_reward']:.2f} cost {row['normalized_cost']:.2f}"
-                          f" ({row['train_seconds']} s)", flush=True)
-                    summary = summarise(results)
-                    table = markdown_table(summary, args.tasks, args.algorithms, args.cost_limits)
-                    settings = {k: (str(v) if isinstance(v, Path) else v)
-                                for k, v in vars(args).items()}
-                    (args.out / "quality.json").write_text(json.dumps(
-                        {"settings": settings, "runs": results}, indent=2))
-                    (args.out / "quality.md").write_text(
-                        f"Settings: {args.steps} gradient steps, seeds {args.seeds}, "
-                        f"{args.eval_episodes} evaluation episodes, datasets of "
-                        f"{args.dataset_episodes} episodes.\n\n{table}\n")
+    datasets = {task: collect_if_missing(task, args.data_dir, args.dataset_episodes, seed=0)
+                for task in args.tasks}
+    jobs = [(algorithm, task, datasets[task], limit, seed, args.steps, args.eval_episodes,
+             args.precision, args.out / "runs" / f"{task}-{algorithm}-{limit:g}-s{seed}")
+            for task in args.tasks for limit in args.cost_limits
+            for algorithm in args.algorithms for seed in args.seeds]
+    results: list[dict] = []
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        for row in pool.map(train_once_star, jobs):
+            results.append(row)
+            print(f"{row['task']} {row['algorithm']} kappa={row['cost_limit']:g} "
+                  f"seed={row['seed']}: reward {row['normalized_reward']:.2f} "
+                  f"cost {row['normalized_cost']:.2f} ({row['train_seconds']} s)", flush=True)
+            table = markdown_table(summarise(results), args.tasks, args.algorithms,
+                                   args.cost_limits)
+            (args.out / "quality.json").write_text(json.dumps(
+                {"settings": settings, "runs": results}, indent=2))
+            (args.out / "quality.md").write_text(
+                f"Settings: {args.steps} gradient steps ({args.precision}), seeds {args.seeds}, "
+                f"{args.eval_episodes} evaluation episodes on seeds 10000+, datasets of "
+                f"{args.dataset_episodes} episodes from `safepolicy collect --seed 0`.\n\n"
+                f"{table}\n")
     plot(summarise(results), args.out / "quality.png")
     print((args.out / "quality.md").read_text())
     return 0

@@ -29,6 +29,9 @@ class RunConfig:
     hidden_sizes: list[int] = param(  # noqa: RUF009 (param returns a default_factory field)
         [256, 256], "hidden layer widths of every MLP", "OSRL/TD3+BC: 2x256")
     gamma: float = param(0.99, "discount factor", "0.99 everywhere")
+    reward_scale: float = param(0.1, "rewards are multiplied by this before learning; sets "
+                                "the reward/cost trade-off that the lambda range [0, C] spans",
+                                "OSRL (BCQ-Lag, CPQ, BC): 0.1")
     precision: str = param("fp32", "critic matmuls: fp32, or bf16-mixed (bf16 hidden layers, "
                            "fp32 weights/outputs/losses; several times faster on AVX512-BF16)",
                            "fp32")

@@ -32,7 +32,7 @@ class OfflineBuffer:
     """A DSRL dataset as device tensors with observation statistics."""
 
     def __init__(self, dataset: Dataset, action_low: np.ndarray, action_high: np.ndarray,
-                 device: torch.device) -> None:
+                 device: torch.device, reward_scale: float = 1.0) -> None:
         self.device = device
         low = torch.as_tensor(action_low, dtype=torch.float32)
         high = torch.as_tensor(action_high, dtype=torch.float32)
@@ -45,7 +45,7 @@ class OfflineBuffer:
         self.observations = tensor(dataset.observations)
         self.next_observations = tensor(dataset.next_observations)
         self.actions = unit_actions.to(device)
-        self.rewards = tensor(dataset.rewards)
+        self.rewards = tensor(dataset.rewards) * reward_scale
         self.costs = tensor(dataset.costs)
         self.dones = tensor(dataset.terminals.astype(np.float32))
         self.size = len(dataset)

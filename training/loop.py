@@ -206,7 +206,8 @@ def train(request: TrainRequest) -> Path:
     generator = torch.Generator().manual_seed(request.seed)
     from training.data import OfflineBuffer
 
-    buffer = OfflineBuffer(dataset, np.asarray(action_low), np.asarray(action_high), device)
+    buffer = OfflineBuffer(dataset, np.asarray(action_low), np.asarray(action_high), device,
+                           reward_scale=run_config.reward_scale)
     context = TrainingContext(
         buffer=buffer, obs_dim=dataset.obs_dim, action_dim=dataset.action_dim,
         action_low=action_low, action_high=action_high, hidden_sizes=run_config.hidden_sizes,

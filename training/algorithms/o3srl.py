@@ -31,6 +31,11 @@ default, since the loss-based form needs none for the bound.
 Departures from the paper, and why:
 - The oracle keeps separate reward and cost critics (see td3bc.py / iql.py); L is linear in
   lambda, so this is exact for TD3+BC and lets arms switch every M steps without re-learning.
+- Rewards are scaled by ``run.reward_scale`` = 0.1 before learning (OSRL's convention for these
+  tasks; the paper does not state a scale). The arms span lambda in [0, C] with C = 5, and the
+  Lagrangian trades reward against cost per step: at BallRun's scale (up to ~13 reward per step)
+  no lambda <= 5 makes speeding unprofitable, and a 6k-step run kept cost 85 against a limit of
+  10; with the scale it kept cost 0 (see the issue note).
 - The per-step budget defaults to kappa / T rather than (1 - gamma) kappa (``per_step_budget``):
   DSRL limits the undiscounted cost of a T-step episode, and the two agree only when
   T = 1 / (1 - gamma). The paper's form is one setting away.
