@@ -249,6 +249,9 @@ class OnnxPolicy:
         self.version_dir = version_dir
         self.action_low = np.asarray(metadata.action_low, dtype=np.float32)
         self.action_high = np.asarray(metadata.action_high, dtype=np.float32)
+        # output-name lists built once: the per-call path should not allocate them
+        self._action_output = [OUTPUT_NAMES[0]]
+        self._all_outputs = list(OUTPUT_NAMES)
 
     @property
     def obs_dim(self) -> int:
@@ -297,13 +300,25 @@ class OnnxPolicy:
         Deterministic actions are the graph's ``action`` output; stochastic ones sample the
         squashed Gaussian in numpy with ``rng`` (a fresh unseeded generator when ``None``).
         """
+        array = self.check_observations(observations)
+        if array.shape[0] == 0:
+            return np.empty((0, self.action_dim), dtype=np.float32)
+        return self.act_unchecked(array, deterministic, rng)
+
+    def act_unchecked(self, observations: np.ndarray, deterministic: bool = True,
+                      rng: np.random.Generator | None = None) -> np.ndarray:
+        """:meth:`__call__` without checking its input: the fast path for callers that have.
+
+        ``observations`` must already be what :meth:`check_observations` returns, a
+        C-contiguous float32 ``[batch, obs_dim]`` array of finite values, and ``batch >= 1``
+        (the policy server validates every request once, on decoding, and calls this). Nothing
+        here re-checks it: a wrong shape surfaces as an onnxruntime error, and NaN or infinity
+        yield NaN actions, so only pass arrays that came through a check.
+        """
         if deterministic:
-            array = self.check_observations(observations)
-            if array.shape[0] == 0:
-                return np.empty((0, self.action_dim), dtype=np.float32)
-            (action,) = self.session.run([OUTPUT_NAMES[0]], {INPUT_NAME: array})
-            return np.asarray(action, dtype=np.float32)
-        _, mean, log_std = self.outputs(observations)
+            (action,) = self.session.run(self._action_output, {INPUT_NAME: observations})
+            return action  # type: ignore[no-any-return]  # float32 [batch, action_dim]
+        _, mean, log_std = self.session.run(self._all_outputs, {INPUT_NAME: observations})
         generator = rng if rng is not None else np.random.default_rng()
         noise = generator.standard_normal(mean.shape, dtype=np.float32)
         squashed = np.tanh(mean + np.exp(log_std) * noise)

@@ -6,7 +6,10 @@ ever names the server already knows (a resolved policy and version), never raw c
 so a client cannot blow up the series count; an unresolved call is labelled ``policy=""``.
 
 Label children are cached in plain dicts: ``metric.labels(...)`` validates its arguments on
-every call, which is measurable at the request rates of the ``Act`` path.
+every call, which is measurable at the request rates of the ``Act`` path. The inference path
+goes one step further: :meth:`ServerMetrics.bound` hands out a :class:`BoundCall` holding the
+children one method/policy/version writes on every successful call, so a call costs one dict
+lookup plus the increments.
 """
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ class ServerMetrics:
                                           "Mean cost of the most recent finished episodes",
                                           ["policy"], registry=r)
         self._children: dict[tuple[Any, ...], Any] = {}
+        self._bound: dict[tuple[str, str, int], BoundCall] = {}
         for method in METHODS:
             self.latency.labels(method)
             self.in_flight.labels(method)
@@ -100,6 +104,14 @@ class ServerMetrics:
             found = self._children[key] = metric.labels(*labels)
         return found
 
+    def bound(self, method: str, policy: str, version: int) -> BoundCall:
+        """The cached :class:`BoundCall` of ``method`` on ``policy``/``version``."""
+        key = (method, policy, version)
+        found = self._bound.get(key)
+        if found is None:
+            found = self._bound[key] = BoundCall(self, method, policy, str(version))
+        return found
+
     def record_call(self, method: str, policy: str, version: str, code: str,
                     seconds: float) -> None:
         self.child(self.requests, method, policy, version, code).inc()
@@ -110,6 +122,24 @@ class ServerMetrics:
         for name, versions in entries:
             self.child(self.loaded_versions, name).set(len(versions))
             self.child(self.serving_version, name).set(max(versions) if versions else 0)
+
+
+class BoundCall:
+    """The metric children a successful inference call of one method, policy and version
+    updates, looked up once: ``requests{code="OK"}``, the method's latency histogram and the
+    policy's batch-size histogram (the last only where the call runs unbatched)."""
+
+    __slots__ = ("batch_size", "latency", "ok")
+
+    def __init__(self, metrics: ServerMetrics, method: str, policy: str, version: str) -> None:
+        self.ok = metrics.child(metrics.requests, method, policy, version, "OK")
+        self.latency = metrics.child(metrics.latency, method)
+        self.batch_size = metrics.child(metrics.batch_size, policy)
+
+    def record_ok(self, seconds: float) -> None:
+        """Count one successful call that took ``seconds``."""
+        self.ok.inc()
+        self.latency.observe(seconds)
 
 
 def start_metrics_server(metrics: ServerMetrics, port: int, host: str = "0.0.0.0") -> Any:

@@ -18,6 +18,7 @@ Nothing here knows about gRPC: errors are :mod:`server.errors` types that carry 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from collections.abc import Mapping, Sequence
@@ -168,8 +169,14 @@ class PolicyStore:
     # ---- acting ----
 
     def check_observations(self, loaded: LoadedVersion, observations: np.ndarray) -> np.ndarray:
-        """``observations`` as float32 ``[batch, obs_dim]``, or an INVALID_ARGUMENT error."""
+        """``observations`` as C-contiguous float32 ``[batch, obs_dim]`` with finite values, or
+        an INVALID_ARGUMENT error saying what is wrong.
+
+        This is the one validation a request gets: :meth:`run` hands the result to
+        :meth:`OnnxPolicy.act_unchecked <export.artifact.OnnxPolicy.act_unchecked>`.
+        """
         obs_dim = loaded.metadata.obs_dim
+        observations = np.ascontiguousarray(observations, dtype=np.float32)
         if observations.ndim == 1:
             observations = observations.reshape(1, -1)
         if observations.ndim != 2 or observations.shape[1] != obs_dim:
@@ -182,20 +189,26 @@ class PolicyStore:
         if batch > self.max_batch_size:
             raise BatchSizeError(f"batch of {batch} observations exceeds the server's limit of "
                                  f"{self.max_batch_size}; split the request")
-        finite = np.isfinite(observations)
-        if not finite.all():
-            rows = np.flatnonzero(~finite.all(axis=1))
-            raise InvalidObservations(
-                f"observations contain NaN or infinity in row(s) {rows[:10].tolist()}"
-                f"{' ...' if rows.size > 10 else ''}; send finite values")
+        # x.x is finite exactly when every x is, unless the float32 sum of squares overflows
+        # (|x| above about 1e19): one BLAS dot (about 0.4 us against 1.2 us for
+        # isfinite().all()), and the exact check only when the dot is not finite
+        flat = observations.reshape(-1)
+        if not math.isfinite(flat.dot(flat)):
+            finite = np.isfinite(observations)
+            if not finite.all():
+                rows = np.flatnonzero(~finite.all(axis=1))
+                raise InvalidObservations(
+                    f"observations contain NaN or infinity in row(s) {rows[:10].tolist()}"
+                    f"{' ...' if rows.size > 10 else ''}; send finite values")
         return observations
 
     def run(self, loaded: LoadedVersion, observations: np.ndarray, *, deterministic: bool = True,
             seed: int | None = None) -> np.ndarray:
-        """Actions float32 ``[batch, action_dim]`` for already checked observations."""
+        """Actions float32 ``[batch, action_dim]`` for observations that came through
+        :meth:`check_observations` (they are not checked again)."""
         rng = None if deterministic else np.random.default_rng(seed)
         try:
-            return loaded.policy(observations, deterministic=deterministic, rng=rng)
+            return loaded.policy.act_unchecked(observations, deterministic, rng)
         except ObservationError as error:
             raise InvalidObservations(f"policy {loaded.label}: {error}") from error
         except Exception as error:  # onnxruntime raises untyped errors

@@ -14,6 +14,8 @@ MAX_DIMS = 2
 
 def decode_float32(shape: Sequence[int], data: bytes, what: str = "observations") -> np.ndarray:
     """A read-only float32 array of ``shape`` over ``data`` (little-endian, row-major)."""
+    if len(shape) == 1 and shape[0] * FLOAT32.itemsize == len(data):
+        return np.frombuffer(data, dtype=FLOAT32)  # the per-step fast path: one observation
     if not 1 <= len(shape) <= MAX_DIMS:
         raise InvalidRequest(f"{what} need a shape of 1 or 2 dimensions ([obs_dim] or "
                              f"[batch, obs_dim]), got {list(shape)}")
