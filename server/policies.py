@@ -39,6 +39,7 @@ from export.artifact import (
     PolicyMetadata,
     load_policy,
     read_audit_verdict,
+    read_metadata,
 )
 from export.repository import ModelRepository
 from server.errors import (
@@ -294,6 +295,16 @@ class PolicyStore:
                 verdict = "not audited" if audit is None else f"audit verdict {audit.verdict}"
                 return None, (f"{verdict}, and the server requires PASS (--require-audit); "
                               "run `safepolicy audit` on it")
+            if self.require_audit and audit is not None:
+                # a PASS only vouches for the limit it was checked against: one obtained
+                # with a looser limit than the policy's own says nothing about that budget
+                cost_limit = read_metadata(directory).cost_limit
+                if audit.cost_limit > cost_limit:
+                    return None, (f"audit PASS was against cost_limit {audit.cost_limit:g}, "
+                                  f"looser than the policy's cost_limit {cost_limit:g}; the "
+                                  "server requires an audit at the policy's limit or stricter "
+                                  "(--require-audit); re-run `safepolicy audit` with "
+                                  f"--cost-limit {cost_limit:g}")
             policy = load_policy(directory, providers=self.providers, threads=self.threads)
             if policy.metadata.name != name or policy.metadata.version != version:
                 raise ArtifactError(

@@ -38,7 +38,7 @@ class ServerSettings(BaseSettings):
     pins: Annotated[dict[str, list[int]], NoDecode] = Field(
         default_factory=dict, description="policy -> versions to serve, overriding the policy")
     require_audit: bool = Field(False, description="serve only versions whose audit.json "
-                                "says PASS")
+                                "says PASS against a cost_limit at most the policy's own")
     poll_interval_s: float = Field(10.0, ge=0.0, description="seconds between repository "
                                    "scans (0: only at start and on the Reload call)")
     max_batch_size: int = Field(1024, ge=1, description="most observations in one request")

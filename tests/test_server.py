@@ -20,7 +20,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from export.artifact import load_policy
+from export.artifact import AuditVerdict, load_policy, write_audit_verdict
 from server._generated import policy_pb2
 from server.app import ServerThread
 from server.client import PolicyClient, act_request
@@ -144,6 +144,29 @@ def test_require_audit_serves_only_pass_versions(pool: Path, tmp_path: Path) -> 
             grpc.StatusCode.UNAVAILABLE
         assert code_of(lambda: client.act("audited", observations(1), version=2)) == \
             grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(("audit_limit", "served"), [(10.0, True), (5.0, True), (20.0, False)])
+def test_require_audit_refuses_a_pass_against_a_looser_cost_limit(
+        pool: Path, tmp_path: Path, audit_limit: float, served: bool) -> None:
+    """The policy's metadata says cost_limit 10: a PASS at 10 or stricter unlocks it, a PASS
+    at 20 does not (it vouches for a budget twice as large), and the reason says so."""
+    root = tmp_path / "repo"
+    version_dir = add_version(pool / "ballrun" / "1", root, "ballrun", 1)
+    write_audit_verdict(version_dir, AuditVerdict(
+        verdict="PASS", task="BallRun", cost_limit=audit_limit, confidence=0.95, episodes=10,
+        mean_cost=1.0, cost_upper_bound=2.0, violation_rate=0.0))
+    with ServerThread(settings(root, require_audit=True)) as server, \
+            PolicyClient(server.target) as client:
+        if served:
+            assert client.act("ballrun", observations(1)).version == 1
+        else:
+            with pytest.raises(grpc.RpcError) as caught:
+                client.act("ballrun", observations(1))
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "looser than the policy's cost_limit 10" in caught.value.details()
+    with ServerThread(settings(root)) as server, PolicyClient(server.target) as client:
+        assert client.act("ballrun", observations(1)).version == 1  # without the flag: served
 
 
 def test_version_policy_all_and_pins(pool: Path, repo: Path) -> None:
