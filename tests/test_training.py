@@ -144,3 +144,19 @@ def test_o3srl_pushes_cost_toward_the_budget_where_the_unconstrained_oracle_does
     # EXP3 moves mass off lambda = 0 while the policy is over budget (measured 0.04-0.15 on 4
     # seeds, uniform is 0.2).
     assert o3srl.bandit.probabilities()[0] < 1.0 / O3SRLConfig().num_arms
+
+
+def test_iql_oracle_learns_and_o3srl_runs_on_it() -> None:
+    from training.algorithms.iql import IQLOracle, expectile_loss
+    from training.config import IQLConfig
+
+    differences = torch.tensor([1.0, -1.0])
+    assert expectile_loss(differences, 0.7) == pytest.approx((0.7 + 0.3) / 2)
+    dataset = speed_cost_dataset(transitions=2000)
+    oracle = IQLOracle(IQLConfig(), toy_context(dataset, 3.0, 300), "episode")
+    losses = [oracle.step()["loss/critic"] for _ in range(300)]
+    assert np.mean(losses[-50:]) < 0.5 * np.mean(losses[:50])
+    config = O3SRLConfig(oracle="iql")
+    o3srl = O3SRL(config, toy_context(dataset, 3.0, 50))
+    logs = [o3srl.step() for _ in range(20)]
+    assert "o3srl/lambda" in logs[9] and o3srl.oracle.lagrange_multiplier in o3srl.arms
