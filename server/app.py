@@ -6,10 +6,11 @@ Protocol); :class:`PolicyServer` owns the store, metrics, health, reloads and sh
 store and :mod:`server.errors` know nothing about transport beyond each error's status code.
 
 Why grpc.aio: on the project's 2-core machines running onnxruntime inside a thread-pool
-handler (sync grpcio) added about 0.15 ms p50 over a bare echo, while inside an aio handler it
-added nothing measurable (docs: platform-facts; re-measured by benchmarks/serve_latency.py).
-Small batches therefore run on the event loop (about 15 us); batches above
-``inline_max_rows`` go to a worker thread so they do not stall other calls.
+handler (sync grpcio) added about 0.1-0.15 ms p50 over a bare sync echo, no less than inside
+an aio handler (docs: platform-facts; scratch re-measurements noted in README's Serving
+section). Small batches therefore run on the event loop (about 15 us in a warm loop, about
+45 us under the benchmark's load); batches above ``inline_max_rows`` go to a worker thread so
+they do not stall other calls.
 """
 
 from __future__ import annotations
