@@ -59,6 +59,17 @@ def adam(parameters: Iterable[nn.Parameter], lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(parameters, lr=lr, fused=True)
 
 
+def component_states(owner: object, names: tuple[str, ...]) -> dict[str, Any]:
+    """``state_dict()`` of each named module or optimiser of ``owner``."""
+    return {name: getattr(owner, name).state_dict() for name in names}
+
+
+def load_component_states(owner: object, names: tuple[str, ...], state: dict[str, Any]) -> None:
+    """Inverse of ``component_states``."""
+    for name in names:
+        getattr(owner, name).load_state_dict(state[name])
+
+
 def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     """Polyak averaging ``target <- (1 - tau) target + tau source`` (parameters only)."""
     with torch.no_grad():

@@ -17,7 +17,14 @@ from typing import Any
 
 import torch
 
-from training.algorithms.base import TrainingContext, adam, per_step_budget, soft_update
+from training.algorithms.base import (
+    TrainingContext,
+    adam,
+    component_states,
+    load_component_states,
+    per_step_budget,
+    soft_update,
+)
 from training.config import IQLConfig
 from training.data import Batch
 from training.networks import CriticEnsemble, ValueNetwork
@@ -36,6 +43,9 @@ def awr_weights(advantages: torch.Tensor, beta: float, max_weight: float) -> tor
 
 class IQLOracle:
     """IQL on r - lambda (c - b) with separate reward and cost values."""
+
+    COMPONENTS = ("actor", "critic", "value", "target_critic", "actor_optimizer",
+                  "critic_optimizer", "value_optimizer")
 
     def __init__(self, config: IQLConfig, context: TrainingContext, per_step_budget_mode: str,
                  lagrange_multiplier: float = 0.0) -> None:
@@ -111,23 +121,9 @@ class IQLOracle:
         return q[:s].mean().item(), q[s:].mean().item()
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "actor": self.actor.state_dict(),
-            "critic": self.critic.state_dict(),
-            "value": self.value.state_dict(),
-            "target_critic": self.target_critic.state_dict(),
-            "actor_optimizer": self.actor_optimizer.state_dict(),
-            "critic_optimizer": self.critic_optimizer.state_dict(),
-            "value_optimizer": self.value_optimizer.state_dict(),
-            "lagrange_multiplier": self.lagrange_multiplier,
-        }
+        return {**component_states(self, self.COMPONENTS),
+                "lagrange_multiplier": self.lagrange_multiplier}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.actor.load_state_dict(state["actor"])
-        self.critic.load_state_dict(state["critic"])
-        self.value.load_state_dict(state["value"])
-        self.target_critic.load_state_dict(state["target_critic"])
-        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
-        self.value_optimizer.load_state_dict(state["value_optimizer"])
+        load_component_states(self, self.COMPONENTS, state)
         self.lagrange_multiplier = float(state["lagrange_multiplier"])

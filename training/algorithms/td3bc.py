@@ -28,6 +28,8 @@ from torch.nn import functional as F
 from training.algorithms.base import (
     TrainingContext,
     adam,
+    component_states,
+    load_component_states,
     per_step_budget,
     soft_update,
 )
@@ -69,6 +71,9 @@ def log_std_loss(mean: torch.Tensor, log_std: torch.Tensor, unit_actions: torch.
 
 class TD3BCOracle:
     """TD3+BC on r - lambda (c - b); ``lagrange_multiplier`` may change between steps."""
+
+    COMPONENTS = ("actor", "critic", "target_actor", "target_critic", "actor_optimizer",
+                  "critic_optimizer")
 
     def __init__(self, config: TD3BCConfig, context: TrainingContext, per_step_budget_mode: str,
                  lagrange_multiplier: float = 0.0) -> None:
@@ -146,23 +151,10 @@ class TD3BCOracle:
         return q[:s].mean().item(), q[s:].mean().item()
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "actor": self.actor.state_dict(),
-            "critic": self.critic.state_dict(),
-            "target_actor": self.target_actor.state_dict(),
-            "target_critic": self.target_critic.state_dict(),
-            "actor_optimizer": self.actor_optimizer.state_dict(),
-            "critic_optimizer": self.critic_optimizer.state_dict(),
-            "updates": self.updates,
-            "lagrange_multiplier": self.lagrange_multiplier,
-        }
+        return {**component_states(self, self.COMPONENTS), "updates": self.updates,
+                "lagrange_multiplier": self.lagrange_multiplier}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.actor.load_state_dict(state["actor"])
-        self.critic.load_state_dict(state["critic"])
-        self.target_actor.load_state_dict(state["target_actor"])
-        self.target_critic.load_state_dict(state["target_critic"])
-        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        load_component_states(self, self.COMPONENTS, state)
         self.updates = int(state["updates"])
         self.lagrange_multiplier = float(state["lagrange_multiplier"])
