@@ -10,14 +10,14 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "collect": ("safepolicy.collect", "roll out behaviour policies and write a DSRL-format dataset"),
+    "collect": ("safepolicy.collect", "roll out behaviour policies into a DSRL-format dataset"),
     "dataset": ("safepolicy.dataset_cli", "validate a DSRL-format file and print its summary"),
     "tasks": ("safepolicy.tasks_cli", "list the known tasks with their environments and scores"),
     "train": ("training.cli", "train a policy offline (o3srl, bc-safe, td3bc-lag, ...)"),
     "export": ("export.cli", "turn a trained actor into a versioned ONNX policy artifact"),
     "serve": ("server.cli", "serve policies over gRPC with Prometheus metrics"),
-    "audit": ("audit.cli", "replay a policy in the safety gyms and report whether it keeps its budget"),
-    "demo": ("safepolicy.demo", "collect, train, export, audit and serve a small policy end to end"),
+    "audit": ("audit.cli", "replay a policy in the safety gyms: does it keep its budget?"),
+    "demo": ("safepolicy.demo", "collect, train, export, audit and serve a policy end to end"),
 }
 
 

@@ -38,9 +38,10 @@ def speed_cost_dataset(transitions: int = 4000, seed: int = 0) -> Dataset:
 
 def toy_context(dataset: Dataset, cost_limit: float, total_steps: int, seed: int = 0,
                 gamma: float = 0.9, hidden_sizes: tuple[int, ...] = (64, 64),
-                batch_size: int = 128) -> TrainingContext:
+                batch_size: int = 128, reward_scale: float = 1.0) -> TrainingContext:
     torch.manual_seed(seed)
-    buffer = OfflineBuffer(dataset, np.array([-1.0]), np.array([1.0]), torch.device("cpu"))
+    buffer = OfflineBuffer(dataset, np.array([-1.0]), np.array([1.0]), torch.device("cpu"),
+                           reward_scale=reward_scale)
     return TrainingContext(
         buffer=buffer, obs_dim=2, action_dim=1, action_low=[-1.0], action_high=[1.0],
         hidden_sizes=list(hidden_sizes), gamma=gamma, batch_size=batch_size, cost_limit=cost_limit,
