@@ -21,6 +21,9 @@ The scripted controllers read the observation layouts of the installed gyms:
 Bullet-Safety-Gym's Ball (``0.1 x, 0.1 y, 0.2 vx, 0.2 vy, ...``) and RaceCar
 (``0.1 x, 0.1 y, vx, vy, sin yaw, cos yaw, ...``) agents on the Run and Circle tasks, and
 Safety-Gymnasium's Point and Car robots on the Goal and Button tasks through their lidars.
+The Safety-Gymnasium Velocity tasks (cost 1 per step faster than a threshold) are played by
+open-loop periodic gaits (``VelocityController``) fitted offline by ``scripts/fit_gaits.py``;
+only HalfCheetahVelocity has one so far (see ``VELOCITY_GAITS``).
 """
 
 from __future__ import annotations
@@ -103,6 +106,9 @@ def _wrap_angle(angle: float) -> float:
 
 class Controller(ABC):
     """A closed-loop policy for one task whose behaviour is set per episode by a style."""
+
+    # multiplies the episode's action noise (an open-loop gait tolerates little of it)
+    noise_scale = 1.0
 
     def __init__(self, spec: TaskSpec, action_space: gym.spaces.Box) -> None:
         self.spec = spec
@@ -295,6 +301,115 @@ class GoalController(Controller):
         return np.array([forward - 0.5 * turn, forward + 0.5 * turn])
 
 
+@dataclass(frozen=True)
+class Gait:
+    """An open-loop periodic gait: joint ``j`` plays
+    ``bias[j] + scale * amplitude[j] * sin(2 pi frequency t + phase[j])`` (then clipped), with
+    ``t`` the simulated time in seconds. ``scale`` 0 holds the bias posture (a brake), 1 is the
+    fitted gait; ``speeds[i]`` is the mean forward speed measured at scale ``i / 10`` and
+    ``unsafe[i]`` the fraction of steps over the task's velocity threshold there (the speed
+    oscillates within a stride, so it is not zero just under the threshold)."""
+
+    frequency: float  # Hz of simulated time
+    amplitude: tuple[float, ...]
+    phase: tuple[float, ...]
+    bias: tuple[float, ...]
+    speeds: tuple[float, ...] = ()
+    unsafe: tuple[float, ...] = ()  # fraction of steps over the threshold at those scales
+
+    def action(self, time: float, scale: float) -> np.ndarray:
+        angle = 2 * math.pi * self.frequency * time + np.asarray(self.phase)
+        return np.asarray(self.bias) + scale * np.asarray(self.amplitude) * np.sin(angle)
+
+    def scale_for(self, speed: float) -> float:
+        """The gait scale whose measured mean speed is ``speed`` (1 beyond the fastest)."""
+        scales = np.linspace(0.0, 1.0, len(self.speeds))
+        return float(np.interp(speed, np.maximum.accumulate(self.speeds), scales))
+
+
+# Velocity thresholds of the v1 Safety-Gymnasium Velocity tasks
+# (safety_gymnasium/tasks/safe_velocity/safety_*_velocity_v1.py): cost 1 per step whose forward
+# speed (x velocity; the planar speed for Ant) is above it.
+VELOCITY_THRESHOLDS = {
+    "HalfCheetahVelocity": 3.2096,
+    "HopperVelocity": 0.7402,
+    "SwimmerVelocity": 0.2282,
+    "Walker2dVelocity": 2.3415,
+    "AntVelocity": 2.6222,
+}
+
+# Gaits found by ``scripts/fit_gaits.py`` (its docstring has the commands): a seeded
+# cross-entropy search over frequency, amplitudes, phases and biases that maximises the 1000-step
+# return in the real environment, then the speeds and unsafe step fractions measured at scales
+# 0, 0.1, ..., 1 over two reset seeds. Only HalfCheetah has one. Searches with seeds 0 and 1 gave
+# gaits that flip the cheetah at some scales; seed 2 is monotone in speed. Scales above 1 flip it.
+# Not covered (they fall back to random actions), measured with the same search:
+# - Swimmer: the best open-loop gait reaches 0.24 m/s, but the x velocity swings within every
+#   stroke, so 15-55% of steps go over the 0.2282 threshold at any speed: no safe gait.
+# - Hopper and Walker2d: open-loop gaits fall within ~50-230 steps (Walker2d's best just stands).
+# - Ant: the best open-loop gait walks at ~0.2 m/s against a 2.6222 threshold.
+# They need closed-loop behaviour policies (e.g. a linear policy fitted by random search).
+VELOCITY_GAITS: dict[str, Gait] = {
+    # scripts/fit_gaits.py --task HalfCheetahVelocity --seed 2 --iterations 35 (about a minute)
+    "HalfCheetahVelocity": Gait(
+        frequency=2.7313,
+        amplitude=(0.5717, 1.1261, 1.0763, 0.5747, 0.4320, 0.3349),
+        phase=(0.5076, 0.9086, -2.2371, 2.3344, -3.0512, 6.9366),
+        bias=(-0.5091, -0.4302, 0.4284, -0.0576, -0.1972, -0.0852),
+        speeds=(0.000, -0.000, 0.011, 0.123, 0.453, 0.886, 1.391, 1.887, 2.362, 2.846, 3.124),
+        unsafe=(0.00, 0.00, 0.00, 0.00, 0.00, 0.00, 0.00, 0.00, 0.00, 0.09, 0.49),
+    ),
+}
+
+
+class VelocityController(Controller):
+    """Safety-Gymnasium Velocity tasks: a fitted periodic gait played at a target speed.
+
+    Outside aggressive windows the target speed is ``0.1 + 0.9 * effort`` times the *safe top
+    speed*, the fastest measured speed at which at most 2% of steps went over the threshold;
+    inside, a burst of 1.1-1.5 times the threshold (or the gait's top speed, scale 1). The gait
+    scale for a speed comes from the speeds measured when the gait was fitted (open loop, no
+    feedback), and the scale ramps toward it. The aggressive windows cover at most twice DSRL's
+    largest episode cost in steps (about half of their steps go over the threshold), so unsafe
+    episodes span DSRL's cost range rather than running unsafe for all 1000 steps.
+    """
+
+    SAFE_STEP_FRACTION = 0.02
+    # The gait scale moves toward its target at most this much per simulated second: jumping
+    # from a slow stride to the full one mid-stride flips the cheetah.
+    SCALE_RATE = 0.5
+    # Action noise of 0.07 at full scale flips the cheetah in most episodes; 0.3 * 0.2 = 0.06 is
+    # the most an episode gets.
+    noise_scale = 0.2
+
+    def __init__(self, spec: TaskSpec, action_space: gym.spaces.Box, gait: Gait, dt: float) -> None:
+        super().__init__(spec, action_space)
+        self.gait = gait
+        self.dt = dt
+        self.threshold = VELOCITY_THRESHOLDS[spec.name]
+        cost_max = spec.cost_max if math.isfinite(spec.cost_max) else 250.0
+        self.max_unsafe_fraction = min(1.0, 2.0 * cost_max / spec.max_episode_steps)
+        safe = [v for v, u in zip(gait.speeds, gait.unsafe, strict=True)
+                if u <= self.SAFE_STEP_FRACTION]
+        self.safe_top_speed = max(safe, default=0.5 * self.threshold)
+
+    def begin_episode(self, style: EpisodeStyle, rng: np.random.Generator) -> None:
+        self.style = style
+        self.aggressive = aggressive_windows(
+            rng, self.spec.max_episode_steps, style.aggressiveness * self.max_unsafe_fraction
+        )
+        self.safe_scale = self.gait.scale_for(self.safe_top_speed * (0.1 + 0.9 * style.effort))
+        self.burst_scale = self.gait.scale_for(self.threshold * float(rng.uniform(1.1, 1.5)))
+        self.time_offset = float(rng.uniform(0.0, 1.0 / self.gait.frequency))
+        self.scale = 0.0
+
+    def act(self, observation: np.ndarray, step: int, rng: np.random.Generator) -> np.ndarray:
+        target = self.burst_scale if self.is_aggressive(step) else self.safe_scale
+        limit = self.SCALE_RATE * self.dt
+        self.scale += float(np.clip(target - self.scale, -limit, limit))
+        return self.gait.action(self.time_offset + step * self.dt, self.scale)
+
+
 def _safety_gymnasium_layout(env: gym.Env) -> dict[str, slice] | None:
     """Slices of the named observation parts of a Safety-Gymnasium builder env, if it has them."""
     task = getattr(env.unwrapped, "task", None)
@@ -329,6 +444,10 @@ def make_controller(spec: TaskSpec, env: gym.Env) -> Controller | None:
         layout = _safety_gymnasium_layout(env)
         if layout is not None and "goal_lidar" in layout:
             return GoalController(spec, space, layout)
+    gait = VELOCITY_GAITS.get(spec.name)
+    dt = getattr(env.unwrapped, "dt", None)
+    if spec.family == "safety_gymnasium" and gait is not None and dt is not None:
+        return VelocityController(spec, space, gait, float(dt))
     return None
 
 
@@ -369,8 +488,9 @@ class BehaviorMix:
     def act(self, observation: np.ndarray, step: int, rng: np.random.Generator) -> np.ndarray:
         """The action to take: the controller's, plus the episode's noise, clipped to the space."""
         action = np.asarray(self.controller.act(observation, step, rng), dtype=np.float64)
-        if self.style.noise > 0:
-            action = action + self.style.noise * rng.standard_normal(action.shape)
+        noise = self.style.noise * self.controller.noise_scale
+        if noise > 0:
+            action = action + noise * rng.standard_normal(action.shape)
         low, high = self.action_space.low, self.action_space.high
         return np.clip(action, low, high).astype(self.action_space.dtype)
 

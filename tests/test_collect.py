@@ -63,6 +63,16 @@ def test_safety_gymnasium_tasks_collect(task: str) -> None:
     assert dataset.timeouts[-1] and not dataset.terminals.any()
 
 
+def test_halfcheetah_velocity_gait_runs_forward_safe_and_unsafe() -> None:
+    dataset = collect("HalfCheetahVelocity", 6, seed=0, behavior="scripted", progress=False)
+    assert dataset.attrs["behavior"]["controller"] == "VelocityController"
+    returns, costs = dataset.episode_returns_and_costs()
+    assert (returns > 200).all(), returns  # every episode runs forward (random play: ~ -50)
+    safe, unsafe = costs <= 20, costs > 40  # DSRL's cost limits for the Velocity tasks
+    assert safe.sum() >= 2 and unsafe.sum() >= 2, costs
+    assert returns[unsafe].max() > 1500, returns  # the bursts over the speed limit pay
+
+
 @pytest.mark.parametrize(
     ("argv", "problem"),
     [
