@@ -41,28 +41,43 @@ POLICY = "bench"
 
 
 class EchoServicer(policy_pb2_grpc.PolicyServiceServicer):
-    """The floor: same messages, same server kind, no work."""
+    """The floor: same messages, same server kind, no work.
 
-    def __init__(self, action_dim: int) -> None:
+    With ``model`` (a policy version directory) it is the second, diagnostic baseline: the
+    echo plus one unchecked onnxruntime forward pass per observation and nothing else, i.e.
+    the least any server of this kind that really runs the model can cost.
+    """
+
+    def __init__(self, action_dim: int, model: str | None = None) -> None:
         self.action = np.zeros(action_dim, dtype="<f4").tobytes()
         self.action_dim = action_dim
+        self.policy = None
+        if model is not None:
+            from export.artifact import load_policy
 
-    def _answer(self) -> policy_pb2.ActResponse:
+            self.policy = load_policy(model)
+
+    def _answer(self, request: Any) -> policy_pb2.ActResponse:
+        action = self.action
+        if self.policy is not None:
+            observations = np.frombuffer(request.observations.data, dtype="<f4")
+            if observations.size == self.policy.metadata.obs_dim:
+                action = self.policy.act_unchecked(observations.reshape(1, -1))[0].tobytes()
         return policy_pb2.ActResponse(actions=policy_pb2.Tensor(
-            shape=[self.action_dim], data=self.action), policy=POLICY, version=1)
+            shape=[self.action_dim], data=action), policy=POLICY, version=1)
 
     async def Act(self, request: Any, context: Any) -> policy_pb2.ActResponse:
-        return self._answer()
+        return self._answer(request)
 
     async def ActStream(self, request_iterator: AsyncIterator[Any],
                         context: Any) -> AsyncIterator[policy_pb2.ActResponse]:
-        async for _request in request_iterator:
-            yield self._answer()
+        async for request in request_iterator:
+            yield self._answer(request)
 
 
-async def serve_echo(port: int, action_dim: int) -> None:
+async def serve_echo(port: int, action_dim: int, model: str | None = None) -> None:
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    policy_pb2_grpc.add_PolicyServiceServicer_to_server(EchoServicer(action_dim), server)
+    policy_pb2_grpc.add_PolicyServiceServicer_to_server(EchoServicer(action_dim, model), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     await server.wait_for_termination()
@@ -186,9 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repo", type=Path, help="existing repository holding policy 'bench' "
                         "(default: export an untrained 256x256 actor into a temporary one)")
     parser.add_argument("--serve-echo", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--echo-model", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_echo is not None:
-        asyncio.run(serve_echo(args.serve_echo, args.action_dim))
+        asyncio.run(serve_echo(args.serve_echo, args.action_dim, args.echo_model))
         return 0
 
     scratch = tempfile.TemporaryDirectory(prefix="serve-latency-")
@@ -199,23 +215,27 @@ def main(argv: list[str] | None = None) -> int:
         repo = Path(scratch.name) / "repo"
         make_policy(repo, POLICY, 1, obs_dim=args.obs_dim, action_dim=args.action_dim,
                     hidden_sizes=(256, 256))
-    echo_port, server_port = free_port(), free_port()
+    echo_port, inference_port, server_port = free_port(), free_port(), free_port()
     processes = [
         start([sys.executable, __file__, "--serve-echo", str(echo_port),
                "--action-dim", str(args.action_dim)]),
+        start([sys.executable, __file__, "--serve-echo", str(inference_port),
+               "--action-dim", str(args.action_dim), "--echo-model", str(repo / POLICY / "1")]),
         start([sys.executable, "-m", "server", "--repo", str(repo), "--host", "127.0.0.1",
                "--port", str(server_port), "--metrics-port", "0", "--poll-interval-s", "0",
                "--log-level", "WARNING"]),
     ]
     try:
-        targets = {"echo": f"127.0.0.1:{echo_port}", "safepolicy": f"127.0.0.1:{server_port}"}
+        targets = {"echo": f"127.0.0.1:{echo_port}",
+                   "echo+onnxruntime": f"127.0.0.1:{inference_port}",
+                   "safepolicy": f"127.0.0.1:{server_port}"}
         for target in targets.values():
             wait_ready(target)
         request = act_request(POLICY, np.random.default_rng(0).normal(
             size=args.obs_dim).astype(np.float32))
         rounds: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
         for index in range(args.rounds):
-            order = list(targets) if index % 2 == 0 else list(reversed(targets))
+            order = list(targets) if index % 2 == 0 else list(reversed(list(targets)))
             for name in order:
                 rounds[name].append(measure(targets[name], request, args.requests))
     finally:
@@ -253,6 +273,16 @@ def main(argv: list[str] | None = None) -> int:
               f"{median('safepolicy', f'{key}_p99'):.3f} | {median('echo', f'{key}_rps'):.0f} | "
               f"{median('safepolicy', f'{key}_rps'):.0f} | {value:.3f}x | {target} "
               f"{'met' if ok else 'MISSED'} |")
+    print("\nDiagnostic: the same, against an echo that also runs one onnxruntime forward pass "
+          "per call (the least a server that runs the model can cost):\n")
+    print("| path | echo+onnxruntime p50 (ms) | req/s | safepolicy / echo+onnxruntime |")
+    print("|---|---|---|---|")
+    for label, key, ratio, _ in rows:
+        metric = "rps" if key == "act8" else "p50"
+        value = ratio(median("safepolicy", f"{key}_{metric}"),
+                      median("echo+onnxruntime", f"{key}_{metric}"))
+        print(f"| {label} | {median('echo+onnxruntime', f'{key}_p50'):.3f} | "
+              f"{median('echo+onnxruntime', f'{key}_rps'):.0f} | {value:.3f}x |")
     return 0 if all(verdicts) else 1
 
 
