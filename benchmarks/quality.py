@@ -108,22 +108,33 @@ def markdown_table(summary: dict, tasks: list[str], algorithms: list[str],
 
 
 def plot(summary: dict, path: Path) -> None:
+    """Normalised reward vs cost: colour = algorithm, marker = task, label = cost limit."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7, 5))
-    markers = {"o3srl": "o", "bc-safe": "s", "td3bc-lag": "^"}
+    figure, axis = plt.subplots(figsize=(7.5, 5))
+    algorithms = sorted({algorithm for _, algorithm, _ in summary})
+    tasks = sorted({task for task, _, _ in summary})
+    colours = dict(zip(algorithms, ["tab:blue", "tab:orange", "tab:green", "tab:red"],
+                       strict=False))
+    markers = dict(zip(tasks, ["o", "s", "^", "D"], strict=False))
     for (task, algorithm, limit), cell in sorted(summary.items()):
         axis.errorbar(cell["cost_mean"], cell["reward_mean"], xerr=cell["cost_std"],
-                      yerr=cell["reward_std"], fmt=markers.get(algorithm, "x"),
-                      label=f"{task} {algorithm} κ={limit:g}", alpha=0.8, capsize=2)
+                      yerr=cell["reward_std"], fmt=markers[task], color=colours[algorithm],
+                      alpha=0.85, capsize=2)
+        axis.annotate(f"κ={limit:g}", (cell["cost_mean"], cell["reward_mean"]), fontsize=6,
+                      xytext=(4, 3), textcoords="offset points")
+    for algorithm, colour in colours.items():
+        axis.plot([], [], "s", color=colour, label=algorithm)
+    for task, marker in markers.items():
+        axis.plot([], [], marker, color="grey", label=task)
     axis.axvline(SAFE_THRESHOLD, color="red", linestyle="--", label="cost limit")
     axis.set_xlabel("normalised cost (≤ 1 is safe)")
     axis.set_ylabel("normalised reward")
-    axis.set_title("safepolicy quality benchmark")
-    axis.legend(fontsize=6, ncol=2)
+    axis.set_title("safepolicy quality benchmark (mean ± std over seeds)")
+    axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -143,7 +154,13 @@ def main() -> int:
     parser.add_argument("--dataset-episodes", type=int, default=200)
     parser.add_argument("--data-dir", type=Path, default=ROOT / "data")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality")
+    parser.add_argument("--replot", action="store_true",
+                        help="redraw quality.png from OUT/quality.json without training")
     args = parser.parse_args()
+    if args.replot:
+        runs = json.loads((args.out / "quality.json").read_text())["runs"]
+        plot(summarise(runs), args.out / "quality.png")
+        return 0
 
     args.out.mkdir(parents=True, exist_ok=True)
     datasets = {task: collect_if_missing(task, args.data_dir, args.dataset_episodes, seed=0)
