@@ -160,3 +160,16 @@ def test_iql_oracle_learns_and_o3srl_runs_on_it() -> None:
     o3srl = O3SRL(config, toy_context(dataset, 3.0, 50))
     logs = [o3srl.step() for _ in range(20)]
     assert "o3srl/lambda" in logs[9] and o3srl.oracle.lagrange_multiplier in o3srl.arms
+
+
+def test_actor_checkpoint_with_a_path_in_its_config_loads(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from pathlib import Path
+
+    from training.checkpoint import ActorMetadata, load_actor, save_actor
+
+    actor = SquashedGaussianActor(3, 1, [8])
+    metadata = ActorMetadata(task="BallRun", env_id="SafetyBallRun-v0", algorithm="bc-safe",
+                             cost_limit=5.0, seed=0, config={"dataset": Path("/data/x.h5")})
+    save_actor(tmp_path, actor, metadata)
+    _, loaded = load_actor(tmp_path)
+    assert loaded.config == {"dataset": "/data/x.h5"}

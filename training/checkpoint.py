@@ -13,6 +13,7 @@ dict (loadable with ``weights_only=True``):
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import tempfile
@@ -102,7 +103,8 @@ def save_actor(run_dir: str | os.PathLike[str], actor: SquashedGaussianActor,
         "format": ACTOR_FORMAT,
         "actor_config": actor.config(),
         "actor_state": {k: v.detach().cpu() for k, v in actor.state_dict().items()},
-        "metadata": asdict(metadata),
+        # Only plain JSON types load under weights_only=True (a Path in a config would not).
+        "metadata": json.loads(json.dumps(asdict(metadata), default=str)),
     }
     return atomic_torch_save(payload, Path(run_dir) / ACTOR_FILENAME)
 
