@@ -89,6 +89,11 @@ def test_lagrange_player_prefers_large_lambda_only_when_over_budget() -> None:
     for lam in (0.0, 2.5, 5.0):
         for cost_value in (0.0, 10.0, 1e6):
             assert 0.0 <= loss(lam, cost_value) <= 1.0
+    # Between arms the loss differs by -(lambda_k - lambda_j)(V_c - kappa_v) / (C G): the game's
+    # payoff, up to a per-round shift that no arm can exploit; the range [0, 1] is used fully.
+    assert loss(5.0, 40.0) - loss(2.5, 40.0) == pytest.approx(-2.5 * 30.0 / (5.0 * 90.0))
+    assert loss(5.0, 100.0) == pytest.approx(0.0) and loss(0.0, 100.0) == pytest.approx(1.0)
+    assert loss(2.5, 40.0) == pytest.approx(0.5)
 
 
 def test_critic_ensemble_is_one_batched_pass_matching_separate_critics() -> None:
@@ -120,30 +125,34 @@ def test_squashed_gaussian_actions_stay_within_bounds() -> None:
     assert torch.isfinite(log_prob).all()
 
 
-@pytest.mark.slow
-def test_o3srl_pushes_cost_toward_the_budget_where_the_unconstrained_oracle_does_not() -> None:
-    """Toy: reward a, cost (a + 1) / 2 per step, limit 3 per 10-step episode.
+def test_o3srl_keeps_the_cost_limit_where_the_unconstrained_oracle_does_not() -> None:
+    """Toy: reward a, cost (a + 1) / 2 per step, limit 5 per 10-step episode (needs a <= 0).
 
-    Measured (3000 steps, 4 seeds): the unconstrained oracle ends at cost 9.0 and O3SRL at
-    5.1-6.1 with EXP3 moving mass off lambda = 0. Strictly within the limit needs more
-    bandit rounds than a test can afford (EXP3's step size shrinks as sqrt(1/T)), so the test
-    asserts the direction and size of the effect, not the limit itself.
+    Fixed multipliers give costs 9.0 / 7.9 / 4.3 / 3.1 / 1.9 for lambda = 0 / 1.25 / 2.5 /
+    3.75 / 5, so the game's equilibrium mixes arms around lambda = 2 and puts the cost on the
+    limit; the last iterate wanders around it. Measured at 8000 steps over seeds 0-7: final
+    cost 4.16-5.08, mean 4.69 (seeds 0 and 1 used here: 4.82, 4.92). The test asserts the
+    seeds' mean within the limit and each seed within 5% of it, the size of that wander.
     """
     dataset = speed_cost_dataset()
-    cost_limit, steps = 3.0, 3000
+    cost_limit, steps = 5.0, 8000
     sizes = {"gamma": 0.5, "hidden_sizes": (32, 32), "batch_size": 64}
     unconstrained = TD3BCOracle(TD3BCConfig(), toy_context(dataset, cost_limit, steps, **sizes),
                                 "episode")
-    o3srl = O3SRL(O3SRLConfig(), toy_context(dataset, cost_limit, steps, **sizes))
-    for _ in range(steps):
+    for _ in range(steps // 4):  # it settles at about 9 within 500 steps
         unconstrained.step()
-        o3srl.step()
-    free_cost = episode_cost_of(unconstrained.actor, dataset)
-    assert free_cost > 2 * cost_limit
-    assert episode_cost_of(o3srl.actor, dataset) < 0.75 * free_cost
-    # EXP3 moves mass off lambda = 0 while the policy is over budget (measured 0.04-0.15 on 4
-    # seeds, uniform is 0.2).
-    assert o3srl.bandit.probabilities()[0] < 1.0 / O3SRLConfig().num_arms
+    assert episode_cost_of(unconstrained.actor, dataset) > 1.6 * cost_limit
+
+    costs, expected_lambdas = [], []
+    for seed in (0, 1):
+        o3srl = O3SRL(O3SRLConfig(), toy_context(dataset, cost_limit, steps, seed, **sizes))
+        for _ in range(steps):
+            o3srl.step()
+        costs.append(episode_cost_of(o3srl.actor, dataset))
+        expected_lambdas.append(float(o3srl.bandit.probabilities() @ o3srl.arms))
+    assert np.mean(costs) <= cost_limit and max(costs) <= 1.05 * cost_limit, costs
+    # EXP3 left lambda = 0 behind: its mass sits where fixed arms straddle the limit.
+    assert min(expected_lambdas) > 1.0, expected_lambdas
 
 
 def test_iql_oracle_learns_and_o3srl_runs_on_it() -> None:

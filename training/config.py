@@ -55,6 +55,9 @@ class TD3BCConfig:
     alpha: float = param(2.5, "Q weight against BC: lambda_bc = alpha / mean|Q|", "TD3+BC: 2.5")
     critics_per_signal: int = param(2, "critics for reward and for cost (clipped double Q)",
                                     "TD3: 2")
+    q_scale_ema: float = param(0.0, "0: lambda_bc from this batch's mean|Q| (TD3+BC); > 0: "
+                               "from its running average at this rate, one scale for all arms",
+                               "TD3+BC: per batch")
 
 
 @dataclass
@@ -90,7 +93,7 @@ class O3SRLConfig:
     per_step_budget: Literal["episode", "paper"] = param(
         "episode", "per-step cost budget: kappa / T (episode) or (1 - gamma) kappa (paper)",
         "paper: (1 - gamma) kappa")
-    td3bc: TD3BCConfig = field(default_factory=TD3BCConfig)
+    td3bc: TD3BCConfig = field(default_factory=lambda: TD3BCConfig(q_scale_ema=0.01))
     iql: IQLConfig = field(default_factory=IQLConfig)
 
 

@@ -17,9 +17,13 @@ arm; dropping it leaves the arm-dependent loss
 which favours large lambda while the policy is over budget and small lambda while it is under.
 kappa_v = b / (1 - gamma) is the budget in value units (b: the per-step budget of the reward).
 V_c(pi_t) is read from the oracle's cost critic as the mean of Q_c(s, pi_t(s)) over a batch of
-dataset states (the "stochastic value estimate"; no separate off-policy evaluation). The loss is
-mapped to [0, 1] with the bound |V_c - kappa_v| <= G, G = max(kappa_v, c_max / (1 - gamma) -
-kappa_v), as EXP3's analysis requires: l01 = (l + C G) / (2 C G).
+dataset states (the "stochastic value estimate"; no separate off-policy evaluation). Adding the
+same amount to every arm's loss in a round leaves the regret against every fixed arm unchanged,
+so the loss is centred on the middle multiplier, l'_t(k) = -(lambda_k - C / 2)(V_c - kappa_v),
+and mapped to [0, 1] with the bound |V_c - kappa_v| <= G, G = max(kappa_v, c_max / (1 - gamma) -
+kappa_v), as EXP3's analysis requires: l01 = 1/2 + l' / (C G). Centring halves the range the
+uncentred loss needs (2 C G), so the same bound is met with twice the signal per round: on the
+toy task of the tests the bandit concentrated about twice as fast.
 
 EXP3 step size. With losses in [0, 1], importance-weighted estimates l01 / p_k for the pulled
 arm, and p = softmax(-eta * cumulative estimates), the regret after T rounds is at most
@@ -39,6 +43,9 @@ Departures from the paper, and why:
 - The per-step budget defaults to kappa / T rather than (1 - gamma) kappa (``per_step_budget``):
   DSRL limits the undiscounted cost of a T-step episode, and the two agree only when
   T = 1 / (1 - gamma). The paper's form is one setting away.
+- The TD3+BC oracle's Q normaliser is a running average shared by all arms
+  (``td3bc.q_scale_ema`` = 0.01) instead of TD3+BC's per-batch mean|Q|, so that the actor follows
+  the mixture of multipliers EXP3 plays rather than over-weighting some arms (td3bc.py).
 """
 
 from __future__ import annotations
@@ -110,10 +117,10 @@ class Exp3:
 
 def lagrange_player_loss(lagrange_multiplier: float, cost_value: float, budget_value: float,
                          lambda_max: float, cost_value_bound: float) -> float:
-    """l = -lambda (V_c - kappa_v), mapped to [0, 1] by its bound C * G."""
+    """l = -(lambda - C/2)(V_c - kappa_v), mapped to [0, 1] by its bound C G / 2."""
     gap = float(np.clip(cost_value - budget_value, -cost_value_bound, cost_value_bound))
-    scale = lambda_max * cost_value_bound
-    return (-lagrange_multiplier * gap + scale) / (2.0 * scale)
+    centred_multiplier = lagrange_multiplier - lambda_max / 2.0
+    return 0.5 - centred_multiplier * gap / (lambda_max * cost_value_bound)
 
 
 class O3SRL:

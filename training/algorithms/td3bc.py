@@ -15,6 +15,13 @@ Departures from the paper, and why:
   tanh(mean); its log-std head is fitted by maximum likelihood to the dataset actions with the
   mean detached, so the exported stochastic policy has a calibrated spread without changing
   the TD3+BC objective.
+- ``q_scale_ema`` > 0 (O3SRL's default) takes TD3+BC's normaliser lambda_bc = alpha / mean|Q|
+  from a running average over batches instead of the current batch. With one lambda the two are
+  the same up to noise; when O3SRL switches lambda every M steps, a per-batch scale gives each
+  arm its own step size (arms whose Lagrangian Q is near zero push hardest), so the actor no
+  longer follows the mixture EXP3 plays. On the speed/cost toy with per-batch scaling EXP3 had
+  E[lambda] = 3.8 yet the actor's cost stayed at 5.8-6.5 (a fixed lambda of 3.75 gives 3.1);
+  with a shared running scale the actor's cost tracked E[lambda] (tests/test_training.py).
 """
 
 from __future__ import annotations
@@ -56,9 +63,9 @@ def critic_loss(q_values: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def td3bc_actor_loss(lagrangian_q: torch.Tensor, policy_actions: torch.Tensor,
-                     dataset_actions: torch.Tensor, alpha: float) -> torch.Tensor:
-    """-lambda_bc * Q(s, pi(s)) + (pi(s) - a)^2 with lambda_bc = alpha / mean |Q|."""
-    q_weight = alpha / lagrangian_q.abs().mean().detach().clamp(min=1e-6)
+                     dataset_actions: torch.Tensor, alpha: float, q_scale: float) -> torch.Tensor:
+    """-lambda_bc * Q(s, pi(s)) + (pi(s) - a)^2 with lambda_bc = alpha / q_scale."""
+    q_weight = alpha / max(q_scale, 1e-6)
     return -q_weight * lagrangian_q.mean() + F.mse_loss(policy_actions, dataset_actions)
 
 
@@ -94,6 +101,7 @@ class TD3BCOracle:
         self.actor_optimizer = adam(self.actor.parameters(), lr=config.actor_lr)
         self.critic_optimizer = adam(self.critic.parameters(), lr=config.critic_lr)
         self.updates = 0
+        self.running_q_scale: float | None = None
 
     def unit_action(self, actor: SquashedGaussianActor, observations: torch.Tensor) -> torch.Tensor:
         """The deterministic action in [-1, 1] (critics work in these units)."""
@@ -133,7 +141,8 @@ class TD3BCOracle:
             q_reward, q_cost = self.critic(batch.observations, policy_actions, members=[0, s])
             self.critic.requires_grad_(True)
             lagrangian_q = q_reward - self.lagrange_multiplier * q_cost
-            actor_loss = td3bc_actor_loss(lagrangian_q, policy_actions, batch.actions, config.alpha)
+            actor_loss = td3bc_actor_loss(lagrangian_q, policy_actions, batch.actions,
+                                          config.alpha, self.q_scale(lagrangian_q))
             actor_loss = actor_loss + log_std_loss(mean, log_std, batch.actions)
             self.actor_optimizer.zero_grad(set_to_none=True)
             actor_loss.backward()
@@ -142,6 +151,17 @@ class TD3BCOracle:
             soft_update(self.target_actor, self.actor, config.tau)
             logs["loss/actor"] = actor_loss.item()
         return logs
+
+    def q_scale(self, lagrangian_q: torch.Tensor) -> float:
+        """mean |Q| of this batch (TD3+BC), or its running average when ``q_scale_ema`` > 0."""
+        batch_scale = lagrangian_q.detach().abs().mean().item()
+        rate = self.config.q_scale_ema
+        if rate <= 0.0:
+            return batch_scale
+        if self.running_q_scale is None:
+            self.running_q_scale = batch_scale
+        self.running_q_scale += rate * (batch_scale - self.running_q_scale)
+        return self.running_q_scale
 
     @torch.no_grad()
     def value_estimates(self, observations: torch.Tensor) -> tuple[float, float]:
@@ -152,9 +172,11 @@ class TD3BCOracle:
 
     def state_dict(self) -> dict[str, Any]:
         return {**component_states(self, self.COMPONENTS), "updates": self.updates,
-                "lagrange_multiplier": self.lagrange_multiplier}
+                "lagrange_multiplier": self.lagrange_multiplier,
+                "running_q_scale": self.running_q_scale}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         load_component_states(self, self.COMPONENTS, state)
         self.updates = int(state["updates"])
         self.lagrange_multiplier = float(state["lagrange_multiplier"])
+        self.running_q_scale = state.get("running_q_scale")
