@@ -22,8 +22,7 @@ same amount to every arm's loss in a round leaves the regret against every fixed
 so the loss is centred on the middle multiplier, l'_t(k) = -(lambda_k - C / 2)(V_c - kappa_v),
 and mapped to [0, 1] with the bound |V_c - kappa_v| <= G, G = max(kappa_v, c_max / (1 - gamma) -
 kappa_v), as EXP3's analysis requires: l01 = 1/2 + l' / (C G). Centring halves the range the
-uncentred loss needs (2 C G), so the same bound is met with twice the signal per round: on the
-toy task of the tests the bandit concentrated about twice as fast.
+uncentred loss needs (2 C G), so the same bound is met with twice the signal per round.
 
 EXP3 step size. With losses in [0, 1], importance-weighted estimates l01 / p_k for the pulled
 arm, and p = softmax(-eta * cumulative estimates), the regret after T rounds is at most
