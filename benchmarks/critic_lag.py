@@ -36,31 +36,27 @@ def discounted_returns(values: np.ndarray, slices: list[slice], gamma: float) ->
     return returns
 
 
-def probe(dataset_path: Path, tau: float, steps: int, checkpoints: int, precision: str,
-          seed: int) -> dict:
+def probe(dataset_path: Path, task: str | None, tau: float, steps: int, checkpoints: int,
+          precision: str, seed: int) -> dict:
     import torch
 
     from safepolicy.datasets import load_dataset
-    from training.algorithms.base import TrainingContext
+    from safepolicy.tasks import get_task
     from training.algorithms.td3bc import TD3BCOracle
     from training.config import RunConfig, TD3BCConfig
-    from training.data import OfflineBuffer
+    from training.loop import build_context
 
     torch.set_num_threads(1)
     torch.manual_seed(seed)
-    run = RunConfig()
     dataset = load_dataset(dataset_path)
-    ones = np.ones(dataset.action_dim)
-    # Actions are compared in the critics' unit box, so the env's bounds are not needed.
-    low, high = dataset.actions.min(axis=0), dataset.actions.max(axis=0)
-    buffer = OfflineBuffer(dataset, np.minimum(low, -ones), np.maximum(high, ones),
-                           torch.device("cpu"), reward_scale=run.reward_scale)
-    context = TrainingContext(
-        buffer=buffer, obs_dim=dataset.obs_dim, action_dim=dataset.action_dim,
-        action_low=list(-ones), action_high=list(ones), hidden_sizes=run.hidden_sizes,
-        gamma=run.gamma, batch_size=run.batch_size, cost_limit=0.0, episode_length=1,
-        total_steps=steps, device=torch.device("cpu"),
-        generator=torch.Generator().manual_seed(seed), seed=seed, precision=precision)
+    run = RunConfig(steps=steps, precision=precision)
+    # The cost limit only sets the budget term, which a fixed-lambda actor loss does not use.
+    task = task or dataset.attrs.get("task")
+    if not task:
+        raise SystemExit(f"{dataset_path} does not name its task; pass --task")
+    context = build_context(dataset, get_task(task), run, cost_limit=10.0,
+                            device=torch.device("cpu"), seed=seed)
+    buffer = context.buffer
     oracle = TD3BCOracle(TD3BCConfig(tau=tau), context, "episode", lagrange_multiplier=1.0)
     slices = list(dataset.episode_slices())
     early = np.concatenate([np.arange(s.start, min(s.start + 100, s.stop)) for s in slices])
@@ -85,6 +81,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", type=Path, required=True)
+    parser.add_argument("--task", help="the dataset's task (default: the file's 'task' attribute)")
     parser.add_argument("--taus", nargs="+", type=float, default=[0.005, 0.05])
     parser.add_argument("--steps", type=int, default=10_000)
     parser.add_argument("--checkpoints", type=int, default=4)
@@ -94,7 +91,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path,
                         default=ROOT / "benchmarks" / "results" / "critic_lag.json")
     args = parser.parse_args()
-    jobs = [(args.dataset, tau, args.steps, args.checkpoints, args.precision, args.seed)
+    jobs = [(args.dataset, args.task, tau, args.steps, args.checkpoints, args.precision, args.seed)
             for tau in args.taus]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         results = list(pool.map(probe, *zip(*jobs, strict=True)))

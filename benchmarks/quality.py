@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SAFE_THRESHOLD = 1.0  # DSRL: a policy is safe when its normalised cost is at most 1
 # The paper's target rate tau = 0.005 assumes 100k+ steps. At the default 10k the TD3+BC critics
-# reached 10% of the dataset's Monte-Carlo reward-to-go with 0.005 and 92% with 0.05
+# reached 10% of the dataset's Monte-Carlo reward-to-go with 0.005 and 91% with 0.05
 # (benchmarks/critic_lag.py), and O3SRL's bandit read cost values that small as "safe".
 SHORT_BUDGET_SETTINGS = ("td3bc.tau=0.05",)
 

@@ -188,13 +188,32 @@ def _rng_state(generator: torch.Generator) -> dict[str, Any]:
     return {"generator": generator.get_state(), "torch": torch.get_rng_state()}
 
 
+def build_context(dataset: Dataset, spec: TaskSpec, run_config: RunConfig, cost_limit: float,
+                  device: torch.device, seed: int) -> TrainingContext:
+    """The problem an algorithm is given: ``dataset`` (checked against ``spec``'s env) on
+    ``device``, with the run's sizes and a minibatch generator seeded with ``seed``."""
+    from training.data import OfflineBuffer
+
+    action_low, action_high = check_dataset_matches_task(dataset, spec)
+    buffer = OfflineBuffer(dataset, np.asarray(action_low), np.asarray(action_high), device,
+                           reward_scale=run_config.reward_scale)
+    return TrainingContext(
+        buffer=buffer, obs_dim=dataset.obs_dim, action_dim=dataset.action_dim,
+        action_low=action_low, action_high=action_high, hidden_sizes=run_config.hidden_sizes,
+        gamma=run_config.gamma, batch_size=run_config.batch_size, cost_limit=cost_limit,
+        episode_length=spec.max_episode_steps, total_steps=run_config.steps, device=device,
+        generator=torch.Generator().manual_seed(seed), seed=seed,
+        precision=run_config.precision)
+
+
 def train(request: TrainRequest) -> Path:
     """Run (or resume) one training job and return the run directory with ``actor.pt``."""
     spec = get_task(request.task)
     run_config, algorithm_config = build_configs(request)
     dataset = load_dataset(request.dataset)
-    action_low, action_high = check_dataset_matches_task(dataset, spec)
     device = resolve_device(request.device)
+    context = build_context(dataset, spec, run_config, request.cost_limit, device, request.seed)
+    generator = context.generator
     out = Path(request.out)
     checkpoint_path = out / "checkpoints" / "last.pt"
     if out.exists() and any(out.iterdir()) and not request.resume:
@@ -203,17 +222,6 @@ def train(request: TrainRequest) -> Path:
     out.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(request.seed)
-    generator = torch.Generator().manual_seed(request.seed)
-    from training.data import OfflineBuffer
-
-    buffer = OfflineBuffer(dataset, np.asarray(action_low), np.asarray(action_high), device,
-                           reward_scale=run_config.reward_scale)
-    context = TrainingContext(
-        buffer=buffer, obs_dim=dataset.obs_dim, action_dim=dataset.action_dim,
-        action_low=action_low, action_high=action_high, hidden_sizes=run_config.hidden_sizes,
-        gamma=run_config.gamma, batch_size=run_config.batch_size, cost_limit=request.cost_limit,
-        episode_length=spec.max_episode_steps, total_steps=run_config.steps, device=device,
-        generator=generator, seed=request.seed, precision=run_config.precision)
     algorithm: Algorithm = build_algorithm(request.algorithm, algorithm_config, context, dataset)
 
     dataset_hash = file_sha256(request.dataset)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import nn
 
 from training.data import OfflineBuffer
-from training.networks import SquashedGaussianActor
+from training.networks import CriticEnsemble, SquashedGaussianActor, ValueNetwork
+
+Network = TypeVar("Network", SquashedGaussianActor, CriticEnsemble, ValueNetwork)
 
 
 @dataclass
@@ -37,8 +39,22 @@ class TrainingContext:
         """A squashed Gaussian actor with the dataset's observation statistics."""
         actor = SquashedGaussianActor(self.obs_dim, self.action_dim, self.hidden_sizes,
                                       self.action_low, self.action_high)
-        actor.normalizer.set_statistics(self.buffer.obs_mean.cpu(), self.buffer.obs_std.cpu())
-        return actor.to(self.device)
+        return self._with_statistics(actor)
+
+    def new_critics(self, ensemble_size: int) -> CriticEnsemble:
+        """``ensemble_size`` Q networks as one batched ensemble, at the run's precision."""
+        critics = CriticEnsemble(self.obs_dim, self.action_dim, ensemble_size,
+                                 self.hidden_sizes, self.precision)
+        return self._with_statistics(critics)
+
+    def new_value(self, outputs: int) -> ValueNetwork:
+        """A state-value network with ``outputs`` heads."""
+        return self._with_statistics(ValueNetwork(self.obs_dim, outputs, self.hidden_sizes))
+
+    def _with_statistics(self, network: Network) -> Network:
+        """``network`` with the dataset's observation statistics, on the training device."""
+        network.normalizer.set_statistics(self.buffer.obs_mean.cpu(), self.buffer.obs_std.cpu())
+        return network.to(self.device)
 
 
 class Algorithm(Protocol):

@@ -27,7 +27,6 @@ from training.algorithms.base import (
 )
 from training.config import IQLConfig
 from training.data import Batch
-from training.networks import CriticEnsemble, ValueNetwork
 
 
 def expectile_loss(differences: torch.Tensor, expectile: float) -> torch.Tensor:
@@ -54,16 +53,9 @@ class IQLOracle:
         self.lagrange_multiplier = lagrange_multiplier
         self.budget_per_step = per_step_budget(context.cost_limit, context.gamma,
                                                context.episode_length, per_step_budget_mode)
-        stats = (context.buffer.obs_mean.cpu(), context.buffer.obs_std.cpu())
         self.actor = context.new_actor()
-        self.critic = CriticEnsemble(context.obs_dim, context.action_dim,
-                                     2 * config.critics_per_signal, context.hidden_sizes,
-                                     context.precision)
-        self.value = ValueNetwork(context.obs_dim, 2, context.hidden_sizes)
-        self.critic.normalizer.set_statistics(*stats)
-        self.value.normalizer.set_statistics(*stats)
-        self.critic.to(context.device)
-        self.value.to(context.device)
+        self.critic = context.new_critics(2 * config.critics_per_signal)
+        self.value = context.new_value(outputs=2)  # reward and cost values
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor_optimizer = adam(self.actor.parameters(), lr=config.actor_lr)
         self.critic_optimizer = adam(self.critic.parameters(), lr=config.critic_lr)

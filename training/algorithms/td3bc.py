@@ -42,7 +42,7 @@ from training.algorithms.base import (
 )
 from training.config import TD3BCConfig
 from training.data import Batch
-from training.networks import CriticEnsemble, SquashedGaussianActor, squashed_gaussian_log_prob
+from training.networks import SquashedGaussianActor, squashed_gaussian_log_prob
 
 
 def critic_targets(batch: Batch, next_q: torch.Tensor, critics_per_signal: int, gamma: float,
@@ -63,9 +63,10 @@ def critic_loss(q_values: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def td3bc_actor_loss(lagrangian_q: torch.Tensor, policy_actions: torch.Tensor,
-                     dataset_actions: torch.Tensor, alpha: float, q_scale: float) -> torch.Tensor:
+                     dataset_actions: torch.Tensor, alpha: float, q_scale: torch.Tensor,
+                     ) -> torch.Tensor:
     """-lambda_bc * Q(s, pi(s)) + (pi(s) - a)^2 with lambda_bc = alpha / q_scale."""
-    q_weight = alpha / max(q_scale, 1e-6)
+    q_weight = alpha / q_scale.clamp(min=1e-6)
     return -q_weight * lagrangian_q.mean() + F.mse_loss(policy_actions, dataset_actions)
 
 
@@ -90,18 +91,13 @@ class TD3BCOracle:
         self.budget_per_step = per_step_budget(context.cost_limit, context.gamma,
                                                context.episode_length, per_step_budget_mode)
         self.actor = context.new_actor()
-        self.critic = CriticEnsemble(context.obs_dim, context.action_dim,
-                                     2 * config.critics_per_signal, context.hidden_sizes,
-                                     context.precision)
-        self.critic.normalizer.set_statistics(context.buffer.obs_mean.cpu(),
-                                              context.buffer.obs_std.cpu())
-        self.critic.to(context.device)
+        self.critic = context.new_critics(2 * config.critics_per_signal)
         self.target_actor = copy.deepcopy(self.actor).requires_grad_(False)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor_optimizer = adam(self.actor.parameters(), lr=config.actor_lr)
         self.critic_optimizer = adam(self.critic.parameters(), lr=config.critic_lr)
         self.updates = 0
-        self.running_q_scale: float | None = None
+        self.running_q_scale: torch.Tensor | None = None
 
     def unit_action(self, actor: SquashedGaussianActor, observations: torch.Tensor) -> torch.Tensor:
         """The deterministic action in [-1, 1] (critics work in these units)."""
@@ -152,15 +148,20 @@ class TD3BCOracle:
             logs["loss/actor"] = actor_loss.item()
         return logs
 
-    def q_scale(self, lagrangian_q: torch.Tensor) -> float:
-        """mean |Q| of this batch (TD3+BC), or its running average when ``q_scale_ema`` > 0."""
-        batch_scale = lagrangian_q.detach().abs().mean().item()
+    def q_scale(self, lagrangian_q: torch.Tensor) -> torch.Tensor:
+        """mean |Q| of this batch (TD3+BC), or its running average when ``q_scale_ema`` > 0.
+
+        Kept as a device tensor: reading it back to Python would wait on the device every
+        actor update.
+        """
+        batch_scale = lagrangian_q.detach().abs().mean()
         rate = self.config.q_scale_ema
         if rate <= 0.0:
             return batch_scale
         if self.running_q_scale is None:
             self.running_q_scale = batch_scale
-        self.running_q_scale += rate * (batch_scale - self.running_q_scale)
+        else:
+            self.running_q_scale = torch.lerp(self.running_q_scale, batch_scale, rate)
         return self.running_q_scale
 
     @torch.no_grad()
@@ -179,4 +180,6 @@ class TD3BCOracle:
         load_component_states(self, self.COMPONENTS, state)
         self.updates = int(state["updates"])
         self.lagrange_multiplier = float(state["lagrange_multiplier"])
-        self.running_q_scale = state.get("running_q_scale")
+        running = state.get("running_q_scale")
+        self.running_q_scale = (None if running is None
+                                else torch.as_tensor(running, device=self.context.device))
