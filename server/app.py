@@ -43,6 +43,7 @@ from server.errors import DeadlineExceeded, InvalidRequest, ShuttingDown, status
 from server.metrics import ServerMetrics, start_metrics_server
 from server.outcomes import OutcomeTracker
 from server.policies import LoadedVersion, PolicyStore, ReloadReport
+from server.providers import resolve_providers, session_providers
 from server.settings import ServerSettings
 from server.tensors import FLOAT32, decode_float32
 
@@ -63,8 +64,9 @@ class PolicyServer:
         self.store = PolicyStore(
             settings.repo, version_policy=settings.version_policy, pins=settings.pins,
             require_audit=settings.require_audit, max_batch_size=settings.max_batch_size,
-            threads=settings.onnx_threads)
+            threads=settings.onnx_threads, providers=resolve_providers(settings.onnx_providers))
         self.metrics = metrics if metrics is not None else ServerMetrics()
+        self.metrics.onnx_providers.info({"providers": ",".join(self.store.providers)})
         self.outcomes = OutcomeTracker()
         self.health = health_aio.HealthServicer()
         self.draining = False
@@ -130,7 +132,8 @@ class PolicyServer:
             self.metrics_port = int(self._metrics_http.server_port)
         if self.settings.poll_interval_s > 0:
             self._poller = asyncio.create_task(self._poll(), name="repository-poller")
-        log.info("serving %s on %s (metrics on %s)", self.settings.repo, port, self.metrics_port)
+        log.info("serving %s on %s (metrics on %s), onnxruntime providers %s", self.settings.repo,
+                 port, self.metrics_port, ",".join(self.store.providers))
         return port
 
     async def _poll(self) -> None:
@@ -477,6 +480,7 @@ def policy_info(loaded: LoadedVersion, versions: list[int]) -> policy_pb2.Policy
         action_dim=metadata.action_dim, action_low=metadata.action_low,
         action_high=metadata.action_high, cost_limit=metadata.cost_limit,
         metadata_json=metadata.to_json(),
+        execution_providers=session_providers(loaded.policy.session),
         audit=policy_pb2.AuditInfo(verdict=verdict,
                                    audit_json="" if audit is None
                                    else audit.model_dump_json(indent=2)))

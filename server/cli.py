@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-message-bytes", type=int)
     add("--inline-max-rows", type=int)
     add("--onnx-threads", type=int)
+    add("--onnx-providers")
     add("--batching", action="store_const", const=True)
     add("--batch-max-size", type=int)
     add("--batch-max-delay-ms", type=float)

@@ -17,7 +17,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    start_http_server,
+)
 
 PREFIX = "safepolicy_server"
 # sub-millisecond resolution where unary calls live (about 0.5-1.5 ms on loopback)
@@ -88,6 +95,9 @@ class ServerMetrics:
         self.rolling_episode_cost = Gauge(f"{PREFIX}_rolling_episode_cost",
                                           "Mean cost of the most recent finished episodes",
                                           ["policy"], registry=r)
+        self.onnx_providers = Info(f"{PREFIX}_onnx_providers", "onnxruntime execution "
+                                   "providers the server asks its sessions for, in order",
+                                   registry=r)
         self._children: dict[tuple[Any, ...], Any] = {}
         self._bound: dict[tuple[str, str, int], BoundCall] = {}
         for method in METHODS:

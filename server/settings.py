@@ -46,6 +46,8 @@ class ServerSettings(BaseSettings):
     inline_max_rows: int = Field(64, ge=0, description="batches up to this size run on the "
                                  "event loop; larger ones on a worker thread")
     onnx_threads: int = Field(1, ge=1, description="onnxruntime intra-op threads per session")
+    onnx_providers: str = Field("auto", description="onnxruntime execution providers: auto "
+                                "(CUDA when available, else CPU), cpu, cuda, or a comma list")
     batching: bool = Field(False, description="dynamic micro-batching of concurrent requests")
     batch_max_size: int = Field(64, ge=1, description="micro-batching: most rows per batch")
     batch_max_delay_ms: float = Field(1.0, ge=0.0, description="micro-batching: longest wait "

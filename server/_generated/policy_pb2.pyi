@@ -82,7 +82,7 @@ class AuditInfo(_message.Message):
     def __init__(self, verdict: _Optional[_Union[AuditInfo.Verdict, str]] = ..., audit_json: _Optional[str] = ...) -> None: ...
 
 class PolicyInfo(_message.Message):
-    __slots__ = ("name", "version", "versions", "serving_version", "task", "env_id", "algorithm", "obs_dim", "action_dim", "action_low", "action_high", "cost_limit", "metadata_json", "audit")
+    __slots__ = ("name", "version", "versions", "serving_version", "task", "env_id", "algorithm", "obs_dim", "action_dim", "action_low", "action_high", "cost_limit", "metadata_json", "audit", "execution_providers")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +97,7 @@ class PolicyInfo(_message.Message):
     COST_LIMIT_FIELD_NUMBER: _ClassVar[int]
     METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
     AUDIT_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_PROVIDERS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     versions: _containers.RepeatedScalarFieldContainer[int]
@@ -111,7 +112,8 @@ class PolicyInfo(_message.Message):
     cost_limit: float
     metadata_json: str
     audit: AuditInfo
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., versions: _Optional[_Iterable[int]] = ..., serving_version: _Optional[int] = ..., task: _Optional[str] = ..., env_id: _Optional[str] = ..., algorithm: _Optional[str] = ..., obs_dim: _Optional[int] = ..., action_dim: _Optional[int] = ..., action_low: _Optional[_Iterable[float]] = ..., action_high: _Optional[_Iterable[float]] = ..., cost_limit: _Optional[float] = ..., metadata_json: _Optional[str] = ..., audit: _Optional[_Union[AuditInfo, _Mapping]] = ...) -> None: ...
+    execution_providers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., versions: _Optional[_Iterable[int]] = ..., serving_version: _Optional[int] = ..., task: _Optional[str] = ..., env_id: _Optional[str] = ..., algorithm: _Optional[str] = ..., obs_dim: _Optional[int] = ..., action_dim: _Optional[int] = ..., action_low: _Optional[_Iterable[float]] = ..., action_high: _Optional[_Iterable[float]] = ..., cost_limit: _Optional[float] = ..., metadata_json: _Optional[str] = ..., audit: _Optional[_Union[AuditInfo, _Mapping]] = ..., execution_providers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ReportOutcomeRequest(_message.Message):
     __slots__ = ("policy", "version", "granularity", "episode_id", "reward", "cost", "steps", "done")
