@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from server.app import ServerThread
+from server.client import PolicyClient
 from server.providers import (
     CPU,
     CUDA,
@@ -16,8 +18,6 @@ from server.providers import (
     primary_provider,
     resolve_providers,
 )
-from server.app import ServerThread
-from server.client import PolicyClient
 from server.settings import ServerSettings, SettingsError
 from server.testing import make_policy
 
