@@ -6,6 +6,7 @@ import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,9 +50,10 @@ def test_primary_provider_label() -> None:
 
 def test_server_reports_its_providers_in_get_policy_and_metrics(tmp_path: Path) -> None:
     make_policy(tmp_path / "repo", "ballrun", 1, seed=1)
-    settings = ServerSettings(repo=tmp_path / "repo", host="127.0.0.1", port=0, metrics_port=0,
-                              metrics_host="127.0.0.1", poll_interval_s=0, grace_s=2,
-                              onnx_providers="cpu")
+    values: dict[str, Any] = {"repo": tmp_path / "repo", "host": "127.0.0.1", "port": 0,
+                              "metrics_port": 0, "metrics_host": "127.0.0.1",
+                              "poll_interval_s": 0, "grace_s": 2, "onnx_providers": "cpu"}
+    settings = ServerSettings(**values)
     with ServerThread(settings) as server, PolicyClient(server.target) as client:
         info = client.get_policy("ballrun")
         url = f"http://127.0.0.1:{server.server.metrics_port}/metrics"
