@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -105,13 +106,21 @@ def test_the_server_answers_act_with_torch_and_the_gyms_blocked(repo: Path) -> N
 @pytest.fixture(scope="module")
 def server_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     work = tmp_path_factory.mktemp("wheel")
+    # build from a copy: setuptools writes build/ and *.egg-info into the tree it builds, and
+    # an egg-info on PYTHONPATH would make pip think safepolicy is installed already
+    source = work / "source"
+    shutil.copytree(ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "data",
+        "runs", "models", "reports", "demo-output", "results"))
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(work / "dist"), str(ROOT)], check=True, timeout=300)
+                    "-q", "-w", str(work / "dist"), str(source)], check=True, timeout=300,
+                   env=clean)
     (wheel,) = (work / "dist").glob("safepolicy-*.whl")
     venv = work / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120, env=clean)
     subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
-                    f"{wheel}[server]"], check=True, timeout=600)
+                    f"{wheel}[server]"], check=True, timeout=600, env=clean, cwd=work)
     yield venv
 
 
