@@ -53,6 +53,9 @@ POLICY_SERVICE = policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_na
 INFERENCE_SERVICE = grpc_predict_v2_pb2.DESCRIPTOR.services_by_name[
     "GRPCInferenceService"].full_name
 HEALTH_SERVICES = ("", POLICY_SERVICE, INFERENCE_SERVICE)
+# SERVING from the moment the gRPC server runs until shutdown, whatever the repository holds:
+# the Kubernetes liveness probe (readiness uses "", SERVING only with a policy loaded)
+LIVENESS_SERVICE = "liveness"
 UNRESOLVED = ("", "")
 
 
@@ -125,6 +128,7 @@ class PolicyServer:
             raise OSError(f"cannot listen on {address}: the port is taken or the address is "
                           "not local; choose another --port")
         await server.start()
+        await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         self._server, self.port = server, port
         if self.settings.metrics_port is not None:
             self._metrics_http = start_metrics_server(
