@@ -59,8 +59,8 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _act_through(command: list[str], repo: Path, env: dict[str, str] | None = None,
-                 ) -> tuple[np.ndarray, str]:
+def act_through(command: list[str], repo: Path, env: dict[str, str] | None = None,
+                 ) -> np.ndarray:
     """Start a server with ``command`` on ``repo``, call Act once, stop it with SIGTERM."""
     port = _free_port()
     server = subprocess.Popen(
@@ -76,7 +76,7 @@ def _act_through(command: list[str], repo: Path, env: dict[str, str] | None = No
             try:
                 with PolicyClient(f"127.0.0.1:{port}") as client:
                     result = client.act("ballrun", np.zeros((1, 8), dtype=np.float32))
-                return np.asarray(result.actions), ""
+                return np.asarray(result.actions)
             except Exception:
                 if time.monotonic() > deadline:
                     raise
@@ -96,7 +96,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_server_answers_act_with_torch_and_the_gyms_blocked(repo: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    actions, _ = _act_through(
+    actions = act_through(
         [sys.executable, "-c", BLOCKING_SERVER, ",".join(TRAINING_ONLY)], repo, env)
     assert actions.shape == (1, 2) and np.all(np.abs(actions) <= 1.0)
 
@@ -141,7 +141,7 @@ def test_the_wheel_with_the_server_extra_serves_without_torch_or_gyms(server_ven
     # a clean environment: no PYTHONPATH pointing back at the checkout
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PATH"] = f"{server_venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-    actions, _ = _act_through([str(server_venv / "bin" / "safepolicy"), "serve"], repo, env)
+    actions = act_through([str(server_venv / "bin" / "safepolicy"), "serve"], repo, env)
     assert actions.shape == (1, 2)
     size = sum(p.stat().st_size for p in _site_packages(server_venv).rglob("*") if p.is_file())
     print(f"server extra site-packages: {size / 1e6:.0f} MB")
