@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: venv test test-all lint demo protos lock clean
+.PHONY: venv test test-all lint demo protos lock k8s clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,12 @@ lint: venv
 
 demo: venv
 	$(BIN)/safepolicy demo --workdir demo-output
+
+# Render every kustomize overlay (what `kubectl apply -k` would send); tests/test_k8s.py
+# validates the same output.
+k8s:
+	for dir in k8s/overlays/cpu k8s/overlays/gpu k8s/kserve; do \
+	  kubectl kustomize $$dir > /dev/null && echo "$$dir renders"; done
 
 protos: venv
 	$(BIN)/python -m server.protogen

@@ -84,6 +84,7 @@ def clean_env() -> dict[str, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_server_image_install_serves_act_without_torch(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     subprocess.run(["sh", str(DOCKER / "install-server.sh"), str(venv), "cpu"], check=True,
@@ -100,6 +101,7 @@ def test_server_image_install_serves_act_without_torch(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_trainer_image_install_trains_and_audits_imports(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     result = subprocess.run(["sh", str(DOCKER / "install-trainer.sh"), str(venv), "cpu"],
