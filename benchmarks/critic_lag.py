@@ -57,7 +57,7 @@ def probe(dataset_path: Path, task: str | None, tau: float, steps: int, checkpoi
     context = build_context(dataset, get_task(task), run, cost_limit=10.0,
                             device=torch.device("cpu"), seed=seed)
     buffer = context.buffer
-    oracle = TD3BCOracle(TD3BCConfig(tau=tau), context, "episode", lagrange_multiplier=1.0)
+    oracle = TD3BCOracle(TD3BCConfig(tau=tau), context, "episode")
     slices = list(dataset.episode_slices())
     early = np.concatenate([np.arange(s.start, min(s.start + 100, s.stop)) for s in slices])
     reward_to_go = discounted_returns(dataset.rewards * run.reward_scale, slices, run.gamma)
@@ -65,7 +65,7 @@ def probe(dataset_path: Path, task: str | None, tau: float, steps: int, checkpoi
     per_signal = oracle.config.critics_per_signal
     rows = []
     for step in range(1, steps + 1):
-        oracle.step()
+        oracle.step(1.0)
         if step % (steps // checkpoints) == 0:
             with torch.no_grad():
                 q = oracle.critic(buffer.observations[early], buffer.actions[early])

@@ -78,7 +78,7 @@ def make_oracle(variant: str, obs_dim: int, action_dim: int, hidden: list[int],
         generator=torch.Generator().manual_seed(0), seed=0,
         precision="bf16-mixed" if variant == "ensemble-bf16" else "fp32")
     torch.manual_seed(0)
-    oracle = TD3BCOracle(TD3BCConfig(), context, "episode", lagrange_multiplier=1.0)
+    oracle = TD3BCOracle(TD3BCConfig(), context, "episode")
     if variant == "plain":
         import copy
 
@@ -124,10 +124,10 @@ def roofline_gflops(seconds: float) -> dict[str, float]:
 
 def updates_per_second(oracle: TD3BCOracle, seconds: float) -> float:
     for _ in range(20):
-        oracle.step()
+        oracle.step(1.0)
     count, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
-        oracle.step()
+        oracle.step(1.0)
         count += 1
     return count / (time.perf_counter() - started)
 

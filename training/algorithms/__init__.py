@@ -12,7 +12,7 @@ from training.config import BCSafeConfig, O3SRLConfig, TD3BCLagConfig
 def build_algorithm(name: str, config: Any, context: TrainingContext, dataset: Dataset,
                     ) -> Algorithm:
     """Construct algorithm ``name`` with its config on ``context``."""
-    from training.algorithms.baselines import BCSafe, td3bc_lag
+    from training.algorithms.baselines import BCSafe, TD3BCLag
     from training.algorithms.o3srl import O3SRL
 
     if name == "o3srl" and isinstance(config, O3SRLConfig):
@@ -20,5 +20,5 @@ def build_algorithm(name: str, config: Any, context: TrainingContext, dataset: D
     if name == "bc-safe" and isinstance(config, BCSafeConfig):
         return BCSafe(config, context, dataset)
     if name == "td3bc-lag" and isinstance(config, TD3BCLagConfig):
-        return td3bc_lag(config, context)
+        return TD3BCLag(config, context)
     raise ValueError(f"unknown algorithm {name!r} or config {type(config).__name__}")

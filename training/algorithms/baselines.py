@@ -18,6 +18,8 @@ from training.algorithms.base import TrainingContext, adam
 from training.algorithms.td3bc import TD3BCOracle, log_std_loss
 from training.config import BCSafeConfig, TD3BCLagConfig
 from training.data import episode_rows_within_cost
+from training.multipliers import FixedMultiplier
+from training.networks import SquashedGaussianActor
 
 
 class BCSafe:
@@ -52,7 +54,24 @@ class BCSafe:
         self.optimizer.load_state_dict(state["optimizer"])
 
 
-def td3bc_lag(config: TD3BCLagConfig, context: TrainingContext) -> TD3BCOracle:
+class TD3BCLag:
     """TD3+BC on r - lambda (c - b) with one fixed lambda for the whole run."""
-    return TD3BCOracle(config.td3bc, context, config.per_step_budget,
-                       lagrange_multiplier=config.lagrange_multiplier)
+
+    def __init__(self, config: TD3BCLagConfig, context: TrainingContext) -> None:
+        self.multiplier = FixedMultiplier(config.lagrange_multiplier)
+        self.oracle = TD3BCOracle(config.td3bc, context, config.per_step_budget)
+
+    @property
+    def actor(self) -> SquashedGaussianActor:
+        return self.oracle.actor
+
+    def step(self) -> dict[str, float]:
+        """One TD3+BC update at the fixed lambda."""
+        return self.oracle.step(self.multiplier.value)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"oracle": self.oracle.state_dict(), "multiplier": self.multiplier.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.oracle.load_state_dict(state["oracle"])
+        self.multiplier.load_state_dict(state["multiplier"])

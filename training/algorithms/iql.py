@@ -41,16 +41,15 @@ def awr_weights(advantages: torch.Tensor, beta: float, max_weight: float) -> tor
 
 
 class IQLOracle:
-    """IQL on r - lambda (c - b) with separate reward and cost values."""
+    """IQL on r - lambda (c - b) with separate reward and cost values; lambda per update."""
 
     COMPONENTS = ("actor", "critic", "value", "target_critic", "actor_optimizer",
                   "critic_optimizer", "value_optimizer")
 
     def __init__(self, config: IQLConfig, context: TrainingContext, per_step_budget_mode: str,
-                 lagrange_multiplier: float = 0.0) -> None:
+                 ) -> None:
         self.config = config
         self.context = context
-        self.lagrange_multiplier = lagrange_multiplier
         self.budget_per_step = per_step_budget(context.cost_limit, context.gamma,
                                                context.episode_length, per_step_budget_mode)
         self.actor = context.new_actor()
@@ -61,11 +60,12 @@ class IQLOracle:
         self.critic_optimizer = adam(self.critic.parameters(), lr=config.critic_lr)
         self.value_optimizer = adam(self.value.parameters(), lr=config.critic_lr)
 
-    def step(self) -> dict[str, float]:
+    def step(self, lagrange_multiplier: float) -> dict[str, float]:
+        """One IQL update on a fresh minibatch for the reward r - lambda (c - b)."""
         batch = self.context.buffer.sample(self.context.batch_size, self.context.generator)
-        return self.update(batch)
+        return self.update(batch, lagrange_multiplier)
 
-    def update(self, batch: Batch) -> dict[str, float]:
+    def update(self, batch: Batch, lagrange_multiplier: float) -> dict[str, float]:
         """Value, then Q, then policy, as in the IQL paper's Algorithm 1."""
         config, s, gamma = self.config, self.config.critics_per_signal, self.context.gamma
         with torch.no_grad():
@@ -94,7 +94,7 @@ class IQLOracle:
         with torch.no_grad():
             values = values.detach()
             advantages = ((reward_q - values[:, 0])
-                          - self.lagrange_multiplier * (cost_q - values[:, 1]))
+                          - lagrange_multiplier * (cost_q - values[:, 1]))
             weights = awr_weights(advantages, config.beta, config.max_weight)
         log_prob = self.actor.log_prob(batch.observations, self.actor.scale(batch.actions))
         actor_loss = -(weights * log_prob).mean()
@@ -113,9 +113,7 @@ class IQLOracle:
         return q[:s].mean().item(), q[s:].mean().item()
 
     def state_dict(self) -> dict[str, Any]:
-        return {**component_states(self, self.COMPONENTS),
-                "lagrange_multiplier": self.lagrange_multiplier}
+        return component_states(self, self.COMPONENTS)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         load_component_states(self, self.COMPONENTS, state)
-        self.lagrange_multiplier = float(state["lagrange_multiplier"])

@@ -1,7 +1,13 @@
 """TD3+BC (Fujimoto & Gu, 2021) as an offline RL oracle for the Lagrangian reward.
 
-The oracle maximises the value of r' = r - lambda * (c - b) for whatever lambda it is given
-(O3SRL changes lambda every M steps; TD3+BC-Lag keeps one).
+The oracle maximises the value of r' = r - lambda * (c - b) for the lambda passed to each
+update (O3SRL changes lambda every M steps; TD3+BC-Lag keeps one); the multiplier itself lives in
+training/multipliers.py, never in the oracle.
+
+TD3+BC's Q normaliser. The actor loss is -lambda_bc * mean Q'(s, pi(s)) + mean (pi(s) - a)^2 with
+lambda_bc = alpha / q_scale, and q_scale is mean_batch |Q'(s, pi(s))|: the absolute value of the
+*Lagrangian* Q' = Q_r - lambda Q_c (first reward and first cost critic) at the *policy's*
+actions, detached (TD3+BC's 1/N sum |Q(s_i, pi(s_i))|, with Q' in place of Q).
 
 Departures from the paper, and why:
 - Reward and cost critics are learned separately and combined linearly,
@@ -15,13 +21,14 @@ Departures from the paper, and why:
   tanh(mean); its log-std head is fitted by maximum likelihood to the dataset actions with the
   mean detached, so the exported stochastic policy has a calibrated spread without changing
   the TD3+BC objective.
-- ``q_scale_ema`` > 0 (O3SRL's default) takes TD3+BC's normaliser lambda_bc = alpha / mean|Q|
-  from a running average over batches instead of the current batch. With one lambda the two are
-  the same up to noise; when O3SRL switches lambda every M steps, a per-batch scale gives each
-  arm its own step size (arms whose Lagrangian Q is near zero push hardest), so the actor no
-  longer follows the mixture EXP3 plays. On the speed/cost toy with per-batch scaling EXP3 had
-  E[lambda] = 3.8 yet the actor's cost stayed at 5.8-6.5 (a fixed lambda of 3.75 gives 3.1);
-  with a shared running scale the actor's cost tracked E[lambda] (tests/test_training.py).
+- ``q_scale_ema`` > 0 (O3SRL's default) takes q_scale from a running average of that
+  per-batch mean |Q'(s, pi(s))| (rate ``q_scale_ema``) instead of the current batch alone.
+  With one lambda the two are the same up to noise; when O3SRL switches lambda every M
+  steps, a per-batch scale gives each arm its own step size (arms whose Lagrangian Q is
+  near zero push hardest), so the actor no longer follows the mixture EXP3 plays. On the
+  speed/cost toy with per-batch scaling EXP3 had E[lambda] = 3.8 yet the actor's cost stayed
+  at 5.8-6.5 (a fixed lambda of 3.75 gives 3.1); with a shared running scale the actor's
+  cost tracked E[lambda] (tests/test_training.py).
 """
 
 from __future__ import annotations
@@ -65,7 +72,11 @@ def critic_loss(q_values: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def td3bc_actor_loss(lagrangian_q: torch.Tensor, policy_actions: torch.Tensor,
                      dataset_actions: torch.Tensor, alpha: float, q_scale: torch.Tensor,
                      ) -> torch.Tensor:
-    """-lambda_bc * Q(s, pi(s)) + (pi(s) - a)^2 with lambda_bc = alpha / q_scale."""
+    """-lambda_bc * mean Q'(s, pi(s)) + mean (pi(s) - a)^2, lambda_bc = alpha / q_scale.
+
+    ``q_scale`` is what the Q term is divided by: mean |Q'(s, pi(s))| of the batch or its running
+    average (``TD3BCOracle.q_scale``).
+    """
     q_weight = alpha / q_scale.clamp(min=1e-6)
     return -q_weight * lagrangian_q.mean() + F.mse_loss(policy_actions, dataset_actions)
 
@@ -78,16 +89,15 @@ def log_std_loss(mean: torch.Tensor, log_std: torch.Tensor, unit_actions: torch.
 
 
 class TD3BCOracle:
-    """TD3+BC on r - lambda (c - b); ``lagrange_multiplier`` may change between steps."""
+    """TD3+BC on r - lambda (c - b); lambda is an argument of every update."""
 
     COMPONENTS = ("actor", "critic", "target_actor", "target_critic", "actor_optimizer",
                   "critic_optimizer")
 
     def __init__(self, config: TD3BCConfig, context: TrainingContext, per_step_budget_mode: str,
-                 lagrange_multiplier: float = 0.0) -> None:
+                 ) -> None:
         self.config = config
         self.context = context
-        self.lagrange_multiplier = lagrange_multiplier
         self.budget_per_step = per_step_budget(context.cost_limit, context.gamma,
                                                context.episode_length, per_step_budget_mode)
         self.actor = context.new_actor()
@@ -103,12 +113,12 @@ class TD3BCOracle:
         """The deterministic action in [-1, 1] (critics work in these units)."""
         return torch.tanh(actor.distribution(observations)[0])
 
-    def step(self) -> dict[str, float]:
-        """One TD3+BC update on a fresh minibatch."""
+    def step(self, lagrange_multiplier: float) -> dict[str, float]:
+        """One TD3+BC update on a fresh minibatch for the reward r - lambda (c - b)."""
         batch = self.context.buffer.sample(self.context.batch_size, self.context.generator)
-        return self.update(batch)
+        return self.update(batch, lagrange_multiplier)
 
-    def update(self, batch: Batch) -> dict[str, float]:
+    def update(self, batch: Batch, lagrange_multiplier: float) -> dict[str, float]:
         """Critic update every call; actor, log-std and targets every ``policy_delay`` calls."""
         config, s = self.config, self.config.critics_per_signal
         logs: dict[str, float] = {}
@@ -136,7 +146,7 @@ class TD3BCOracle:
             self.critic.requires_grad_(False)
             q_reward, q_cost = self.critic(batch.observations, policy_actions, members=[0, s])
             self.critic.requires_grad_(True)
-            lagrangian_q = q_reward - self.lagrange_multiplier * q_cost
+            lagrangian_q = q_reward - lagrange_multiplier * q_cost
             actor_loss = td3bc_actor_loss(lagrangian_q, policy_actions, batch.actions,
                                           config.alpha, self.q_scale(lagrangian_q))
             actor_loss = actor_loss + log_std_loss(mean, log_std, batch.actions)
@@ -173,13 +183,11 @@ class TD3BCOracle:
 
     def state_dict(self) -> dict[str, Any]:
         return {**component_states(self, self.COMPONENTS), "updates": self.updates,
-                "lagrange_multiplier": self.lagrange_multiplier,
                 "running_q_scale": self.running_q_scale}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         load_component_states(self, self.COMPONENTS, state)
         self.updates = int(state["updates"])
-        self.lagrange_multiplier = float(state["lagrange_multiplier"])
         running = state.get("running_q_scale")
         self.running_q_scale = (None if running is None
                                 else torch.as_tensor(running, device=self.context.device))
