@@ -151,8 +151,9 @@ def test_o3srl_keeps_the_cost_limit_where_the_unconstrained_oracle_does_not() ->
 
 
 def test_iql_oracle_learns_and_o3srl_runs_on_it() -> None:
-    from training.algorithms.iql import IQLOracle, expectile_loss
+    from training.algorithms.iql import IQLOracle
     from training.config import IQLConfig
+    from training.losses import expectile_loss
 
     differences = torch.tensor([1.0, -1.0])
     assert expectile_loss(differences, 0.7) == pytest.approx((0.7 + 0.3) / 2)

@@ -15,9 +15,10 @@ from torch.nn import functional as F
 
 from safepolicy.datasets import Dataset
 from training.algorithms.base import TrainingContext, adam
-from training.algorithms.td3bc import TD3BCOracle, log_std_loss
+from training.algorithms.td3bc import TD3BCOracle
 from training.config import BCSafeConfig, TD3BCLagConfig
 from training.data import episode_rows_within_cost
+from training.losses import log_std_loss
 from training.multipliers import FixedMultiplier
 from training.networks import SquashedGaussianActor
 

@@ -27,17 +27,14 @@ from training.algorithms.base import (
 )
 from training.config import IQLConfig
 from training.data import Batch
-
-
-def expectile_loss(differences: torch.Tensor, expectile: float) -> torch.Tensor:
-    """Asymmetric L2: |tau - 1(u < 0)| * u^2, averaged."""
-    weight = torch.where(differences > 0, expectile, 1.0 - expectile)
-    return (weight * differences.pow(2)).mean()
-
-
-def awr_weights(advantages: torch.Tensor, beta: float, max_weight: float) -> torch.Tensor:
-    """exp(beta * A), clipped so that a few large advantages cannot dominate."""
-    return torch.exp(beta * advantages).clamp(max=max_weight)
+from training.losses import (
+    awr_weights,
+    ensemble_mse,
+    expectile_loss,
+    reduce_groups,
+    stacked_targets,
+    td_target,
+)
 
 
 class IQLOracle:
@@ -70,8 +67,7 @@ class IQLOracle:
         config, s, gamma = self.config, self.config.critics_per_signal, self.context.gamma
         with torch.no_grad():
             target_q = self.target_critic(batch.observations, batch.actions)
-            reward_q = target_q[:s].min(dim=0).values
-            cost_q = target_q[s:].max(dim=0).values
+            reward_q, cost_q = reduce_groups(target_q, (s, s), ("min", "max"))
         values = self.value(batch.observations)
         value_loss = (expectile_loss(reward_q - values[:, 0], config.expectile)
                       + expectile_loss(cost_q - values[:, 1], 1.0 - config.expectile))
@@ -81,11 +77,10 @@ class IQLOracle:
 
         with torch.no_grad():
             next_values = self.value(batch.next_observations)
-            not_done = 1.0 - batch.dones
-            reward_target = batch.rewards + gamma * not_done * next_values[:, 0]
-            cost_target = batch.costs + gamma * not_done * next_values[:, 1]
-            targets = torch.cat([reward_target.expand(s, -1), cost_target.expand(s, -1)])
-        q_loss = (self.critic(batch.observations, batch.actions) - targets).pow(2).mean(1).sum()
+            targets = stacked_targets(
+                [td_target(batch.rewards, batch.dones, next_values[:, 0], gamma),
+                 td_target(batch.costs, batch.dones, next_values[:, 1], gamma)], (s, s))
+        q_loss = ensemble_mse(self.critic(batch.observations, batch.actions), targets)
         self.critic_optimizer.zero_grad(set_to_none=True)
         q_loss.backward()
         self.critic_optimizer.step()

@@ -37,7 +37,6 @@ import copy
 from typing import Any
 
 import torch
-from torch.nn import functional as F
 
 from training.algorithms.base import (
     TrainingContext,
@@ -49,43 +48,8 @@ from training.algorithms.base import (
 )
 from training.config import TD3BCConfig
 from training.data import Batch
-from training.networks import SquashedGaussianActor, squashed_gaussian_log_prob
-
-
-def critic_targets(batch: Batch, next_q: torch.Tensor, critics_per_signal: int, gamma: float,
-                   ) -> torch.Tensor:
-    """TD targets for the stacked [reward critics; cost critics], shape [2S, batch]."""
-    next_reward_value = next_q[:critics_per_signal].min(dim=0).values
-    next_cost_value = next_q[critics_per_signal:].max(dim=0).values
-    not_done = 1.0 - batch.dones
-    reward_target = batch.rewards + gamma * not_done * next_reward_value
-    cost_target = batch.costs + gamma * not_done * next_cost_value
-    return torch.cat([reward_target.expand(critics_per_signal, -1),
-                      cost_target.expand(critics_per_signal, -1)])
-
-
-def critic_loss(q_values: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean squared TD error, summed over the ensemble members."""
-    return (q_values - targets).pow(2).mean(dim=1).sum()
-
-
-def td3bc_actor_loss(lagrangian_q: torch.Tensor, policy_actions: torch.Tensor,
-                     dataset_actions: torch.Tensor, alpha: float, q_scale: torch.Tensor,
-                     ) -> torch.Tensor:
-    """-lambda_bc * mean Q'(s, pi(s)) + mean (pi(s) - a)^2, lambda_bc = alpha / q_scale.
-
-    ``q_scale`` is what the Q term is divided by: mean |Q'(s, pi(s))| of the batch or its running
-    average (``TD3BCOracle.q_scale``).
-    """
-    q_weight = alpha / q_scale.clamp(min=1e-6)
-    return -q_weight * lagrangian_q.mean() + F.mse_loss(policy_actions, dataset_actions)
-
-
-def log_std_loss(mean: torch.Tensor, log_std: torch.Tensor, unit_actions: torch.Tensor,
-                 ) -> torch.Tensor:
-    """Negative log-likelihood of dataset actions through the log-std head only."""
-    pre_squash = torch.atanh(unit_actions.clamp(-1 + 1e-6, 1 - 1e-6))
-    return -squashed_gaussian_log_prob(pre_squash, mean.detach(), log_std).mean()
+from training.losses import ensemble_mse, log_std_loss, td3bc_actor_loss, td_targets
+from training.networks import SquashedGaussianActor
 
 
 class TD3BCOracle:
@@ -129,8 +93,9 @@ class TD3BCOracle:
             next_actions = (self.unit_action(self.target_actor, batch.next_observations)
                             + noise).clamp(-1.0, 1.0)
             next_q = self.target_critic(batch.next_observations, next_actions)
-            targets = critic_targets(batch, next_q, s, self.context.gamma)
-        loss = critic_loss(self.critic(batch.observations, batch.actions), targets)
+            targets = td_targets(next_q, (batch.rewards, batch.costs), batch.dones,
+                                 self.context.gamma, sizes=(s, s), reductions=("min", "max"))
+        loss = ensemble_mse(self.critic(batch.observations, batch.actions), targets)
         self.critic_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.critic_optimizer.step()
