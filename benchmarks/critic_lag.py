@@ -42,14 +42,15 @@ def probe(dataset_path: Path, task: str | None, tau: float, steps: int, checkpoi
 
     from safepolicy.datasets import load_dataset
     from safepolicy.tasks import get_task
-    from training.algorithms.td3bc import TD3BCOracle
-    from training.config import RunConfig, TD3BCConfig
+    from training.algorithms.td3bc import TD3BCConfig, TD3BCOracle
+    from training.config import RunConfig, set_field
     from training.loop import build_context
 
     torch.set_num_threads(1)
     torch.manual_seed(seed)
     dataset = load_dataset(dataset_path)
-    run = RunConfig(steps=steps, precision=precision)
+    run = RunConfig(steps=steps)
+    set_field(run, "precision", precision)
     # The cost limit only sets the budget term, which a fixed-lambda actor loss does not use.
     task = task or dataset.attrs.get("task")
     if not task:

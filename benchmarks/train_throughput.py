@@ -34,8 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from safepolicy.datasets import Dataset  # noqa: E402
 from training.algorithms.base import TrainingContext, adam  # noqa: E402
-from training.algorithms.td3bc import TD3BCOracle  # noqa: E402
-from training.config import TD3BCConfig  # noqa: E402
+from training.algorithms.td3bc import TD3BCConfig, TD3BCOracle  # noqa: E402
 from training.data import OfflineBuffer  # noqa: E402
 from training.networks import ObservationNormalizer, mlp  # noqa: E402
 

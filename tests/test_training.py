@@ -10,9 +10,8 @@ import torch
 from training_toys import episode_cost_of, speed_cost_dataset, toy_context
 
 from training.algorithms.base import lagrangian_reward, per_step_budget
-from training.algorithms.o3srl import O3SRL
-from training.algorithms.td3bc import TD3BCOracle
-from training.config import O3SRLConfig, TD3BCConfig
+from training.algorithms.o3srl import O3SRL, O3SRLConfig
+from training.algorithms.td3bc import TD3BCConfig, TD3BCOracle
 from training.multipliers import Exp3, exp3_learning_rate, lagrange_player_loss, lambda_arms
 from training.networks import CriticEnsemble, SquashedGaussianActor
 
@@ -142,7 +141,7 @@ def test_o3srl_keeps_the_cost_limit_where_the_unconstrained_oracle_does_not() ->
     for seed in (0, 1):
         o3srl = O3SRL(O3SRLConfig(), toy_context(dataset, cost_limit, steps, seed, **sizes))
         for _ in range(steps):
-            o3srl.step()
+            o3srl.step("train")
         costs.append(episode_cost_of(o3srl.actor, dataset))
         expected_lambdas.append(o3srl.multiplier.expected_value())
     assert np.mean(costs) <= cost_limit and max(costs) <= 1.05 * cost_limit, costs
@@ -151,8 +150,7 @@ def test_o3srl_keeps_the_cost_limit_where_the_unconstrained_oracle_does_not() ->
 
 
 def test_iql_oracle_learns_and_o3srl_runs_on_it() -> None:
-    from training.algorithms.iql import IQLOracle
-    from training.config import IQLConfig
+    from training.algorithms.iql import IQLConfig, IQLOracle
     from training.losses import expectile_loss
 
     differences = torch.tensor([1.0, -1.0])
@@ -163,7 +161,7 @@ def test_iql_oracle_learns_and_o3srl_runs_on_it() -> None:
     assert np.mean(losses[-50:]) < 0.5 * np.mean(losses[:50])
     config = O3SRLConfig(oracle="iql")
     o3srl = O3SRL(config, toy_context(dataset, 3.0, 50))
-    logs = [o3srl.step() for _ in range(20)]
+    logs = [o3srl.step("train") for _ in range(20)]
     assert "o3srl/lambda" in logs[9] and o3srl.multiplier.value in o3srl.arms
 
 

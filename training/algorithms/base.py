@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import nn
 
+from safepolicy.datasets import Dataset
 from training.data import OfflineBuffer
 from training.networks import CriticEnsemble, SquashedGaussianActor, ValueNetwork
 
 Network = TypeVar("Network", SquashedGaussianActor, CriticEnsemble, ValueNetwork)
+Logs = Mapping[str, "float | torch.Tensor"]
 
 
 @dataclass
@@ -34,6 +36,7 @@ class TrainingContext:
     generator: torch.Generator  # CPU generator: minibatch indices and noise, replayable
     seed: int
     precision: str = "fp32"
+    dataset: Dataset | None = None  # the file the buffer was built from (BC-Safe filters it)
 
     def new_actor(self) -> SquashedGaussianActor:
         """A squashed Gaussian actor with the dataset's observation statistics."""
@@ -58,12 +61,20 @@ class TrainingContext:
 
 
 class Algorithm(Protocol):
-    """One offline algorithm: ``step`` does one gradient update and returns its log values."""
+    """One algorithm as the loop drives it, stage by stage (training/registry.py).
+
+    ``start_stage(name)`` is called once when a stage begins (also when a resumed run stands at a
+    stage's first step, never in the middle of one): whatever it sets up must be in
+    ``state_dict``. ``step(name)`` does one update of that stage and returns its log values
+    (device tensors or floats; the loop reads them back only when it writes a log row).
+    """
 
     @property
     def actor(self) -> SquashedGaussianActor: ...
 
-    def step(self) -> dict[str, float]: ...
+    def start_stage(self, stage: str) -> None: ...
+
+    def step(self, stage: str) -> Logs: ...
 
     def state_dict(self) -> dict[str, Any]: ...
 

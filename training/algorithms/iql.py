@@ -25,7 +25,7 @@ from training.algorithms.base import (
     per_step_budget,
     soft_update,
 )
-from training.config import IQLConfig
+from training.config import Config, param
 from training.data import Batch
 from training.losses import (
     awr_weights,
@@ -35,6 +35,20 @@ from training.losses import (
     stacked_targets,
     td_target,
 )
+
+
+class IQLConfig(Config):
+    """IQL (Kostrikov et al. 2022) as an oracle for the Lagrangian reward."""
+
+    actor_lr: float = param(3e-4, "actor learning rate", "IQL: 3e-4", gt=0.0)
+    critic_lr: float = param(3e-4, "Q and V learning rate", "IQL: 3e-4", gt=0.0)
+    tau: float = param(0.005, "target network EMA rate", "IQL: 0.005", gt=0.0, le=1.0)
+    expectile: float = param(0.7, "expectile of the reward value (cost uses 1 - expectile)",
+                             "IQL: 0.7 (locomotion)", gt=0.0, lt=1.0)
+    beta: float = param(3.0, "inverse temperature of advantage-weighted regression", "IQL: 3.0",
+                        ge=0.0)
+    max_weight: float = param(100.0, "clip of the exp-advantage weights", "IQL: 100", gt=0.0)
+    critics_per_signal: int = param(2, "critics for reward and for cost", "IQL: 2", ge=1)
 
 
 class IQLOracle:

@@ -50,16 +50,40 @@ Departures from the paper, and why:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import Field
 
 from training.algorithms.base import TrainingContext
-from training.algorithms.iql import IQLOracle
-from training.algorithms.td3bc import TD3BCOracle
-from training.config import O3SRLConfig
+from training.algorithms.iql import IQLConfig, IQLOracle
+from training.algorithms.td3bc import TD3BCConfig, TD3BCOracle
+from training.config import Config, param
 from training.multipliers import Exp3Multiplier, lambda_arms
 from training.networks import SquashedGaussianActor
+from training.registry import AlgorithmSpec
+
+
+class O3SRLConfig(Config):
+    """O3SRL: EXP3 over K Lagrange multipliers around an offline RL oracle."""
+
+    oracle: Literal["td3bc", "iql"] = param("td3bc", "offline RL oracle",
+                                            "paper: TD3+BC; IQL works")
+    num_arms: int = param(5, "K, number of lambda arms", "paper: K=5 (K=2 already good)", ge=2)
+    lambda_max: float = param(5.0, "C, the largest lambda", "paper: C=5", gt=0.0)
+    arm_geometry: Literal["uniform", "dense-near-zero"] = param(
+        "uniform", "arm spacing on [0, C]; dense-near-zero helps loose budgets", "paper: both")
+    oracle_steps_per_round: int = param(10, "M, oracle gradient steps per bandit round",
+                                        "paper: M=10", ge=1)
+    exploration: float = param(0.0, "uniform mixing into the arm distribution (0 = pure EXP3)",
+                               "derived; see o3srl.py", ge=0.0, le=1.0)
+    value_batch: int = param(1024, "dataset states averaged for the round's value estimate",
+                             "not stated", ge=1)
+    per_step_budget: Literal["episode", "paper"] = param(
+        "episode", "per-step cost budget: kappa / T (episode) or (1 - gamma) kappa (paper)",
+        "paper: (1 - gamma) kappa")
+    td3bc: TD3BCConfig = Field(default_factory=lambda: TD3BCConfig(q_scale_ema=0.01))
+    iql: IQLConfig = Field(default_factory=IQLConfig)
 
 
 class O3SRL:
@@ -93,7 +117,10 @@ class O3SRL:
         """The K multipliers the bandit plays."""
         return self.multiplier.arms
 
-    def step(self) -> dict[str, float]:
+    def start_stage(self, stage: str) -> None:
+        """One stage; nothing to set up."""
+
+    def step(self, stage: str) -> dict[str, float]:
         """One oracle update; at the end of a round, update EXP3 and draw the next arm."""
         logs = self.oracle.step(self.multiplier.value)
         self.steps_in_round += 1
@@ -122,3 +149,7 @@ class O3SRL:
         self.oracle.load_state_dict(state["oracle"])
         self.multiplier.load_state_dict(state["multiplier"])
         self.steps_in_round = int(state["steps_in_round"])
+
+
+SPEC = AlgorithmSpec(name="o3srl", config_type=O3SRLConfig, build=O3SRL,
+                     summary="EXP3 over Lagrange multipliers around an offline RL oracle")

@@ -46,10 +46,29 @@ from training.algorithms.base import (
     per_step_budget,
     soft_update,
 )
-from training.config import TD3BCConfig
+from training.config import Config, param
 from training.data import Batch
 from training.losses import ensemble_mse, log_std_loss, td3bc_actor_loss, td_targets
 from training.networks import SquashedGaussianActor
+
+
+class TD3BCConfig(Config):
+    """TD3+BC (Fujimoto & Gu 2021) as an oracle for the Lagrangian reward."""
+
+    actor_lr: float = param(3e-4, "actor learning rate", "TD3+BC: 3e-4", gt=0.0)
+    critic_lr: float = param(3e-4, "critic learning rate", "TD3+BC: 3e-4", gt=0.0)
+    tau: float = param(0.005, "target network EMA rate", "TD3+BC: 0.005", gt=0.0, le=1.0)
+    policy_noise: float = param(0.2, "target policy smoothing noise (unit actions)", "TD3: 0.2",
+                                ge=0.0)
+    noise_clip: float = param(0.5, "clip of the smoothing noise", "TD3: 0.5", ge=0.0)
+    policy_delay: int = param(2, "critic updates per actor update", "TD3: 2", ge=1)
+    alpha: float = param(2.5, "Q weight against BC: lambda_bc = alpha / mean|Q'(s, pi(s))|",
+                         "TD3+BC: 2.5", ge=0.0)
+    critics_per_signal: int = param(2, "critics for reward and for cost (clipped double Q)",
+                                    "TD3: 2", ge=1)
+    q_scale_ema: float = param(0.0, "0: lambda_bc from this batch's mean|Q'(s, pi(s))| "
+                               "(TD3+BC); > 0: from its running average at this rate, one scale "
+                               "for all arms", "TD3+BC: per batch", ge=0.0, le=1.0)
 
 
 class TD3BCOracle:
