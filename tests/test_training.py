@@ -107,7 +107,7 @@ def test_critic_ensemble_is_one_batched_pass_matching_separate_critics() -> None
 def test_td3bc_critic_loss_falls_on_a_toy_dataset() -> None:
     dataset = speed_cost_dataset(transitions=2000)
     oracle = TD3BCOracle(TD3BCConfig(), toy_context(dataset, 3.0, 400), "episode")
-    losses = [oracle.step(0.0)["loss/critic"] for _ in range(400)]
+    losses = [float(oracle.step(0.0)["loss/critic"]) for _ in range(400)]
     assert np.mean(losses[-50:]) < 0.5 * np.mean(losses[:50])
 
 
@@ -157,7 +157,7 @@ def test_iql_oracle_learns_and_o3srl_runs_on_it() -> None:
     assert expectile_loss(differences, 0.7) == pytest.approx((0.7 + 0.3) / 2)
     dataset = speed_cost_dataset(transitions=2000)
     oracle = IQLOracle(IQLConfig(), toy_context(dataset, 3.0, 300), "episode")
-    losses = [oracle.step(0.0)["loss/critic"] for _ in range(300)]
+    losses = [float(oracle.step(0.0)["loss/critic"]) for _ in range(300)]
     assert np.mean(losses[-50:]) < 0.5 * np.mean(losses[:50])
     config = O3SRLConfig(oracle="iql")
     o3srl = O3SRL(config, toy_context(dataset, 3.0, 50))

@@ -53,6 +53,12 @@ class RunConfig(Config):
     hidden_sizes: list[PositiveInt] = param(
         [256, 256], "hidden layer widths of every MLP without sizes of its own",
         "OSRL/TD3+BC: 2x256", min_length=1)
+    actor_hidden_sizes: list[PositiveInt] | None = param(
+        None, "hidden widths of the actor (none: hidden_sizes)", min_length=1)
+    critic_hidden_sizes: list[PositiveInt] | None = param(
+        None, "hidden widths of every critic ensemble (none: hidden_sizes)", min_length=1)
+    value_hidden_sizes: list[PositiveInt] | None = param(
+        None, "hidden widths of state-value networks (none: hidden_sizes)", min_length=1)
     gamma: float = param(0.99, "discount factor", "0.99 everywhere", gt=0.0, le=1.0)
     reward_scale: float = param(0.1, "rewards are multiplied by this before learning; sets "
                                 "the reward/cost trade-off that the lambda range [0, C] spans",
@@ -87,7 +93,8 @@ def allowed(info: FieldInfo) -> str:
                 bounds[name] = getattr(item, name)
     kind = getattr(info.annotation, "__name__", "value")
     if "min_length" in bounds:
-        return f"a comma-separated list of at least {bounds['min_length']} positive integers"
+        listed = f"a comma-separated list of at least {bounds['min_length']} positive integers"
+        return listed + (" or none" if _is_optional(info) else "")
     low = f"({bounds['gt']}" if "gt" in bounds else f"[{bounds['ge']}" if "ge" in bounds else ""
     high = f"{bounds['lt']})" if "lt" in bounds else f"{bounds['le']}]" if "le" in bounds else ""
     if low and high:
@@ -97,6 +104,16 @@ def allowed(info: FieldInfo) -> str:
     if high:
         return f"{kind} {'<' if 'lt' in bounds else '<='} {high[:-1]}"
     return kind
+
+
+def _is_list_field(info: FieldInfo) -> bool:
+    options = getattr(info.annotation, "__args__", None) or ()
+    return any(getattr(option, "__origin__", None) is list
+               for option in (info.annotation, *options))
+
+
+def _is_optional(info: FieldInfo) -> bool:
+    return type(None) in (getattr(info.annotation, "__args__", None) or ())
 
 
 def _leaf(config: Config, dotted_name: str) -> tuple[Config, str]:
@@ -121,8 +138,9 @@ def set_field(config: Config, dotted_name: str, value: Any) -> None:
     target, name = _leaf(config, dotted_name)
     info = type(target).model_fields[name]
     shown = value
-    if isinstance(value, str) and getattr(info.annotation, "__origin__", None) is list:
-        value = [item.strip() for item in value.split(",") if item.strip()]
+    if isinstance(value, str) and _is_list_field(info):
+        value = (None if value.strip().lower() in ("", "none") and _is_optional(info)
+                 else [item.strip() for item in value.split(",") if item.strip()])
     try:
         setattr(target, name, value)
     except ValidationError as error:

@@ -166,8 +166,9 @@ class ScalarLog:
         row: dict[str, float | str] = {"step": float(step), "stage": stage,
                                        "wall_seconds": wall_seconds}
         row.update({k: float(self.sums[k]) / self.counts[k] for k in sorted(self.sums)})
-        if self.columns is None or not set(row) <= set(self.columns):
-            self._widen([*(self.columns or []), *(k for k in row if k not in (self.columns or []))])
+        known = self.columns or []
+        if not known or not set(row) <= set(known):
+            self._widen([*known, *(k for k in row if k not in known)])
         columns = self.columns or list(row)
         with self.path.open("a", newline="") as handle:
             csv.writer(handle).writerow([row.get(c, "") for c in columns])
@@ -237,7 +238,10 @@ def build_context(dataset: Dataset, spec: TaskSpec, run_config: RunConfig, cost_
         episode_length=spec.max_episode_steps,
         total_steps=run_config.steps if total_steps is None else total_steps, device=device,
         generator=torch.Generator().manual_seed(seed), seed=seed,
-        precision=run_config.precision, dataset=dataset)
+        precision=run_config.precision, dataset=dataset,
+        network_sizes={role: sizes for role, sizes in (
+            ("actor", run_config.actor_hidden_sizes), ("critic", run_config.critic_hidden_sizes),
+            ("value", run_config.value_hidden_sizes)) if sizes})
 
 
 def stage_checkpoint_path(run_dir: Path, stage: str) -> Path:

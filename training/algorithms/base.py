@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import torch
@@ -11,9 +11,14 @@ from torch import nn
 
 from safepolicy.datasets import Dataset
 from training.data import OfflineBuffer
-from training.networks import CriticEnsemble, SquashedGaussianActor, ValueNetwork
+from training.networks import (
+    CriticEnsemble,
+    ObservationNormalizer,
+    SquashedGaussianActor,
+    ValueNetwork,
+)
 
-Network = TypeVar("Network", SquashedGaussianActor, CriticEnsemble, ValueNetwork)
+Module = TypeVar("Module", bound=nn.Module)
 Logs = Mapping[str, "float | torch.Tensor"]
 
 
@@ -37,27 +42,43 @@ class TrainingContext:
     seed: int
     precision: str = "fp32"
     dataset: Dataset | None = None  # the file the buffer was built from (BC-Safe filters it)
+    # hidden sizes per network role ("actor", "critic", "value"); a role not named here uses
+    # ``hidden_sizes``
+    network_sizes: dict[str, list[int]] = field(default_factory=dict)
 
-    def new_actor(self) -> SquashedGaussianActor:
+    def sizes_for(self, role: str) -> list[int]:
+        """Hidden layer widths of the ``role`` network (its own, else the run's default)."""
+        return list(self.network_sizes.get(role) or self.hidden_sizes)
+
+    def new_actor(self, hidden_sizes: Sequence[int] | None = None) -> SquashedGaussianActor:
         """A squashed Gaussian actor with the dataset's observation statistics."""
-        actor = SquashedGaussianActor(self.obs_dim, self.action_dim, self.hidden_sizes,
+        actor = SquashedGaussianActor(self.obs_dim, self.action_dim,
+                                      hidden_sizes or self.sizes_for("actor"),
                                       self.action_low, self.action_high)
-        return self._with_statistics(actor)
+        return self.place(actor)
 
-    def new_critics(self, ensemble_size: int) -> CriticEnsemble:
-        """``ensemble_size`` Q networks as one batched ensemble, at the run's precision."""
-        critics = CriticEnsemble(self.obs_dim, self.action_dim, ensemble_size,
-                                 self.hidden_sizes, self.precision)
-        return self._with_statistics(critics)
+    def new_critics(self, groups: int | Mapping[str, int],
+                    hidden_sizes: Sequence[int] | None = None) -> CriticEnsemble:
+        """Q networks as one batched ensemble at the run's precision; ``groups`` is a member
+        count or named groups of any sizes, e.g. ``{"reward": 2, "cost": 5}``."""
+        critics = CriticEnsemble(self.obs_dim, self.action_dim, groups,
+                                 hidden_sizes or self.sizes_for("critic"), self.precision)
+        return self.place(critics)
 
-    def new_value(self, outputs: int) -> ValueNetwork:
+    def new_value(self, outputs: int, hidden_sizes: Sequence[int] | None = None,
+                  ) -> ValueNetwork:
         """A state-value network with ``outputs`` heads."""
-        return self._with_statistics(ValueNetwork(self.obs_dim, outputs, self.hidden_sizes))
+        return self.place(ValueNetwork(self.obs_dim, outputs,
+                                       hidden_sizes or self.sizes_for("value")))
 
-    def _with_statistics(self, network: Network) -> Network:
-        """``network`` with the dataset's observation statistics, on the training device."""
-        network.normalizer.set_statistics(self.buffer.obs_mean.cpu(), self.buffer.obs_std.cpu())
-        return network.to(self.device)
+    def place(self, module: Module) -> Module:
+        """Any network on the training device, every ``ObservationNormalizer`` inside it set
+        to the data's observation statistics (a diffusion or CVAE model goes through here too).
+        """
+        for part in module.modules():
+            if isinstance(part, ObservationNormalizer):
+                part.set_statistics(self.buffer.obs_mean.cpu(), self.buffer.obs_std.cpu())
+        return module.to(self.device)
 
 
 class Algorithm(Protocol):
@@ -87,7 +108,8 @@ def adam(parameters: Iterable[nn.Parameter], lr: float) -> torch.optim.Adam:
 
 
 def component_states(owner: object, names: tuple[str, ...]) -> dict[str, Any]:
-    """``state_dict()`` of each named module or optimiser of ``owner``."""
+    """``state_dict()`` of each named attribute of ``owner``: any ``nn.Module``, optimiser,
+    multiplier or other object with ``state_dict``/``load_state_dict``."""
     return {name: getattr(owner, name).state_dict() for name in names}
 
 

@@ -58,7 +58,7 @@ class BCSafe:
     def start_stage(self, stage: str) -> None:
         """One stage; nothing to set up."""
 
-    def step(self, stage: str) -> dict[str, float]:
+    def step(self, stage: str) -> dict[str, float | torch.Tensor]:
         batch = self.buffer.sample(self.context.batch_size, self.context.generator)
         mean, log_std = self.actor.distribution(batch.observations)
         loss = F.mse_loss(torch.tanh(mean), batch.actions) + log_std_loss(
@@ -66,7 +66,7 @@ class BCSafe:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return {"loss/actor": loss.item()}
+        return {"loss/actor": loss.detach()}
 
     def state_dict(self) -> dict[str, Any]:
         return {"actor": self.actor.state_dict(), "optimizer": self.optimizer.state_dict()}
@@ -90,7 +90,7 @@ class TD3BCLag:
     def start_stage(self, stage: str) -> None:
         """One stage; nothing to set up."""
 
-    def step(self, stage: str) -> dict[str, float]:
+    def step(self, stage: str) -> dict[str, float | torch.Tensor]:
         """One TD3+BC update at the fixed lambda."""
         return self.oracle.step(self.multiplier.value)
 

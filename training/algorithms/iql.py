@@ -64,24 +64,26 @@ class IQLOracle:
         self.budget_per_step = per_step_budget(context.cost_limit, context.gamma,
                                                context.episode_length, per_step_budget_mode)
         self.actor = context.new_actor()
-        self.critic = context.new_critics(2 * config.critics_per_signal)
+        self.critic = context.new_critics({"reward": config.critics_per_signal,
+                                           "cost": config.critics_per_signal})
         self.value = context.new_value(outputs=2)  # reward and cost values
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor_optimizer = adam(self.actor.parameters(), lr=config.actor_lr)
         self.critic_optimizer = adam(self.critic.parameters(), lr=config.critic_lr)
         self.value_optimizer = adam(self.value.parameters(), lr=config.critic_lr)
 
-    def step(self, lagrange_multiplier: float) -> dict[str, float]:
+    def step(self, lagrange_multiplier: float) -> dict[str, float | torch.Tensor]:
         """One IQL update on a fresh minibatch for the reward r - lambda (c - b)."""
         batch = self.context.buffer.sample(self.context.batch_size, self.context.generator)
         return self.update(batch, lagrange_multiplier)
 
-    def update(self, batch: Batch, lagrange_multiplier: float) -> dict[str, float]:
+    def update(self, batch: Batch, lagrange_multiplier: float,
+               ) -> dict[str, float | torch.Tensor]:
         """Value, then Q, then policy, as in the IQL paper's Algorithm 1."""
-        config, s, gamma = self.config, self.config.critics_per_signal, self.context.gamma
+        config, gamma = self.config, self.context.gamma
         with torch.no_grad():
             target_q = self.target_critic(batch.observations, batch.actions)
-            reward_q, cost_q = reduce_groups(target_q, (s, s), ("min", "max"))
+            reward_q, cost_q = reduce_groups(target_q, self.critic.group_sizes, ("min", "max"))
         values = self.value(batch.observations)
         value_loss = (expectile_loss(reward_q - values[:, 0], config.expectile)
                       + expectile_loss(cost_q - values[:, 1], 1.0 - config.expectile))
@@ -93,7 +95,8 @@ class IQLOracle:
             next_values = self.value(batch.next_observations)
             targets = stacked_targets(
                 [td_target(batch.rewards, batch.dones, next_values[:, 0], gamma),
-                 td_target(batch.costs, batch.dones, next_values[:, 1], gamma)], (s, s))
+                 td_target(batch.costs, batch.dones, next_values[:, 1], gamma)],
+                self.critic.group_sizes)
         q_loss = ensemble_mse(self.critic(batch.observations, batch.actions), targets)
         self.critic_optimizer.zero_grad(set_to_none=True)
         q_loss.backward()
@@ -110,16 +113,16 @@ class IQLOracle:
         self.actor_optimizer.zero_grad(set_to_none=True)
         actor_loss.backward()
         self.actor_optimizer.step()
-        return {"loss/value": value_loss.item(), "loss/critic": q_loss.item(),
-                "loss/actor": actor_loss.item()}
+        return {"loss/value": value_loss.detach(), "loss/critic": q_loss.detach(),
+                "loss/actor": actor_loss.detach()}
 
     @torch.no_grad()
     def value_estimates(self, observations: torch.Tensor) -> tuple[float, float]:
         """Mean Q_r(s, pi(s)) and Q_c(s, pi(s)) at the policy's deterministic actions."""
         actions = torch.tanh(self.actor.distribution(observations)[0])
         q = self.critic(observations, actions)
-        s = self.config.critics_per_signal
-        return q[:s].mean().item(), q[s:].mean().item()
+        return (self.critic.group(q, "reward").mean().item(),
+                self.critic.group(q, "cost").mean().item())
 
     def state_dict(self) -> dict[str, Any]:
         return component_states(self, self.COMPONENTS)

@@ -120,7 +120,7 @@ class O3SRL:
     def start_stage(self, stage: str) -> None:
         """One stage; nothing to set up."""
 
-    def step(self, stage: str) -> dict[str, float]:
+    def step(self, stage: str) -> dict[str, float | torch.Tensor]:
         """One oracle update; at the end of a round, update EXP3 and draw the next arm."""
         logs = self.oracle.step(self.multiplier.value)
         self.steps_in_round += 1

@@ -84,7 +84,10 @@ class TD3BCOracle:
         self.budget_per_step = per_step_budget(context.cost_limit, context.gamma,
                                                context.episode_length, per_step_budget_mode)
         self.actor = context.new_actor()
-        self.critic = context.new_critics(2 * config.critics_per_signal)
+        self.critic = context.new_critics({"reward": config.critics_per_signal,
+                                           "cost": config.critics_per_signal})
+        # the actor reads the first critic of each group (TD3)
+        self.first_critics = [self.critic.members("reward")[0], self.critic.members("cost")[0]]
         self.target_actor = copy.deepcopy(self.actor).requires_grad_(False)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor_optimizer = adam(self.actor.parameters(), lr=config.actor_lr)
@@ -96,15 +99,16 @@ class TD3BCOracle:
         """The deterministic action in [-1, 1] (critics work in these units)."""
         return torch.tanh(actor.distribution(observations)[0])
 
-    def step(self, lagrange_multiplier: float) -> dict[str, float]:
+    def step(self, lagrange_multiplier: float) -> dict[str, float | torch.Tensor]:
         """One TD3+BC update on a fresh minibatch for the reward r - lambda (c - b)."""
         batch = self.context.buffer.sample(self.context.batch_size, self.context.generator)
         return self.update(batch, lagrange_multiplier)
 
-    def update(self, batch: Batch, lagrange_multiplier: float) -> dict[str, float]:
+    def update(self, batch: Batch, lagrange_multiplier: float,
+               ) -> dict[str, float | torch.Tensor]:
         """Critic update every call; actor, log-std and targets every ``policy_delay`` calls."""
-        config, s = self.config, self.config.critics_per_signal
-        logs: dict[str, float] = {}
+        config = self.config
+        logs: dict[str, float | torch.Tensor] = {}
         with torch.no_grad():
             noise = torch.randn(batch.actions.shape, generator=self.context.generator)
             noise = (noise.to(batch.actions.device) * config.policy_noise).clamp(
@@ -113,12 +117,13 @@ class TD3BCOracle:
                             + noise).clamp(-1.0, 1.0)
             next_q = self.target_critic(batch.next_observations, next_actions)
             targets = td_targets(next_q, (batch.rewards, batch.costs), batch.dones,
-                                 self.context.gamma, sizes=(s, s), reductions=("min", "max"))
+                                 self.context.gamma, sizes=self.critic.group_sizes,
+                                 reductions=("min", "max"))
         loss = ensemble_mse(self.critic(batch.observations, batch.actions), targets)
         self.critic_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.critic_optimizer.step()
-        logs["loss/critic"] = loss.item()
+        logs["loss/critic"] = loss.detach()
 
         self.updates += 1
         if self.updates % config.policy_delay == 0:
@@ -128,7 +133,8 @@ class TD3BCOracle:
             # gradient here (they are not updated by the actor loss), which saves their
             # weight-gradient matmuls.
             self.critic.requires_grad_(False)
-            q_reward, q_cost = self.critic(batch.observations, policy_actions, members=[0, s])
+            q_reward, q_cost = self.critic(batch.observations, policy_actions,
+                                           members=self.first_critics)
             self.critic.requires_grad_(True)
             lagrangian_q = q_reward - lagrange_multiplier * q_cost
             actor_loss = td3bc_actor_loss(lagrangian_q, policy_actions, batch.actions,
@@ -139,7 +145,7 @@ class TD3BCOracle:
             self.actor_optimizer.step()
             soft_update(self.target_critic, self.critic, config.tau)
             soft_update(self.target_actor, self.actor, config.tau)
-            logs["loss/actor"] = actor_loss.item()
+            logs["loss/actor"] = actor_loss.detach()
         return logs
 
     def q_scale(self, lagrangian_q: torch.Tensor) -> torch.Tensor:
@@ -162,8 +168,8 @@ class TD3BCOracle:
     def value_estimates(self, observations: torch.Tensor) -> tuple[float, float]:
         """Mean reward and cost values Q_r(s, pi(s)), Q_c(s, pi(s)) over ``observations``."""
         q = self.critic(observations, self.unit_action(self.actor, observations))
-        s = self.config.critics_per_signal
-        return q[:s].mean().item(), q[s:].mean().item()
+        return (self.critic.group(q, "reward").mean().item(),
+                self.critic.group(q, "cost").mean().item())
 
     def state_dict(self) -> dict[str, Any]:
         return {**component_states(self, self.COMPONENTS), "updates": self.updates,
