@@ -57,7 +57,7 @@ def probe(dataset_path: Path, task: str | None, tau: float, steps: int, checkpoi
         raise SystemExit(f"{dataset_path} does not name its task; pass --task")
     context = build_context(dataset, get_task(task), run, cost_limit=10.0,
                             device=torch.device("cpu"), seed=seed)
-    buffer = context.buffer
+    buffer = context.offline
     oracle = TD3BCOracle(TD3BCConfig(tau=tau), context, "episode")
     slices = list(dataset.episode_slices())
     early = np.concatenate([np.arange(s.start, min(s.start + 100, s.stop)) for s in slices])

@@ -81,7 +81,7 @@ def test_any_module_is_placed_and_checkpointed_like_the_built_in_ones() -> None:
     owner = HoldsAnyModule(context.place(NoisePredictor()))
     normaliser = next(module for module in owner.model.modules()
                       if isinstance(module, ObservationNormalizer))
-    assert torch.equal(normaliser.mean, context.buffer.obs_mean.cpu())
+    assert torch.equal(normaliser.mean, context.offline.obs_mean.cpu())
     assert not torch.equal(normaliser.std, torch.ones(2))
     loss = owner.model(torch.randn(4, 2), torch.rand(4)).pow(2).mean()
     loss.backward()

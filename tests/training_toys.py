@@ -97,7 +97,7 @@ class TwoStageToy:
 
     def step(self, stage: str) -> Logs:
         if stage == "behaviour":
-            batch = self.context.buffer.sample(self.context.batch_size, self.context.generator)
+            batch = self.context.offline.sample(self.context.batch_size, self.context.generator)
             mean, _ = self.behaviour.distribution(batch.observations)
             loss = F.mse_loss(torch.tanh(mean), batch.actions)  # buffer actions are in [-1, 1]
             self.behaviour_optimizer.zero_grad(set_to_none=True)

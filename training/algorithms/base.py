@@ -26,7 +26,7 @@ Logs = Mapping[str, "float | torch.Tensor"]
 class TrainingContext:
     """The problem an algorithm is given: data, dimensions, budget, device and randomness."""
 
-    buffer: OfflineBuffer
+    buffer: OfflineBuffer | None  # None: a run without a dataset (online algorithms)
     obs_dim: int
     action_dim: int
     action_low: list[float]
@@ -45,6 +45,27 @@ class TrainingContext:
     # hidden sizes per network role ("actor", "critic", "value"); a role not named here uses
     # ``hidden_sizes``
     network_sizes: dict[str, list[int]] = field(default_factory=dict)
+
+    # observation statistics when there is no dataset (e.g. measured in the environment);
+    # None with no dataset: identity normalisation
+    observation_statistics: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def offline(self) -> OfflineBuffer:
+        """The dataset's buffer; a clear error for an offline algorithm run without data."""
+        if self.buffer is None:
+            raise ValueError("this algorithm learns from a dataset but the run has none; "
+                             "pass --dataset")
+        return self.buffer
+
+    def obs_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) for every normaliser: the dataset's, else the given ones, else identity."""
+        if self.buffer is not None:
+            return self.buffer.obs_mean.cpu(), self.buffer.obs_std.cpu()
+        if self.observation_statistics is not None:
+            mean, std = self.observation_statistics
+            return mean.cpu(), std.cpu()
+        return torch.zeros(self.obs_dim), torch.ones(self.obs_dim)
 
     def sizes_for(self, role: str) -> list[int]:
         """Hidden layer widths of the ``role`` network (its own, else the run's default)."""
@@ -75,9 +96,10 @@ class TrainingContext:
         """Any network on the training device, every ``ObservationNormalizer`` inside it set
         to the data's observation statistics (a diffusion or CVAE model goes through here too).
         """
+        mean, std = self.obs_statistics()
         for part in module.modules():
             if isinstance(part, ObservationNormalizer):
-                part.set_statistics(self.buffer.obs_mean.cpu(), self.buffer.obs_std.cpu())
+                part.set_statistics(mean, std)
         return module.to(self.device)
 
 

@@ -50,7 +50,7 @@ class BCSafe:
             raise ValueError(
                 f"BC-Safe: no episode in the dataset has cost <= {context.cost_limit:g}; "
                 "raise --cost-limit or collect data with safer behaviour")
-        self.buffer = context.buffer.subset(torch.as_tensor(rows))
+        self.buffer = context.offline.subset(torch.as_tensor(rows))
         self.context = context
         self.actor = context.new_actor()
         self.optimizer = adam(self.actor.parameters(), lr=config.actor_lr)

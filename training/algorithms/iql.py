@@ -74,7 +74,7 @@ class IQLOracle:
 
     def step(self, lagrange_multiplier: float) -> dict[str, float | torch.Tensor]:
         """One IQL update on a fresh minibatch for the reward r - lambda (c - b)."""
-        batch = self.context.buffer.sample(self.context.batch_size, self.context.generator)
+        batch = self.context.offline.sample(self.context.batch_size, self.context.generator)
         return self.update(batch, lagrange_multiplier)
 
     def update(self, batch: Batch, lagrange_multiplier: float,

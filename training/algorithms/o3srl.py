@@ -100,7 +100,7 @@ class O3SRL:
         else:
             raise ValueError(f"O3SRL oracle must be 'td3bc' or 'iql', got {config.oracle!r}")
         self.budget_value = self.oracle.budget_per_step / (1.0 - context.gamma)
-        max_cost_value = context.buffer.max_step_cost / (1.0 - context.gamma)
+        max_cost_value = context.offline.max_step_cost / (1.0 - context.gamma)
         cost_value_bound = max(self.budget_value, max_cost_value - self.budget_value, 1e-6)
         rounds = max(1, context.total_steps // config.oracle_steps_per_round)
         self.multiplier = Exp3Multiplier(
@@ -130,7 +130,7 @@ class O3SRL:
 
     def end_round(self) -> dict[str, float]:
         """Estimate V_c of the current policy, charge the pulled arm, draw the next one."""
-        buffer = self.context.buffer
+        buffer = self.context.offline
         index = torch.randint(buffer.size, (self.config.value_batch,),
                               generator=self.context.generator).to(buffer.device)
         reward_value, cost_value = self.oracle.value_estimates(buffer.observations[index])
