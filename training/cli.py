@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="NAME=VALUE",
                         help="override a hyperparameter, e.g. num_arms=3, td3bc.alpha=2.5, "
                              "run.batch_size=512 (see --print-config)")
+    parser.add_argument("--config", dest="config_file", type=Path, metavar="FILE.yaml",
+                        help="settings from a YAML file (nested or dotted names, run settings "
+                             "under run:); --set overrides them")
     parser.add_argument("--reuse-stage", dest="reuse_stages", action="append", default=[],
                         metavar="STAGE=RUN_DIR",
                         help="start from the end-of-stage checkpoint of another run of the same "
@@ -85,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         algorithm=args.algorithm, task=args.task, dataset=args.dataset,
         cost_limit=args.cost_limit, out=args.out, seed=args.seed, steps=args.steps,
         device=args.device, resume=args.resume, overrides=overrides,
-        progress=not args.no_progress, reuse_stages=reuse_stages)
+        progress=not args.no_progress, reuse_stages=reuse_stages, config_file=args.config_file)
     try:
         run_dir = train(request)
     except (TrainingError, DatasetError, UnknownTaskError, CheckpointError, ConfigError,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 import time
 from collections import defaultdict
 from collections.abc import Mapping
@@ -81,6 +82,7 @@ class TrainRequest:
     overrides: Mapping[str, str] = dataclasses.field(default_factory=dict)
     progress: bool = True
     reuse_stages: Mapping[str, Path] = dataclasses.field(default_factory=dict)
+    config_file: Path | None = None  # YAML or JSON settings, layered under ``overrides``
 
 
 def resolve_device(name: str) -> torch.device:
@@ -99,9 +101,12 @@ def build_configs(request: TrainRequest) -> tuple[AlgorithmSpec, RunConfig, Conf
         spec = algorithm_spec(request.algorithm)
     except UnknownAlgorithmError as error:
         raise TrainingError(str(error)) from None
+    if not math.isfinite(request.cost_limit) or request.cost_limit < 0:
+        raise TrainingError(f"--cost-limit must be a finite number >= 0, got {request.cost_limit}")
     run_config = RunConfig()
     algorithm_config = spec.config_type()
-    layered = {**spec.task_overrides.get(request.task, {}), **request.overrides}
+    from_file = read_config_file(request.config_file) if request.config_file else {}
+    layered = {**spec.task_overrides.get(request.task, {}), **from_file, **request.overrides}
     for name, value in layered.items():
         try:
             if name.startswith("run."):
@@ -109,7 +114,9 @@ def build_configs(request: TrainRequest) -> tuple[AlgorithmSpec, RunConfig, Conf
             else:
                 set_field(algorithm_config, name, value)
         except ConfigError as error:
-            raise TrainingError(f"--set {name}={value}: {error}") from None
+            where = ("--set" if name in request.overrides else
+                     f"{request.config_file}:" if name in from_file else "task default")
+            raise TrainingError(f"{where} {name}={value}: {error}") from None
     if request.steps is not None:
         try:
             set_field(run_config, "steps", request.steps)
@@ -119,9 +126,51 @@ def build_configs(request: TrainRequest) -> tuple[AlgorithmSpec, RunConfig, Conf
     return spec, run_config, algorithm_config
 
 
+def read_config_file(path: Path) -> dict[str, Any]:
+    """``--config FILE``: a YAML (or JSON) mapping of settings, nested or dotted, with the run's
+    settings under ``run:``; returned as dotted names (``td3bc.alpha``, ``run.batch_size``)."""
+    import yaml
+
+    try:
+        settings = yaml.safe_load(Path(path).read_text())
+    except OSError as error:
+        raise TrainingError(f"--config {path}: cannot read it ({error.strerror})") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise TrainingError(f"--config {path}: not valid YAML{where}; write one NAME: VALUE per "
+                            "line, nested or dotted (e.g. td3bc.alpha: 2.5)") from None
+    if settings is None:
+        return {}
+    if not isinstance(settings, dict):
+        raise TrainingError(f"--config {path}: expected a mapping of settings, got a "
+                            f"{type(settings).__name__}")
+
+    def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+        flat: dict[str, Any] = {}
+        for key, value in mapping.items():
+            if isinstance(value, Mapping):
+                flat.update(flatten(value, f"{prefix}{key}."))
+            else:
+                flat[f"{prefix}{key}"] = (",".join(str(v) for v in value)
+                                          if isinstance(value, list) else value)
+        return flat
+
+    return flatten(settings)
+
+
 def check_dataset_matches_task(dataset: Dataset, spec: TaskSpec) -> tuple[list[float], list[float]]:
-    """The task's action bounds, after checking the dataset's dimensions agree with its env."""
+    """The task's action bounds, after checking the dataset was recorded for this task (when
+    it says) and its dimensions agree with the task's env."""
     from safepolicy.tasks import make_env
+
+    recorded = dataset.attrs.get("task")
+    if isinstance(recorded, bytes):
+        recorded = recorded.decode()
+    if recorded and str(recorded) != spec.name:
+        raise TrainingError(
+            f"{dataset.path}: the dataset was recorded for task {recorded!r}, not {spec.name!r}; "
+            f"pass --task {recorded} or the dataset collected for {spec.name}")
 
     env = make_env(spec)
     try:
