@@ -42,22 +42,23 @@ def probe(dataset_path: Path, task: str | None, tau: float, steps: int, checkpoi
 
     from safepolicy.datasets import load_dataset
     from safepolicy.tasks import get_task
-    from training.algorithms.td3bc import TD3BCOracle
-    from training.config import RunConfig, TD3BCConfig
+    from training.algorithms.td3bc import TD3BCConfig, TD3BCOracle
+    from training.config import RunConfig, set_field
     from training.loop import build_context
 
     torch.set_num_threads(1)
     torch.manual_seed(seed)
     dataset = load_dataset(dataset_path)
-    run = RunConfig(steps=steps, precision=precision)
+    run = RunConfig(steps=steps)
+    set_field(run, "precision", precision)
     # The cost limit only sets the budget term, which a fixed-lambda actor loss does not use.
     task = task or dataset.attrs.get("task")
     if not task:
         raise SystemExit(f"{dataset_path} does not name its task; pass --task")
     context = build_context(dataset, get_task(task), run, cost_limit=10.0,
                             device=torch.device("cpu"), seed=seed)
-    buffer = context.buffer
-    oracle = TD3BCOracle(TD3BCConfig(tau=tau), context, "episode", lagrange_multiplier=1.0)
+    buffer = context.offline
+    oracle = TD3BCOracle(TD3BCConfig(tau=tau), context, "episode")
     slices = list(dataset.episode_slices())
     early = np.concatenate([np.arange(s.start, min(s.start + 100, s.stop)) for s in slices])
     reward_to_go = discounted_returns(dataset.rewards * run.reward_scale, slices, run.gamma)
@@ -65,7 +66,7 @@ def probe(dataset_path: Path, task: str | None, tau: float, steps: int, checkpoi
     per_signal = oracle.config.critics_per_signal
     rows = []
     for step in range(1, steps + 1):
-        oracle.step()
+        oracle.step(1.0)
         if step % (steps // checkpoints) == 0:
             with torch.no_grad():
                 q = oracle.critic(buffer.observations[early], buffer.actions[early])

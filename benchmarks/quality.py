@@ -44,9 +44,10 @@ def collect_if_missing(task: str, data_dir: Path, episodes: int, seed: int) -> P
 
 def settings_for(algorithm: str, settings: list[str]) -> dict[str, str]:
     """The ``--set NAME=VALUE`` pairs that name a field of ``algorithm``'s config."""
-    from training.config import ALGORITHM_CONFIGS, describe
+    from training.config import describe
+    from training.registry import algorithm_spec
 
-    known = {name for name, *_ in describe(ALGORITHM_CONFIGS[algorithm]())}
+    known = {name for name, *_ in describe(algorithm_spec(algorithm).config_type())}
     pairs = dict(setting.split("=", 1) for setting in settings)
     return {name: value for name, value in pairs.items()
             if name in known or name.startswith("run.")}

@@ -34,25 +34,41 @@ sys.path.insert(0, str(ROOT))
 
 from safepolicy.datasets import Dataset  # noqa: E402
 from training.algorithms.base import TrainingContext, adam  # noqa: E402
-from training.algorithms.td3bc import TD3BCOracle  # noqa: E402
-from training.config import TD3BCConfig  # noqa: E402
+from training.algorithms.td3bc import TD3BCConfig, TD3BCOracle  # noqa: E402
 from training.data import OfflineBuffer  # noqa: E402
 from training.networks import ObservationNormalizer, mlp  # noqa: E402
 
 
 class LoopedCritics(nn.Module):
-    """The plain way: N separate critic MLPs, evaluated one after another."""
+    """The plain way: N separate critic MLPs, evaluated one after another (same named groups
+    as the ``CriticEnsemble`` it replaces)."""
 
-    def __init__(self, obs_dim: int, action_dim: int, count: int, hidden: list[int]) -> None:
+    def __init__(self, obs_dim: int, action_dim: int, groups: dict[str, int],
+                 hidden: list[int]) -> None:
         super().__init__()
         self.normalizer = ObservationNormalizer(obs_dim)
-        self.members = nn.ModuleList(mlp(obs_dim + action_dim, 1, hidden) for _ in range(count))
+        self.groups = dict(groups)
+        self.nets = nn.ModuleList(mlp(obs_dim + action_dim, 1, hidden)
+                                  for _ in range(sum(groups.values())))
+
+    @property
+    def group_sizes(self) -> list[int]:
+        return list(self.groups.values())
+
+    def members(self, name: str) -> list[int]:
+        start = sum(size for group, size in self.groups.items()
+                    if list(self.groups).index(group) < list(self.groups).index(name))
+        return list(range(start, start + self.groups[name]))
+
+    def group(self, q_values: torch.Tensor, name: str) -> torch.Tensor:
+        members = self.members(name)
+        return q_values[members[0]:members[-1] + 1]
 
     def forward(self, observations: torch.Tensor, actions: torch.Tensor,
                 members: list[int] | None = None) -> torch.Tensor:
         inputs = torch.cat([self.normalizer(observations), actions], dim=-1)
-        chosen = range(len(self.members)) if members is None else members
-        return torch.stack([self.members[i](inputs).squeeze(-1) for i in chosen])
+        chosen = range(len(self.nets)) if members is None else members
+        return torch.stack([self.nets[i](inputs).squeeze(-1) for i in chosen])
 
 
 def synthetic_dataset(obs_dim: int, action_dim: int, size: int = 20_000) -> Dataset:
@@ -78,12 +94,12 @@ def make_oracle(variant: str, obs_dim: int, action_dim: int, hidden: list[int],
         generator=torch.Generator().manual_seed(0), seed=0,
         precision="bf16-mixed" if variant == "ensemble-bf16" else "fp32")
     torch.manual_seed(0)
-    oracle = TD3BCOracle(TD3BCConfig(), context, "episode", lagrange_multiplier=1.0)
+    oracle = TD3BCOracle(TD3BCConfig(), context, "episode")
     if variant == "plain":
         import copy
 
-        count = 2 * oracle.config.critics_per_signal
-        oracle.critic = LoopedCritics(obs_dim, action_dim, count, hidden)  # type: ignore[assignment]
+        oracle.critic = LoopedCritics(  # type: ignore[assignment]
+            obs_dim, action_dim, oracle.critic.groups, hidden)
         oracle.target_critic = copy.deepcopy(oracle.critic).requires_grad_(False)
         oracle.critic_optimizer = adam(oracle.critic.parameters(), lr=oracle.config.critic_lr)
     return oracle
@@ -124,10 +140,10 @@ def roofline_gflops(seconds: float) -> dict[str, float]:
 
 def updates_per_second(oracle: TD3BCOracle, seconds: float) -> float:
     for _ in range(20):
-        oracle.step()
+        oracle.step(1.0)
     count, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
-        oracle.step()
+        oracle.step(1.0)
         count += 1
     return count / (time.perf_counter() - started)
 

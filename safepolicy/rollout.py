@@ -127,6 +127,27 @@ def make_vector_env(task: str | TaskSpec, seeds: Sequence[int], num_envs: int = 
     return gym.vector.SyncVectorEnv(factories)
 
 
+def step_costs(infos: dict[str, Any], done: np.ndarray) -> np.ndarray:
+    """Each environment's cost of the vector step just taken (gymnasium 0.28 autoreset: a
+    finished environment's step info, cost included, is under ``final_info``)."""
+    costs = np.zeros(len(done), dtype=np.float32)
+    if "cost" in infos:
+        costs[:] = np.where(infos.get("_cost", np.ones(len(done), bool)), infos["cost"], 0.0)
+    for index in np.flatnonzero(done):
+        costs[index] = float(infos["final_info"][index]["cost"])
+    return costs
+
+
+def finished_episodes(infos: dict[str, Any], done: np.ndarray) -> list[EpisodeRecord]:
+    """The scheduled episodes that ended in the vector step just taken, in env order."""
+    records = []
+    for index in np.flatnonzero(done):
+        record = infos["final_info"][index].get(_RECORD_KEY)
+        if record is not None:
+            records.append(record)
+    return records
+
+
 def rollout_episodes(
     policy: BatchPolicy,
     task: str | TaskSpec,

@@ -10,15 +10,9 @@ import torch
 from training_toys import episode_cost_of, speed_cost_dataset, toy_context
 
 from training.algorithms.base import lagrangian_reward, per_step_budget
-from training.algorithms.o3srl import (
-    O3SRL,
-    Exp3,
-    exp3_learning_rate,
-    lagrange_player_loss,
-    lambda_arms,
-)
-from training.algorithms.td3bc import TD3BCOracle
-from training.config import O3SRLConfig, TD3BCConfig
+from training.algorithms.o3srl import O3SRL, O3SRLConfig
+from training.algorithms.td3bc import TD3BCConfig, TD3BCOracle
+from training.multipliers import Exp3, exp3_learning_rate, lagrange_player_loss, lambda_arms
 from training.networks import CriticEnsemble, SquashedGaussianActor
 
 ARM_MEAN_LOSSES = np.array([0.8, 0.6, 0.5, 0.35, 0.2])  # arm 4 is best
@@ -113,7 +107,7 @@ def test_critic_ensemble_is_one_batched_pass_matching_separate_critics() -> None
 def test_td3bc_critic_loss_falls_on_a_toy_dataset() -> None:
     dataset = speed_cost_dataset(transitions=2000)
     oracle = TD3BCOracle(TD3BCConfig(), toy_context(dataset, 3.0, 400), "episode")
-    losses = [oracle.step()["loss/critic"] for _ in range(400)]
+    losses = [float(oracle.step(0.0)["loss/critic"]) for _ in range(400)]
     assert np.mean(losses[-50:]) < 0.5 * np.mean(losses[:50])
 
 
@@ -140,35 +134,35 @@ def test_o3srl_keeps_the_cost_limit_where_the_unconstrained_oracle_does_not() ->
     unconstrained = TD3BCOracle(TD3BCConfig(), toy_context(dataset, cost_limit, steps, **sizes),
                                 "episode")
     for _ in range(steps // 4):  # it settles at about 9 within 500 steps
-        unconstrained.step()
+        unconstrained.step(0.0)
     assert episode_cost_of(unconstrained.actor, dataset) > 1.6 * cost_limit
 
     costs, expected_lambdas = [], []
     for seed in (0, 1):
         o3srl = O3SRL(O3SRLConfig(), toy_context(dataset, cost_limit, steps, seed, **sizes))
         for _ in range(steps):
-            o3srl.step()
+            o3srl.step("train")
         costs.append(episode_cost_of(o3srl.actor, dataset))
-        expected_lambdas.append(float(o3srl.bandit.probabilities() @ o3srl.arms))
+        expected_lambdas.append(o3srl.multiplier.expected_value())
     assert np.mean(costs) <= cost_limit and max(costs) <= 1.05 * cost_limit, costs
     # EXP3 left lambda = 0 behind: its mass sits where fixed arms straddle the limit.
     assert min(expected_lambdas) > 1.0, expected_lambdas
 
 
 def test_iql_oracle_learns_and_o3srl_runs_on_it() -> None:
-    from training.algorithms.iql import IQLOracle, expectile_loss
-    from training.config import IQLConfig
+    from training.algorithms.iql import IQLConfig, IQLOracle
+    from training.losses import expectile_loss
 
     differences = torch.tensor([1.0, -1.0])
     assert expectile_loss(differences, 0.7) == pytest.approx((0.7 + 0.3) / 2)
     dataset = speed_cost_dataset(transitions=2000)
     oracle = IQLOracle(IQLConfig(), toy_context(dataset, 3.0, 300), "episode")
-    losses = [oracle.step()["loss/critic"] for _ in range(300)]
+    losses = [float(oracle.step(0.0)["loss/critic"]) for _ in range(300)]
     assert np.mean(losses[-50:]) < 0.5 * np.mean(losses[:50])
     config = O3SRLConfig(oracle="iql")
     o3srl = O3SRL(config, toy_context(dataset, 3.0, 50))
-    logs = [o3srl.step() for _ in range(20)]
-    assert "o3srl/lambda" in logs[9] and o3srl.oracle.lagrange_multiplier in o3srl.arms
+    logs = [o3srl.step("train") for _ in range(20)]
+    assert "o3srl/lambda" in logs[9] and o3srl.multiplier.value in o3srl.arms
 
 
 def test_actor_checkpoint_with_a_path_in_its_config_loads(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
+from pydantic import Field
+from torch.nn import functional as F
 
 from safepolicy.datasets import Dataset
-from training.algorithms.base import TrainingContext
+from training.algorithms.base import Logs, TrainingContext, adam
+from training.algorithms.td3bc import TD3BCConfig, TD3BCOracle
+from training.config import Config, param
 from training.data import OfflineBuffer
+from training.multipliers import FixedMultiplier
+from training.networks import SquashedGaussianActor
+from training.registry import AlgorithmSpec, Stage
 
 TOY_EPISODE_LENGTH = 10
 
@@ -54,3 +63,62 @@ def episode_cost_of(actor: torch.nn.Module, dataset: Dataset) -> float:
     with torch.no_grad():
         actions = actor(torch.as_tensor(dataset.observations))[:, 0].numpy()
     return float(((actions + 1.0) / 2.0).mean() * TOY_EPISODE_LENGTH)
+
+
+class TwoStageToyConfig(Config):
+    """A two-stage toy: clone the behaviour, then TD3+BC-Lag from the clone."""
+
+    behaviour_steps: int = param(30, "behaviour-cloning updates", gt=0)
+    policy_steps: int = param(30, "TD3+BC updates started from the clone", gt=0)
+    actor_lr: float = param(1e-3, "behaviour-cloning learning rate", gt=0.0)
+    lagrange_multiplier: float = param(1.0, "fixed lambda of the policy stage", ge=0.0)
+    td3bc: TD3BCConfig = Field(default_factory=TD3BCConfig)
+
+
+class TwoStageToy:
+    """Stage ``behaviour`` fits a behaviour actor; ``policy`` starts TD3+BC's actor from it."""
+
+    def __init__(self, config: TwoStageToyConfig, context: TrainingContext) -> None:
+        self.config = config
+        self.context = context
+        self.behaviour = context.new_actor()
+        self.behaviour_optimizer = adam(self.behaviour.parameters(), lr=config.actor_lr)
+        self.multiplier = FixedMultiplier(config.lagrange_multiplier)
+        self.oracle = TD3BCOracle(config.td3bc, context, "episode")
+
+    @property
+    def actor(self) -> SquashedGaussianActor:
+        return self.oracle.actor
+
+    def start_stage(self, stage: str) -> None:
+        if stage == "policy":
+            self.oracle.actor.load_state_dict(self.behaviour.state_dict())
+            self.oracle.target_actor.load_state_dict(self.behaviour.state_dict())
+
+    def step(self, stage: str) -> Logs:
+        if stage == "behaviour":
+            batch = self.context.offline.sample(self.context.batch_size, self.context.generator)
+            mean, _ = self.behaviour.distribution(batch.observations)
+            loss = F.mse_loss(torch.tanh(mean), batch.actions)  # buffer actions are in [-1, 1]
+            self.behaviour_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.behaviour_optimizer.step()
+            return {"loss/behaviour": loss.detach()}
+        return self.oracle.step(self.multiplier.value)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"behaviour": self.behaviour.state_dict(),
+                "behaviour_optimizer": self.behaviour_optimizer.state_dict(),
+                "oracle": self.oracle.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.behaviour.load_state_dict(state["behaviour"])
+        self.behaviour_optimizer.load_state_dict(state["behaviour_optimizer"])
+        self.oracle.load_state_dict(state["oracle"])
+
+
+TWO_STAGE_SPEC = AlgorithmSpec(
+    name="toy-two-stage", config_type=TwoStageToyConfig, build=TwoStageToy,
+    summary="test toy: behaviour cloning, then TD3+BC-Lag from the clone",
+    stages=lambda config, run: [Stage("behaviour", config.behaviour_steps),
+                                Stage("policy", config.policy_steps)])

@@ -3,10 +3,18 @@
 A run directory holds:
 - ``config.json``: the resolved run and algorithm configs, task, dataset and its hash;
 - ``scalars.csv``: one row every ``log_every`` steps (step, wall time, averaged log values);
-- ``checkpoints/last.pt``: everything needed to continue (networks, optimisers, bandit,
-  RNG states), written atomically every ``checkpoint_every`` steps;
+- ``checkpoints/last.pt``: everything needed to continue (networks, optimisers, multipliers,
+  RNG states, the stage and step), written atomically every ``checkpoint_every`` steps and at
+  the end of every stage;
+- ``checkpoints/stage-NAME.pt``: the same at the end of stage NAME; another run of the same
+  algorithm on the same task and dataset can start from it (``--reuse-stage NAME=PATH``) and
+  skip that stage and those before it (e.g. one behaviour model for several cost limits);
 - ``actor.pt``: the final squashed Gaussian actor with its lineage and evaluation (the exporter's
   input), and ``evaluation.json``.
+
+Stages: the algorithm's spec (training/registry.py) lists named stages with their step counts;
+the loop runs them in order on one global step counter, calls ``start_stage`` when a stage
+begins, and writes the stage's name in every log row.
 
 Determinism: minibatch indices and noise come from one CPU ``torch.Generator`` seeded with the
 run's seed and saved in every checkpoint, so the same seed on the same device gives the same
@@ -18,6 +26,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 import time
 from collections import defaultdict
 from collections.abc import Mapping
@@ -32,8 +41,7 @@ from tqdm import tqdm
 
 from safepolicy.datasets import Dataset, load_dataset
 from safepolicy.tasks import TaskSpec, get_task
-from training.algorithms import build_algorithm
-from training.algorithms.base import Algorithm, TrainingContext
+from training.algorithms.base import Algorithm, Logs, TrainingContext
 from training.checkpoint import (
     ActorMetadata,
     atomic_torch_save,
@@ -41,10 +49,17 @@ from training.checkpoint import (
     file_sha256,
     save_actor,
 )
-from training.config import ALGORITHM_CONFIGS, TASK_OVERRIDES, RunConfig, set_field
+from training.config import Config, ConfigError, RunConfig, differing_keys, set_field
 from training.networks import SquashedGaussianActor
+from training.registry import (
+    AlgorithmSpec,
+    Stage,
+    UnknownAlgorithmError,
+    algorithm_spec,
+    checked_stages,
+)
 
-CHECKPOINT_FORMAT = "safepolicy.run-checkpoint/v1"
+CHECKPOINT_FORMAT = "safepolicy.run-checkpoint/v2"
 
 
 class TrainingError(ValueError):
@@ -66,6 +81,8 @@ class TrainRequest:
     resume: bool = False
     overrides: Mapping[str, str] = dataclasses.field(default_factory=dict)
     progress: bool = True
+    reuse_stages: Mapping[str, Path] = dataclasses.field(default_factory=dict)
+    config_file: Path | None = None  # YAML or JSON settings, layered under ``overrides``
 
 
 def resolve_device(name: str) -> torch.device:
@@ -78,33 +95,82 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_configs(request: TrainRequest) -> tuple[RunConfig, Any]:
+def build_configs(request: TrainRequest) -> tuple[AlgorithmSpec, RunConfig, Config]:
     """Defaults, then per-task overrides, then ``--set`` overrides (``run.`` for RunConfig)."""
-    if request.algorithm not in ALGORITHM_CONFIGS:
-        known = ", ".join(sorted(ALGORITHM_CONFIGS))
-        raise TrainingError(f"unknown algorithm {request.algorithm!r}; known: {known}")
+    try:
+        spec = algorithm_spec(request.algorithm)
+    except UnknownAlgorithmError as error:
+        raise TrainingError(str(error)) from None
+    if not math.isfinite(request.cost_limit) or request.cost_limit < 0:
+        raise TrainingError(f"--cost-limit must be a finite number >= 0, got {request.cost_limit}")
     run_config = RunConfig()
-    algorithm_config = ALGORITHM_CONFIGS[request.algorithm]()
-    layered = {**TASK_OVERRIDES.get(request.algorithm, {}).get(request.task, {}),
-               **request.overrides}
+    algorithm_config = spec.config_type()
+    from_file = read_config_file(request.config_file) if request.config_file else {}
+    layered = {**spec.task_overrides.get(request.task, {}), **from_file, **request.overrides}
     for name, value in layered.items():
         try:
             if name.startswith("run."):
-                set_field(run_config, name.removeprefix("run."), str(value))
+                set_field(run_config, name.removeprefix("run."), value)
             else:
-                set_field(algorithm_config, name, str(value))
-        except (ValueError, AttributeError) as error:
-            raise TrainingError(f"--set {name}={value}: {error}") from error
+                set_field(algorithm_config, name, value)
+        except ConfigError as error:
+            where = ("--set" if name in request.overrides else
+                     f"{request.config_file}:" if name in from_file else "task default")
+            raise TrainingError(f"{where} {name}={value}: {error}") from None
     if request.steps is not None:
-        run_config.steps = request.steps
-    if run_config.steps <= 0:
-        raise TrainingError(f"--steps must be positive, got {run_config.steps}")
-    return run_config, algorithm_config
+        try:
+            set_field(run_config, "steps", request.steps)
+        except ConfigError:
+            raise TrainingError(f"--steps must be a positive integer, got {request.steps}"
+                                ) from None
+    return spec, run_config, algorithm_config
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """``--config FILE``: a YAML (or JSON) mapping of settings, nested or dotted, with the run's
+    settings under ``run:``; returned as dotted names (``td3bc.alpha``, ``run.batch_size``)."""
+    import yaml
+
+    try:
+        settings = yaml.safe_load(Path(path).read_text())
+    except OSError as error:
+        raise TrainingError(f"--config {path}: cannot read it ({error.strerror})") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise TrainingError(f"--config {path}: not valid YAML{where}; write one NAME: VALUE per "
+                            "line, nested or dotted (e.g. td3bc.alpha: 2.5)") from None
+    if settings is None:
+        return {}
+    if not isinstance(settings, dict):
+        raise TrainingError(f"--config {path}: expected a mapping of settings, got a "
+                            f"{type(settings).__name__}")
+
+    def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+        flat: dict[str, Any] = {}
+        for key, value in mapping.items():
+            if isinstance(value, Mapping):
+                flat.update(flatten(value, f"{prefix}{key}."))
+            else:
+                flat[f"{prefix}{key}"] = (",".join(str(v) for v in value)
+                                          if isinstance(value, list) else value)
+        return flat
+
+    return flatten(settings)
 
 
 def check_dataset_matches_task(dataset: Dataset, spec: TaskSpec) -> tuple[list[float], list[float]]:
-    """The task's action bounds, after checking the dataset's dimensions agree with its env."""
+    """The task's action bounds, after checking the dataset was recorded for this task (when
+    it says) and its dimensions agree with the task's env."""
     from safepolicy.tasks import make_env
+
+    recorded = dataset.attrs.get("task")
+    if isinstance(recorded, bytes):
+        recorded = recorded.decode()
+    if recorded and str(recorded) != spec.name:
+        raise TrainingError(
+            f"{dataset.path}: the dataset was recorded for task {recorded!r}, not {spec.name!r}; "
+            f"pass --task {recorded} or the dataset collected for {spec.name}")
 
     env = make_env(spec)
     try:
@@ -129,7 +195,7 @@ class ScalarLog:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.sums: dict[str, float] = defaultdict(float)
+        self.sums: dict[str, Any] = defaultdict(float)
         self.counts: dict[str, int] = defaultdict(int)
         self.columns: list[str] | None = None
         if path.exists():
@@ -137,23 +203,39 @@ class ScalarLog:
                 header = handle.readline().strip()
             self.columns = header.split(",") if header else None
 
-    def add(self, values: Mapping[str, float]) -> None:
+    def add(self, values: Logs) -> None:
+        """Accumulate one update's values; device tensors stay on the device until a row."""
         for key, value in values.items():
-            self.sums[key] += value
+            self.sums[key] = self.sums[key] + (value.detach() if isinstance(value, torch.Tensor)
+                                               else value)
             self.counts[key] += 1
 
-    def write_row(self, step: int, wall_seconds: float) -> dict[str, float]:
-        row = {"step": float(step), "wall_seconds": wall_seconds}
-        row.update({k: self.sums[k] / self.counts[k] for k in sorted(self.sums)})
-        if self.columns is None:
-            self.columns = list(row)
-            with self.path.open("w", newline="") as handle:
-                csv.writer(handle).writerow(self.columns)
+    def write_row(self, step: int, wall_seconds: float, stage: str) -> dict[str, float | str]:
+        """Append the averages since the last row (the one host read-back per row)."""
+        row: dict[str, float | str] = {"step": float(step), "stage": stage,
+                                       "wall_seconds": wall_seconds}
+        row.update({k: float(self.sums[k]) / self.counts[k] for k in sorted(self.sums)})
+        known = self.columns or []
+        if not known or not set(row) <= set(known):
+            self._widen([*known, *(k for k in row if k not in known)])
+        columns = self.columns or list(row)
         with self.path.open("a", newline="") as handle:
-            csv.writer(handle).writerow([row.get(c, "") for c in self.columns])
+            csv.writer(handle).writerow([row.get(c, "") for c in columns])
         self.sums.clear()
         self.counts.clear()
         return row
+
+    def _widen(self, columns: list[str]) -> None:
+        """Rewrite the file under a header with new columns (a later stage logs new values)."""
+        rows: list[dict[str, str]] = []
+        if self.path.exists() and self.columns is not None:
+            with self.path.open(newline="") as handle:
+                rows = list(csv.DictReader(handle))
+        self.columns = columns
+        with self.path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
 
 
 def evaluate_actor(actor: SquashedGaussianActor, spec: TaskSpec, cost_limit: float,
@@ -189,7 +271,8 @@ def _rng_state(generator: torch.Generator) -> dict[str, Any]:
 
 
 def build_context(dataset: Dataset, spec: TaskSpec, run_config: RunConfig, cost_limit: float,
-                  device: torch.device, seed: int) -> TrainingContext:
+                  device: torch.device, seed: int, total_steps: int | None = None,
+                  ) -> TrainingContext:
     """The problem an algorithm is given: ``dataset`` (checked against ``spec``'s env) on
     ``device``, with the run's sizes and a minibatch generator seeded with ``seed``."""
     from training.data import OfflineBuffer
@@ -201,78 +284,171 @@ def build_context(dataset: Dataset, spec: TaskSpec, run_config: RunConfig, cost_
         buffer=buffer, obs_dim=dataset.obs_dim, action_dim=dataset.action_dim,
         action_low=action_low, action_high=action_high, hidden_sizes=run_config.hidden_sizes,
         gamma=run_config.gamma, batch_size=run_config.batch_size, cost_limit=cost_limit,
-        episode_length=spec.max_episode_steps, total_steps=run_config.steps, device=device,
+        episode_length=spec.max_episode_steps,
+        total_steps=run_config.steps if total_steps is None else total_steps, device=device,
         generator=torch.Generator().manual_seed(seed), seed=seed,
-        precision=run_config.precision)
+        precision=run_config.precision, dataset=dataset,
+        network_sizes={role: sizes for role, sizes in (
+            ("actor", run_config.actor_hidden_sizes), ("critic", run_config.critic_hidden_sizes),
+            ("value", run_config.value_hidden_sizes)) if sizes})
+
+
+def stage_checkpoint_path(run_dir: Path, stage: str) -> Path:
+    """Where a run keeps the checkpoint written at the end of ``stage``."""
+    return run_dir / "checkpoints" / f"stage-{stage}.pt"
+
+
+def stage_bounds(stages: list[Stage]) -> list[tuple[Stage, int, int]]:
+    """(stage, first global step - 1, last global step) for each stage in order."""
+    bounds, end = [], 0
+    for stage in stages:
+        bounds.append((stage, end, end + stage.steps))
+        end += stage.steps
+    return bounds
+
+
+def load_reused_stage(reuse: Mapping[str, Path], stages: list[Stage], resolved: dict[str, Any],
+                      device: torch.device) -> tuple[str, dict[str, Any], int] | None:
+    """The stage checkpoint named by ``--reuse-stage``: (stage, state, global step after it)."""
+    if not reuse:
+        return None
+    if len(reuse) > 1:
+        raise TrainingError("--reuse-stage names one stage (the last one to skip); got "
+                            f"{', '.join(reuse)}")
+    (stage_name, source), = reuse.items()
+    ends = {stage.name: end for stage, _, end in stage_bounds(stages)}
+    if stage_name not in ends:
+        raise TrainingError(f"--reuse-stage {stage_name}: {resolved['algorithm']} has no stage "
+                            f"{stage_name!r}; its stages are {', '.join(ends)}")
+    path = Path(source)
+    if path.is_dir():
+        path = stage_checkpoint_path(path, stage_name)
+    if not path.is_file():
+        raise TrainingError(f"--reuse-stage {stage_name}={source}: no stage checkpoint at "
+                            f"{path}; name a run directory that finished that stage or its "
+                            f"checkpoints/stage-{stage_name}.pt")
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except Exception as error:
+        raise TrainingError(f"--reuse-stage {stage_name}={source}: {path} is not a readable "
+                            f"checkpoint ({error.__class__.__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise TrainingError(f"--reuse-stage {stage_name}={source}: {path} is not a run "
+                            "checkpoint of this version")
+    saved = state["config"]
+    for key in ("algorithm", "task", "dataset_sha256"):
+        if saved.get(key) != resolved[key]:
+            raise TrainingError(f"--reuse-stage {stage_name}={source}: that run's {key} is "
+                                f"{saved.get(key)!r}, this run's is {resolved[key]!r}; a stage "
+                                "can only be reused by the same algorithm on the same data")
+    if state.get("stage") != stage_name:
+        raise TrainingError(f"--reuse-stage {stage_name}={source}: {path} was written at the "
+                            f"end of stage {state.get('stage')!r}, not {stage_name!r}")
+    return stage_name, state, ends[stage_name]
 
 
 def train(request: TrainRequest) -> Path:
     """Run (or resume) one training job and return the run directory with ``actor.pt``."""
-    spec = get_task(request.task)
-    run_config, algorithm_config = build_configs(request)
+    task = get_task(request.task)
+    spec, run_config, algorithm_config = build_configs(request)
+    try:
+        stages = checked_stages(spec, algorithm_config, run_config)
+    except ValueError as error:
+        raise TrainingError(str(error)) from None
+    total_steps = sum(stage.steps for stage in stages)
     dataset = load_dataset(request.dataset)
     device = resolve_device(request.device)
-    context = build_context(dataset, spec, run_config, request.cost_limit, device, request.seed)
+    context = build_context(dataset, task, run_config, request.cost_limit, device, request.seed,
+                            total_steps=total_steps)
     generator = context.generator
     out = Path(request.out)
     checkpoint_path = out / "checkpoints" / "last.pt"
     if out.exists() and any(out.iterdir()) and not request.resume:
         raise TrainingError(f"{out}: run directory is not empty; pass --resume to continue it "
                             "or choose a new --out")
-    out.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(request.seed)
-    algorithm: Algorithm = build_algorithm(request.algorithm, algorithm_config, context, dataset)
+    algorithm: Algorithm = spec.build(algorithm_config, context)
 
     dataset_hash = file_sha256(request.dataset)
-    resolved = {
-        "algorithm": request.algorithm, "task": spec.name, "env_id": spec.env_id,
+    resolved: dict[str, Any] = {
+        "algorithm": request.algorithm, "task": task.name, "env_id": task.env_id,
         "cost_limit": request.cost_limit, "seed": request.seed, "device": str(device),
         "dataset": str(request.dataset), "dataset_sha256": dataset_hash,
-        "run": dataclasses.asdict(run_config),
-        "algorithm_config": dataclasses.asdict(algorithm_config),
+        "run": run_config.model_dump(), "algorithm_config": algorithm_config.model_dump(),
+        "stages": {stage.name: stage.steps for stage in stages},
+        "reused_stages": {name: str(path) for name, path in request.reuse_stages.items()},
     }
     start_step = 0
     if request.resume and checkpoint_path.exists():
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        if state.get("format") != CHECKPOINT_FORMAT or state.get("config") != resolved:
-            raise TrainingError(f"{checkpoint_path}: checkpoint belongs to a different run "
-                                "configuration; resume with the same arguments or a new --out")
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise TrainingError(f"{checkpoint_path}: not a checkpoint of this version "
+                                f"({state.get('format')!r}); start a new --out")
+        changed = differing_keys(state.get("config"), resolved)
+        if changed:
+            raise TrainingError(f"{checkpoint_path}: this run was started with other settings; "
+                                f"differing: {', '.join(changed)}. Resume with the same "
+                                "arguments or choose a new --out")
         algorithm.load_state_dict(state["algorithm"])
         generator.set_state(state["rng"]["generator"])
         torch.set_rng_state(state["rng"]["torch"])
         start_step = int(state["step"])
     else:
+        reused = load_reused_stage(request.reuse_stages, stages, resolved, device)
+        out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(resolved, indent=2))
         (out / "scalars.csv").unlink(missing_ok=True)
+        if reused is not None:
+            _, state, start_step = reused
+            algorithm.load_state_dict(state["algorithm"])
+            if state["config"]["seed"] == request.seed:  # same stream as the reused run
+                generator.set_state(state["rng"]["generator"])
+                torch.set_rng_state(state["rng"]["torch"])
+
+    def save_checkpoint(step: int, stage: str | None) -> None:
+        payload = {"format": CHECKPOINT_FORMAT, "config": resolved, "step": step,
+                   "stage": stage, "algorithm": algorithm.state_dict(),
+                   "rng": _rng_state(generator)}
+        atomic_torch_save(payload, checkpoint_path)
+        if stage is not None:
+            atomic_torch_save(payload, stage_checkpoint_path(out, stage))
 
     log = ScalarLog(out / "scalars.csv")
     started = time.perf_counter()
-    bar = tqdm(total=run_config.steps, initial=start_step, disable=not request.progress,
-               desc=f"{request.algorithm} {spec.name}", unit="step", dynamic_ncols=True)
-    for step in range(start_step + 1, run_config.steps + 1):
-        log.add(algorithm.step())
-        bar.update(1)
-        if step % run_config.log_every == 0 or step == run_config.steps:
-            row = log.write_row(step, time.perf_counter() - started)
-            bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in row.items()
-                             if k in ("loss/critic", "loss/actor", "o3srl/expected_lambda")})
-        if step % run_config.checkpoint_every == 0 or step == run_config.steps:
-            atomic_torch_save({"format": CHECKPOINT_FORMAT, "config": resolved, "step": step,
-                               "algorithm": algorithm.state_dict(), "rng": _rng_state(generator)},
-                              checkpoint_path)
+    bar = tqdm(total=total_steps, initial=start_step, disable=not request.progress,
+               desc=f"{request.algorithm} {task.name}", unit="step", dynamic_ncols=True)
+    for stage, before, end in stage_bounds(stages):
+        if start_step >= end:
+            continue
+        if start_step <= before:  # the stage begins here, not mid-way through it
+            algorithm.start_stage(stage.name)
+        bar.set_description(f"{request.algorithm} {task.name} [{stage.name}]")
+        for step in range(max(before, start_step) + 1, end + 1):
+            log.add(algorithm.step(stage.name))
+            bar.update(1)
+            if step % run_config.log_every == 0 or step == end:
+                row = log.write_row(step, time.perf_counter() - started, stage.name)
+                bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in row.items()
+                                 if k in ("loss/critic", "loss/actor", "o3srl/expected_lambda")
+                                 and isinstance(v, float)})
+            if step == end:
+                save_checkpoint(step, stage.name)
+            elif step % run_config.checkpoint_every == 0:
+                save_checkpoint(step, None)
     bar.close()
 
     actor = algorithm.actor
     actor.eval()
-    evaluation = (evaluate_actor(actor, spec, request.cost_limit, run_config)
+    evaluation = (evaluate_actor(actor, task, request.cost_limit, run_config)
                   if run_config.eval_episodes > 0 else None)
     if evaluation is not None:
         (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
     metadata = ActorMetadata(
-        task=spec.name, env_id=spec.env_id, algorithm=request.algorithm,
+        task=task.name, env_id=task.env_id, algorithm=request.algorithm,
         cost_limit=request.cost_limit, seed=request.seed,
-        config={"run": resolved["run"], "algorithm": resolved["algorithm_config"]},
+        config={"run": resolved["run"], "algorithm": resolved["algorithm_config"],
+                "stages": resolved["stages"], "reused_stages": resolved["reused_stages"]},
         dataset_path=str(Path(request.dataset).resolve()), dataset_sha256=dataset_hash,
         code_version=code_version(), evaluation=evaluation)
     save_actor(out, actor.cpu(), metadata)

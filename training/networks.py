@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -170,23 +170,36 @@ class EnsembleLinear(nn.Module):
 class CriticEnsemble(nn.Module):
     """N Q(s, a) critics in stacked weights; returns [N, batch] from one batched pass.
 
+    The members may form named groups of any sizes, e.g. ``{"reward": 2, "cost": 5}``: the
+    groups are contiguous in that order (members 0-1 reward, 2-6 cost), share the one fused
+    pass, and are read back with ``group(q, name)`` / ``members(name)``; ``group_sizes`` is what
+    the grouped losses (training/losses.py) take. An int ``ensemble_size`` is one group
+    ``"q"``.
+
     ``precision="bf16-mixed"`` runs the hidden layers' matmuls in bfloat16 under autocast
     (weights, gradients and optimiser state stay float32; the output layer and every loss stay
     float32, so Q-values keep full precision). On CPUs with AVX512-BF16 this is where most of
     an update's floating-point work goes, at several times the float32 rate.
     """
 
-    def __init__(self, obs_dim: int, action_dim: int, ensemble_size: int = 2,
+    def __init__(self, obs_dim: int, action_dim: int, ensemble_size: int | Mapping[str, int] = 2,
                  hidden_sizes: Sequence[int] = (256, 256), precision: str = "fp32") -> None:
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        self.ensemble_size = ensemble_size
+        groups = ({"q": ensemble_size} if isinstance(ensemble_size, int)
+                  else dict(ensemble_size))
+        if not groups or any(size < 1 for size in groups.values()):
+            raise ValueError(f"critic groups need at least one member each, got {groups}")
+        self.groups = groups
+        self.ensemble_size = sum(groups.values())
+        starts = itertools.accumulate(groups.values(), initial=0)
+        self.group_starts = dict(zip(groups, starts, strict=False))
         self.mixed_bf16 = precision == "bf16-mixed"
         self.normalizer = ObservationNormalizer(obs_dim)
         sizes = [obs_dim + action_dim, *hidden_sizes, 1]
         self.layers = nn.ModuleList(
-            EnsembleLinear(ensemble_size, a, b) for a, b in itertools.pairwise(sizes)
+            EnsembleLinear(self.ensemble_size, a, b) for a, b in itertools.pairwise(sizes)
         )
 
     def forward(self, observations: torch.Tensor, actions: torch.Tensor,
@@ -199,6 +212,23 @@ class CriticEnsemble(nn.Module):
             for layer in self.layers[:-1]:
                 hidden = F.relu(layer(hidden, members))
         return self.layers[-1](hidden.float(), members).squeeze(-1)
+
+    @property
+    def group_sizes(self) -> list[int]:
+        """Member counts of the groups, in order (``sizes`` of the grouped losses)."""
+        return list(self.groups.values())
+
+    def members(self, name: str) -> list[int]:
+        """Member indices of group ``name``."""
+        if name not in self.groups:
+            raise KeyError(f"no critic group {name!r}; groups are {', '.join(self.groups)}")
+        start = self.group_starts[name]
+        return list(range(start, start + self.groups[name]))
+
+    def group(self, q_values: torch.Tensor, name: str) -> torch.Tensor:
+        """Rows of group ``name`` from a full ensemble output [N, batch]."""
+        members = self.members(name)
+        return q_values[members[0]:members[-1] + 1]
 
 
 class ValueNetwork(nn.Module):

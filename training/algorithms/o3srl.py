@@ -29,7 +29,8 @@ arm, and p = softmax(-eta * cumulative estimates), the regret after T rounds is 
 ln K / eta + eta K T / 2, minimised by eta = sqrt(2 ln K / (K T)) for a regret of
 sqrt(2 T K ln K) (Bubeck & Cesa-Bianchi 2012, Thm 3.1). T = total_steps / M rounds is known in
 advance, so this eta is used; uniform exploration mixing is available (``exploration``) but off by
-default, since the loss-based form needs none for the bound.
+default, since the loss-based form needs none for the bound. The bandit, the arms and the loss
+live in training/multipliers.py (``Exp3Multiplier``); this file plays the rounds.
 
 Departures from the paper, and why:
 - The oracle keeps separate reward and cost critics (see td3bc.py / iql.py); L is linear in
@@ -49,77 +50,40 @@ Departures from the paper, and why:
 
 from __future__ import annotations
 
-import math
-from typing import Any
+from typing import Any, Literal
 
-import numpy as np
 import torch
+from pydantic import Field
 
 from training.algorithms.base import TrainingContext
-from training.algorithms.iql import IQLOracle
-from training.algorithms.td3bc import TD3BCOracle
-from training.config import O3SRLConfig
+from training.algorithms.iql import IQLConfig, IQLOracle
+from training.algorithms.td3bc import TD3BCConfig, TD3BCOracle
+from training.config import Config, param
+from training.multipliers import Exp3Multiplier, lambda_arms
 from training.networks import SquashedGaussianActor
+from training.registry import AlgorithmSpec
 
 
-def lambda_arms(num_arms: int, lambda_max: float, geometry: str) -> np.ndarray:
-    """K multipliers on [0, C]: evenly spaced, or quadratically denser near zero."""
-    if num_arms < 2:
-        raise ValueError(f"O3SRL needs at least 2 arms, got num_arms={num_arms}")
-    grid = np.linspace(0.0, 1.0, num_arms)
-    if geometry == "uniform":
-        return lambda_max * grid
-    if geometry == "dense-near-zero":
-        return lambda_max * grid**2
-    raise ValueError(f"arm_geometry must be 'uniform' or 'dense-near-zero', got {geometry!r}")
+class O3SRLConfig(Config):
+    """O3SRL: EXP3 over K Lagrange multipliers around an offline RL oracle."""
 
-
-def exp3_learning_rate(num_arms: int, rounds: int) -> float:
-    """eta = sqrt(2 ln K / (K T)), the step size minimising EXP3's regret bound."""
-    return math.sqrt(2.0 * math.log(num_arms) / (num_arms * max(rounds, 1)))
-
-
-class Exp3:
-    """EXP3 for losses in [0, 1] with importance-weighted loss estimates."""
-
-    def __init__(self, num_arms: int, rounds: int, seed: int, exploration: float = 0.0,
-                 learning_rate: float | None = None) -> None:
-        self.num_arms = num_arms
-        self.learning_rate = learning_rate or exp3_learning_rate(num_arms, rounds)
-        self.exploration = exploration
-        self.cumulative_loss_estimates = np.zeros(num_arms)
-        self.rng = np.random.default_rng(seed)
-
-    def probabilities(self) -> np.ndarray:
-        logits = -self.learning_rate * self.cumulative_loss_estimates
-        weights = np.exp(logits - logits.max())
-        probabilities = weights / weights.sum()
-        return (1.0 - self.exploration) * probabilities + self.exploration / self.num_arms
-
-    def sample(self) -> int:
-        return int(self.rng.choice(self.num_arms, p=self.probabilities()))
-
-    def update(self, arm: int, loss: float) -> None:
-        """Charge ``loss`` in [0, 1] to the pulled ``arm``, divided by its probability."""
-        if not 0.0 <= loss <= 1.0:
-            raise ValueError(f"EXP3 losses must lie in [0, 1], got {loss}")
-        self.cumulative_loss_estimates[arm] += loss / self.probabilities()[arm]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"cumulative_loss_estimates": self.cumulative_loss_estimates.tolist(),
-                "rng": self.rng.bit_generator.state}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.cumulative_loss_estimates = np.asarray(state["cumulative_loss_estimates"])
-        self.rng.bit_generator.state = state["rng"]
-
-
-def lagrange_player_loss(lagrange_multiplier: float, cost_value: float, budget_value: float,
-                         lambda_max: float, cost_value_bound: float) -> float:
-    """l = -(lambda - C/2)(V_c - kappa_v), mapped to [0, 1] by its bound C G / 2."""
-    gap = float(np.clip(cost_value - budget_value, -cost_value_bound, cost_value_bound))
-    centred_multiplier = lagrange_multiplier - lambda_max / 2.0
-    return 0.5 - centred_multiplier * gap / (lambda_max * cost_value_bound)
+    oracle: Literal["td3bc", "iql"] = param("td3bc", "offline RL oracle",
+                                            "paper: TD3+BC; IQL works")
+    num_arms: int = param(5, "K, number of lambda arms", "paper: K=5 (K=2 already good)", ge=2)
+    lambda_max: float = param(5.0, "C, the largest lambda", "paper: C=5", gt=0.0)
+    arm_geometry: Literal["uniform", "dense-near-zero"] = param(
+        "uniform", "arm spacing on [0, C]; dense-near-zero helps loose budgets", "paper: both")
+    oracle_steps_per_round: int = param(10, "M, oracle gradient steps per bandit round",
+                                        "paper: M=10", ge=1)
+    exploration: float = param(0.0, "uniform mixing into the arm distribution (0 = pure EXP3)",
+                               "derived; see o3srl.py", ge=0.0, le=1.0)
+    value_batch: int = param(1024, "dataset states averaged for the round's value estimate",
+                             "not stated", ge=1)
+    per_step_budget: Literal["episode", "paper"] = param(
+        "episode", "per-step cost budget: kappa / T (episode) or (1 - gamma) kappa (paper)",
+        "paper: (1 - gamma) kappa")
+    td3bc: TD3BCConfig = Field(default_factory=lambda: TD3BCConfig(q_scale_ema=0.01))
+    iql: IQLConfig = Field(default_factory=IQLConfig)
 
 
 class O3SRL:
@@ -135,60 +99,57 @@ class O3SRL:
             self.oracle = IQLOracle(config.iql, context, config.per_step_budget)
         else:
             raise ValueError(f"O3SRL oracle must be 'td3bc' or 'iql', got {config.oracle!r}")
-        self.arms = lambda_arms(config.num_arms, config.lambda_max, config.arm_geometry)
-        rounds = max(1, context.total_steps // config.oracle_steps_per_round)
-        self.bandit = Exp3(config.num_arms, rounds, seed=context.seed,
-                           exploration=config.exploration)
         self.budget_value = self.oracle.budget_per_step / (1.0 - context.gamma)
-        max_cost_value = context.buffer.max_step_cost / (1.0 - context.gamma)
-        self.cost_value_bound = max(self.budget_value, max_cost_value - self.budget_value, 1e-6)
+        max_cost_value = context.offline.max_step_cost / (1.0 - context.gamma)
+        cost_value_bound = max(self.budget_value, max_cost_value - self.budget_value, 1e-6)
+        rounds = max(1, context.total_steps // config.oracle_steps_per_round)
+        self.multiplier = Exp3Multiplier(
+            lambda_arms(config.num_arms, config.lambda_max, config.arm_geometry), rounds,
+            seed=context.seed, cost_value_bound=cost_value_bound, exploration=config.exploration)
         self.steps_in_round = 0
-        self.arm = self.bandit.sample()
-        self.oracle.lagrange_multiplier = float(self.arms[self.arm])
 
     @property
     def actor(self) -> SquashedGaussianActor:
         return self.oracle.actor
 
-    def step(self) -> dict[str, float]:
+    @property
+    def arms(self) -> Any:
+        """The K multipliers the bandit plays."""
+        return self.multiplier.arms
+
+    def start_stage(self, stage: str) -> None:
+        """One stage; nothing to set up."""
+
+    def step(self, stage: str) -> dict[str, float | torch.Tensor]:
         """One oracle update; at the end of a round, update EXP3 and draw the next arm."""
-        logs = self.oracle.step()
+        logs = self.oracle.step(self.multiplier.value)
         self.steps_in_round += 1
         if self.steps_in_round == self.config.oracle_steps_per_round:
             logs.update(self.end_round())
         return logs
 
     def end_round(self) -> dict[str, float]:
-        buffer = self.context.buffer
+        """Estimate V_c of the current policy, charge the pulled arm, draw the next one."""
+        buffer = self.context.offline
         index = torch.randint(buffer.size, (self.config.value_batch,),
                               generator=self.context.generator).to(buffer.device)
         reward_value, cost_value = self.oracle.value_estimates(buffer.observations[index])
-        loss = lagrange_player_loss(self.oracle.lagrange_multiplier, cost_value,
-                                    self.budget_value, self.config.lambda_max,
-                                    self.cost_value_bound)
-        self.bandit.update(self.arm, loss)
-        probabilities = self.bandit.probabilities()
-        logs = {
-            "o3srl/lambda": self.oracle.lagrange_multiplier,
-            "o3srl/bandit_loss": loss,
-            "o3srl/reward_value": reward_value,
-            "o3srl/cost_value": cost_value,
-            "o3srl/cost_budget_value": self.budget_value,
-            "o3srl/expected_lambda": float(probabilities @ self.arms),
-        }
-        logs.update({f"o3srl/p_arm{k}": float(p) for k, p in enumerate(probabilities)})
+        round_logs = self.multiplier.update(cost_value, self.budget_value)
+        logs = {key.replace("multiplier/", "o3srl/"): value for key, value in round_logs.items()}
+        logs.update({"o3srl/reward_value": reward_value, "o3srl/cost_value": cost_value,
+                     "o3srl/cost_budget_value": self.budget_value})
         self.steps_in_round = 0
-        self.arm = self.bandit.sample()
-        self.oracle.lagrange_multiplier = float(self.arms[self.arm])
         return logs
 
     def state_dict(self) -> dict[str, Any]:
-        return {"oracle": self.oracle.state_dict(), "bandit": self.bandit.state_dict(),
-                "arm": self.arm, "steps_in_round": self.steps_in_round}
+        return {"oracle": self.oracle.state_dict(), "multiplier": self.multiplier.state_dict(),
+                "steps_in_round": self.steps_in_round}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.oracle.load_state_dict(state["oracle"])
-        self.bandit.load_state_dict(state["bandit"])
-        self.arm = int(state["arm"])
+        self.multiplier.load_state_dict(state["multiplier"])
         self.steps_in_round = int(state["steps_in_round"])
-        self.oracle.lagrange_multiplier = float(self.arms[self.arm])
+
+
+SPEC = AlgorithmSpec(name="o3srl", config_type=O3SRLConfig, build=O3SRL,
+                     summary="EXP3 over Lagrange multipliers around an offline RL oracle")

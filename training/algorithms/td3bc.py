@@ -1,7 +1,13 @@
 """TD3+BC (Fujimoto & Gu, 2021) as an offline RL oracle for the Lagrangian reward.
 
-The oracle maximises the value of r' = r - lambda * (c - b) for whatever lambda it is given
-(O3SRL changes lambda every M steps; TD3+BC-Lag keeps one).
+The oracle maximises the value of r' = r - lambda * (c - b) for the lambda passed to each
+update (O3SRL changes lambda every M steps; TD3+BC-Lag keeps one); the multiplier itself lives in
+training/multipliers.py, never in the oracle.
+
+TD3+BC's Q normaliser. The actor loss is -lambda_bc * mean Q'(s, pi(s)) + mean (pi(s) - a)^2 with
+lambda_bc = alpha / q_scale, and q_scale is mean_batch |Q'(s, pi(s))|: the absolute value of the
+*Lagrangian* Q' = Q_r - lambda Q_c (first reward and first cost critic) at the *policy's*
+actions, detached (TD3+BC's 1/N sum |Q(s_i, pi(s_i))|, with Q' in place of Q).
 
 Departures from the paper, and why:
 - Reward and cost critics are learned separately and combined linearly,
@@ -15,13 +21,14 @@ Departures from the paper, and why:
   tanh(mean); its log-std head is fitted by maximum likelihood to the dataset actions with the
   mean detached, so the exported stochastic policy has a calibrated spread without changing
   the TD3+BC objective.
-- ``q_scale_ema`` > 0 (O3SRL's default) takes TD3+BC's normaliser lambda_bc = alpha / mean|Q|
-  from a running average over batches instead of the current batch. With one lambda the two are
-  the same up to noise; when O3SRL switches lambda every M steps, a per-batch scale gives each
-  arm its own step size (arms whose Lagrangian Q is near zero push hardest), so the actor no
-  longer follows the mixture EXP3 plays. On the speed/cost toy with per-batch scaling EXP3 had
-  E[lambda] = 3.8 yet the actor's cost stayed at 5.8-6.5 (a fixed lambda of 3.75 gives 3.1);
-  with a shared running scale the actor's cost tracked E[lambda] (tests/test_training.py).
+- ``q_scale_ema`` > 0 (O3SRL's default) takes q_scale from a running average of that
+  per-batch mean |Q'(s, pi(s))| (rate ``q_scale_ema``) instead of the current batch alone.
+  With one lambda the two are the same up to noise; when O3SRL switches lambda every M
+  steps, a per-batch scale gives each arm its own step size (arms whose Lagrangian Q is
+  near zero push hardest), so the actor no longer follows the mixture EXP3 plays. On the
+  speed/cost toy with per-batch scaling EXP3 had E[lambda] = 3.8 yet the actor's cost stayed
+  at 5.8-6.5 (a fixed lambda of 3.75 gives 3.1); with a shared running scale the actor's
+  cost tracked E[lambda] (tests/test_training.py).
 """
 
 from __future__ import annotations
@@ -30,7 +37,6 @@ import copy
 from typing import Any
 
 import torch
-from torch.nn import functional as F
 
 from training.algorithms.base import (
     TrainingContext,
@@ -40,58 +46,48 @@ from training.algorithms.base import (
     per_step_budget,
     soft_update,
 )
-from training.config import TD3BCConfig
+from training.config import Config, param
 from training.data import Batch
-from training.networks import SquashedGaussianActor, squashed_gaussian_log_prob
+from training.losses import ensemble_mse, log_std_loss, td3bc_actor_loss, td_targets
+from training.networks import SquashedGaussianActor
 
 
-def critic_targets(batch: Batch, next_q: torch.Tensor, critics_per_signal: int, gamma: float,
-                   ) -> torch.Tensor:
-    """TD targets for the stacked [reward critics; cost critics], shape [2S, batch]."""
-    next_reward_value = next_q[:critics_per_signal].min(dim=0).values
-    next_cost_value = next_q[critics_per_signal:].max(dim=0).values
-    not_done = 1.0 - batch.dones
-    reward_target = batch.rewards + gamma * not_done * next_reward_value
-    cost_target = batch.costs + gamma * not_done * next_cost_value
-    return torch.cat([reward_target.expand(critics_per_signal, -1),
-                      cost_target.expand(critics_per_signal, -1)])
+class TD3BCConfig(Config):
+    """TD3+BC (Fujimoto & Gu 2021) as an oracle for the Lagrangian reward."""
 
-
-def critic_loss(q_values: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean squared TD error, summed over the ensemble members."""
-    return (q_values - targets).pow(2).mean(dim=1).sum()
-
-
-def td3bc_actor_loss(lagrangian_q: torch.Tensor, policy_actions: torch.Tensor,
-                     dataset_actions: torch.Tensor, alpha: float, q_scale: torch.Tensor,
-                     ) -> torch.Tensor:
-    """-lambda_bc * Q(s, pi(s)) + (pi(s) - a)^2 with lambda_bc = alpha / q_scale."""
-    q_weight = alpha / q_scale.clamp(min=1e-6)
-    return -q_weight * lagrangian_q.mean() + F.mse_loss(policy_actions, dataset_actions)
-
-
-def log_std_loss(mean: torch.Tensor, log_std: torch.Tensor, unit_actions: torch.Tensor,
-                 ) -> torch.Tensor:
-    """Negative log-likelihood of dataset actions through the log-std head only."""
-    pre_squash = torch.atanh(unit_actions.clamp(-1 + 1e-6, 1 - 1e-6))
-    return -squashed_gaussian_log_prob(pre_squash, mean.detach(), log_std).mean()
+    actor_lr: float = param(3e-4, "actor learning rate", "TD3+BC: 3e-4", gt=0.0)
+    critic_lr: float = param(3e-4, "critic learning rate", "TD3+BC: 3e-4", gt=0.0)
+    tau: float = param(0.005, "target network EMA rate", "TD3+BC: 0.005", gt=0.0, le=1.0)
+    policy_noise: float = param(0.2, "target policy smoothing noise (unit actions)", "TD3: 0.2",
+                                ge=0.0)
+    noise_clip: float = param(0.5, "clip of the smoothing noise", "TD3: 0.5", ge=0.0)
+    policy_delay: int = param(2, "critic updates per actor update", "TD3: 2", ge=1)
+    alpha: float = param(2.5, "Q weight against BC: lambda_bc = alpha / mean|Q'(s, pi(s))|",
+                         "TD3+BC: 2.5", ge=0.0)
+    critics_per_signal: int = param(2, "critics for reward and for cost (clipped double Q)",
+                                    "TD3: 2", ge=1)
+    q_scale_ema: float = param(0.0, "0: lambda_bc from this batch's mean|Q'(s, pi(s))| "
+                               "(TD3+BC); > 0: from its running average at this rate, one scale "
+                               "for all arms", "TD3+BC: per batch", ge=0.0, le=1.0)
 
 
 class TD3BCOracle:
-    """TD3+BC on r - lambda (c - b); ``lagrange_multiplier`` may change between steps."""
+    """TD3+BC on r - lambda (c - b); lambda is an argument of every update."""
 
     COMPONENTS = ("actor", "critic", "target_actor", "target_critic", "actor_optimizer",
                   "critic_optimizer")
 
     def __init__(self, config: TD3BCConfig, context: TrainingContext, per_step_budget_mode: str,
-                 lagrange_multiplier: float = 0.0) -> None:
+                 ) -> None:
         self.config = config
         self.context = context
-        self.lagrange_multiplier = lagrange_multiplier
         self.budget_per_step = per_step_budget(context.cost_limit, context.gamma,
                                                context.episode_length, per_step_budget_mode)
         self.actor = context.new_actor()
-        self.critic = context.new_critics(2 * config.critics_per_signal)
+        self.critic = context.new_critics({"reward": config.critics_per_signal,
+                                           "cost": config.critics_per_signal})
+        # the actor reads the first critic of each group (TD3)
+        self.first_critics = [self.critic.members("reward")[0], self.critic.members("cost")[0]]
         self.target_actor = copy.deepcopy(self.actor).requires_grad_(False)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor_optimizer = adam(self.actor.parameters(), lr=config.actor_lr)
@@ -103,15 +99,16 @@ class TD3BCOracle:
         """The deterministic action in [-1, 1] (critics work in these units)."""
         return torch.tanh(actor.distribution(observations)[0])
 
-    def step(self) -> dict[str, float]:
-        """One TD3+BC update on a fresh minibatch."""
-        batch = self.context.buffer.sample(self.context.batch_size, self.context.generator)
-        return self.update(batch)
+    def step(self, lagrange_multiplier: float) -> dict[str, float | torch.Tensor]:
+        """One TD3+BC update on a fresh minibatch for the reward r - lambda (c - b)."""
+        batch = self.context.offline.sample(self.context.batch_size, self.context.generator)
+        return self.update(batch, lagrange_multiplier)
 
-    def update(self, batch: Batch) -> dict[str, float]:
+    def update(self, batch: Batch, lagrange_multiplier: float,
+               ) -> dict[str, float | torch.Tensor]:
         """Critic update every call; actor, log-std and targets every ``policy_delay`` calls."""
-        config, s = self.config, self.config.critics_per_signal
-        logs: dict[str, float] = {}
+        config = self.config
+        logs: dict[str, float | torch.Tensor] = {}
         with torch.no_grad():
             noise = torch.randn(batch.actions.shape, generator=self.context.generator)
             noise = (noise.to(batch.actions.device) * config.policy_noise).clamp(
@@ -119,12 +116,14 @@ class TD3BCOracle:
             next_actions = (self.unit_action(self.target_actor, batch.next_observations)
                             + noise).clamp(-1.0, 1.0)
             next_q = self.target_critic(batch.next_observations, next_actions)
-            targets = critic_targets(batch, next_q, s, self.context.gamma)
-        loss = critic_loss(self.critic(batch.observations, batch.actions), targets)
+            targets = td_targets(next_q, (batch.rewards, batch.costs), batch.dones,
+                                 self.context.gamma, sizes=self.critic.group_sizes,
+                                 reductions=("min", "max"))
+        loss = ensemble_mse(self.critic(batch.observations, batch.actions), targets)
         self.critic_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.critic_optimizer.step()
-        logs["loss/critic"] = loss.item()
+        logs["loss/critic"] = loss.detach()
 
         self.updates += 1
         if self.updates % config.policy_delay == 0:
@@ -134,9 +133,10 @@ class TD3BCOracle:
             # gradient here (they are not updated by the actor loss), which saves their
             # weight-gradient matmuls.
             self.critic.requires_grad_(False)
-            q_reward, q_cost = self.critic(batch.observations, policy_actions, members=[0, s])
+            q_reward, q_cost = self.critic(batch.observations, policy_actions,
+                                           members=self.first_critics)
             self.critic.requires_grad_(True)
-            lagrangian_q = q_reward - self.lagrange_multiplier * q_cost
+            lagrangian_q = q_reward - lagrange_multiplier * q_cost
             actor_loss = td3bc_actor_loss(lagrangian_q, policy_actions, batch.actions,
                                           config.alpha, self.q_scale(lagrangian_q))
             actor_loss = actor_loss + log_std_loss(mean, log_std, batch.actions)
@@ -145,7 +145,7 @@ class TD3BCOracle:
             self.actor_optimizer.step()
             soft_update(self.target_critic, self.critic, config.tau)
             soft_update(self.target_actor, self.actor, config.tau)
-            logs["loss/actor"] = actor_loss.item()
+            logs["loss/actor"] = actor_loss.detach()
         return logs
 
     def q_scale(self, lagrangian_q: torch.Tensor) -> torch.Tensor:
@@ -168,18 +168,16 @@ class TD3BCOracle:
     def value_estimates(self, observations: torch.Tensor) -> tuple[float, float]:
         """Mean reward and cost values Q_r(s, pi(s)), Q_c(s, pi(s)) over ``observations``."""
         q = self.critic(observations, self.unit_action(self.actor, observations))
-        s = self.config.critics_per_signal
-        return q[:s].mean().item(), q[s:].mean().item()
+        return (self.critic.group(q, "reward").mean().item(),
+                self.critic.group(q, "cost").mean().item())
 
     def state_dict(self) -> dict[str, Any]:
         return {**component_states(self, self.COMPONENTS), "updates": self.updates,
-                "lagrange_multiplier": self.lagrange_multiplier,
                 "running_q_scale": self.running_q_scale}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         load_component_states(self, self.COMPONENTS, state)
         self.updates = int(state["updates"])
-        self.lagrange_multiplier = float(state["lagrange_multiplier"])
         running = state.get("running_q_scale")
         self.running_q_scale = (None if running is None
                                 else torch.as_tensor(running, device=self.context.device))
