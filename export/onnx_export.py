@@ -27,7 +27,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -58,6 +57,7 @@ from export.repository import (
     check_name,
     check_version,
 )
+from safepolicy.fileio import fsync_directory, make_staging_dir
 from training.checkpoint import ActorMetadata, CheckpointError, load_actor
 from training.networks import LOG_STD_MAX, LOG_STD_MIN, SquashedGaussianActor
 
@@ -277,7 +277,7 @@ def export_actor(actor: SquashedGaussianActor, actor_metadata: ActorMetadata,
         name_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ExportError(f"{name_dir}: cannot create the policy directory ({error})") from error
-    staging = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=name_dir))
+    staging = make_staging_dir(name_dir, TEMP_PREFIX)
     try:
         metadata = build_metadata(actor, actor_metadata, name, version)
         model = _to_onnx(actor, observations[: min(len(observations), 2)],
@@ -295,7 +295,7 @@ def export_actor(actor: SquashedGaussianActor, actor_metadata: ActorMetadata,
                               "export (a concurrent export?); export again")
         _fsync_tree(staging)
         os.rename(staging, target)
-        _fsync_directory(name_dir)  # make the rename itself durable
+        fsync_directory(name_dir)  # make the rename itself durable
     except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
         if created_name_dir:
@@ -308,21 +308,13 @@ def export_actor(actor: SquashedGaussianActor, actor_metadata: ActorMetadata,
     return target
 
 
-def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def _fsync_tree(directory: Path) -> None:
     """Flush the files of a staged version to disk, so a crash cannot leave a renamed version
     directory with truncated files."""
     for path in directory.iterdir():
         with open(path, "rb") as handle:
             os.fsync(handle.fileno())
-    _fsync_directory(directory)
+    fsync_directory(directory)
 
 
 def _write_and_verify(staging: Path, model: onnx.ModelProto, metadata: PolicyMetadata,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from tqdm import tqdm
 
 from safepolicy.behavior import DEFAULT_BEHAVIOR, BehaviorError, BehaviorMix, parse_behavior_mix
 from safepolicy.datasets import Dataset, DatasetError, summarize, write_dataset
+from safepolicy.fileio import atomic_write_text
 from safepolicy.tasks import TaskSpec, UnknownTaskError, get_task, make_env
 
 DEFAULT_EPISODES = {"bullet": 200, "safety_gymnasium": 100}
@@ -118,25 +118,12 @@ def collect(
     )
 
 
-def _write_text_atomically(path: Path, text: str) -> None:
-    descriptor, temporary = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
-    )
-    try:
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def save(dataset: Dataset, out: Path) -> str:
     """Write the dataset and its JSON summary beside it; return the summary as text."""
     summary = summarize(Dataset(**{**dataset.__dict__, "path": out}))
     write_dataset(out, dataset)
     try:
-        _write_text_atomically(summary_path(out), summary.model_dump_json(indent=2) + "\n")
+        atomic_write_text(summary_path(out), summary.model_dump_json(indent=2) + "\n")
     except BaseException:
         out.unlink(missing_ok=True)
         raise

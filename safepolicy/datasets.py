@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,8 @@ from typing import Any
 import h5py
 import numpy as np
 from pydantic import BaseModel
+
+from safepolicy.fileio import atomic_write
 
 DSRL_KEYS = (
     "observations",
@@ -226,22 +227,15 @@ def write_dataset(path: str | os.PathLike[str], dataset: Dataset) -> Path:
     """Write ``dataset`` as DSRL HDF5 atomically: readers see the old file or the whole new one."""
     path = Path(path)
     validate_arrays(dataset.arrays(), str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
-    )
-    os.close(descriptor)
-    try:
+
+    def fill(temporary: Path) -> None:
         with h5py.File(temporary, "w") as handle:
             for key, values in dataset.arrays().items():
                 handle.create_dataset(key, data=values, compression="gzip", compression_opts=4)
             for key, value in dataset.attrs.items():
                 handle.attrs[key] = json.dumps(value) if isinstance(value, dict | list) else value
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+
+    return atomic_write(path, fill)
 
 
 def dsrl_dataset_path(task: str) -> Path | None:
