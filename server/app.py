@@ -40,6 +40,7 @@ from server._generated import (
 from server.auth import BearerTokenInterceptor
 from server.batching import MicroBatcher
 from server.errors import DeadlineExceeded, InvalidRequest, ShuttingDown, status_of
+from server.guard import add_guarded
 from server.metrics import ServerMetrics, start_metrics_server
 from server.outcomes import OutcomeTracker
 from server.policies import LoadedVersion, PolicyStore, ReloadReport
@@ -103,9 +104,10 @@ class PolicyServer:
         ]
         interceptors = [BearerTokenInterceptor(self._token)] if self._token else []
         server = grpc.aio.server(interceptors=interceptors, options=options)
-        policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(self), server)
-        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self), server)
+        add_guarded(policy_pb2_grpc.add_PolicyServiceServicer_to_server,
+                    PolicyServicer(self), server, self._count_malformed)
+        add_guarded(grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
+                    InferenceServicer(self), server, self._count_malformed)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (POLICY_SERVICE, INFERENCE_SERVICE, health_pb2.DESCRIPTOR.services_by_name[
@@ -252,6 +254,9 @@ class PolicyServer:
         code, message = status_of(error)
         self.metrics.record_call(method, *labels, code.name, perf_counter() - started)
         await context.abort(code, message)
+
+    def _count_malformed(self, method: str) -> None:
+        self.metrics.record_call(method, "", "", "INVALID_ARGUMENT", 0.0)
 
     def record_ok(self, method: str, labels: tuple[str, str], started: float) -> None:
         self.metrics.record_call(method, *labels, "OK", perf_counter() - started)

@@ -157,7 +157,9 @@ class PolicyStore:
             known = ", ".join(sorted(self._snapshot)) or "none"
             raise PolicyNotFound(f"unknown policy {name!r}; served policies: {known}")
         if not entry.versions:
-            raise NotReady(f"policy {name!r} has no servable version: {entry.problem}")
+            # the reason names files; a client sees them relative to the repository
+            problem = (entry.problem or "").replace(str(self.repository.root), "MODEL_REPO")
+            raise NotReady(f"policy {name!r} has no servable version: {problem}")
         if version is None:
             serving = entry.serving
             assert serving is not None
