@@ -65,7 +65,9 @@ def test_export_and_dataset_get_0644_and_0755_under_the_default_umask(tmp_path, 
     assert _mode(version_dir) == 0o755
     for path in version_dir.iterdir():
         assert _mode(path) == 0o644, path.name
-    arrays: dict[str, Any] = {"observations": np.zeros((4, 3), np.float32), "actions": np.zeros((4, 2), np.float32),
+    arrays: dict[str, Any] = {
+              "observations": np.zeros((4, 3), np.float32),
+              "actions": np.zeros((4, 2), np.float32),
               "rewards": np.zeros(4, np.float32), "costs": np.zeros(4, np.float32),
               "next_observations": np.zeros((4, 3), np.float32),
               "terminals": np.zeros(4, np.float32),

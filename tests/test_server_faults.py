@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import numpy as np
@@ -28,8 +29,9 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
     make_policy(repo, "ballrun", 1, seed=1)
     broken = make_policy(repo, "broken", 1, seed=2)
     (broken / "policy.onnx").write_bytes(b"not a model")
-    settings = ServerSettings(repo=repo, host="127.0.0.1", port=0, metrics_port=None,
-                              poll_interval_s=0, grace_s=1)
+    values: dict[str, Any] = {"repo": repo, "host": "127.0.0.1", "port": 0,
+                              "metrics_port": None, "poll_interval_s": 0, "grace_s": 1}
+    settings = ServerSettings(**values)
     with ServerThread(settings) as server:
         yield server
 
