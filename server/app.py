@@ -163,19 +163,24 @@ class PolicyServer:
             return report
 
     def shutdown(self, grace: float | None = None) -> asyncio.Task[None]:
-        """Begin the graceful stop (idempotent): NOT_SERVING, refuse new calls, drain."""
+        """Begin the graceful stop (idempotent): NOT_SERVING while still serving for
+        ``drain_delay_s``, then refuse new calls, end open streams, and stop once drained."""
         if self._stopping is None:
             self._stopping = asyncio.create_task(self._shutdown(grace), name="shutdown")
         return self._stopping
 
     async def _shutdown(self, grace: float | None) -> None:
         grace = self.settings.grace_s if grace is None else grace
-        log.info("shutting down: NOT_SERVING, draining in-flight calls for up to %.1f s", grace)
-        self.draining = True
+        # Kubernetes order: report NOT_SERVING first but keep answering through the drain
+        # delay (load balancers need that window to move traffic), then refuse new calls and
+        # end open streams at their next message, then stop as soon as in-flight calls finish
+        log.info("shutting down: NOT_SERVING, still serving for %.1f s, then draining for up "
+                 "to %.1f s", self.settings.drain_delay_s, grace)
         await self.health.enter_graceful_shutdown()
         self.metrics.ready.set(0)
         if self.settings.drain_delay_s > 0:
             await asyncio.sleep(self.settings.drain_delay_s)
+        self.draining = True
         if self._poller is not None:
             self._poller.cancel()
         if self._server is not None:
@@ -203,7 +208,8 @@ class PolicyServer:
 
     def check_accepting(self) -> None:
         if self.draining:
-            raise ShuttingDown("server is shutting down and takes no new calls; retry (another "
+            raise ShuttingDown("server is shutting down and takes no new calls or stream "
+                               "messages; retry or reopen the stream (another "
                                "replica will answer)")
 
     def decode_observations(self, loaded: LoadedVersion, shape: Any, data: bytes,
@@ -366,6 +372,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
                 started = perf_counter()
                 loaded: LoadedVersion | None = None
                 try:
+                    self.server.check_accepting()  # a draining server ends open streams
                     loaded = self.store.resolve(request.policy, _optional_version(request))
                     observations, single = self.server.decode_observations(
                         loaded, request.observations.shape, request.observations.data)

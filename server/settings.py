@@ -61,8 +61,8 @@ class ServerSettings(BaseSettings):
     grace_s: float = Field(10.0, ge=0.0, description="on SIGTERM: how long in-flight calls "
                            "get to finish")
     drain_delay_s: float = Field(0.0, ge=0.0, description="on SIGTERM: how long to report "
-                                 "NOT_SERVING (refusing new calls) before stopping, so load "
-                                 "balancers notice")
+                                 "NOT_SERVING while still answering every call, so load "
+                                 "balancers move traffic before calls are refused")
     gil_switch_interval_ms: float = Field(
         0.2, gt=0.0, description="Python's thread switch interval in the server process; "
         "small values stop inference threads waiting for the GIL (sys.setswitchinterval)")
