@@ -67,6 +67,7 @@ log = logging.getLogger(__name__)
 # 17 is the oldest opset with everything this graph needs and is read by every recent runtime.
 OPSET = 17
 TOLERANCE = 1e-5
+STALE_STAGING_S = 3600.0  # staging untouched this long was left by a killed export
 VERIFICATION_BATCH = 256
 VERIFICATION_SEED = 0
 
@@ -277,6 +278,7 @@ def export_actor(actor: SquashedGaussianActor, actor_metadata: ActorMetadata,
         name_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ExportError(f"{name_dir}: cannot create the policy directory ({error})") from error
+    remove_stale_staging(name_dir)
     staging = make_staging_dir(name_dir, TEMP_PREFIX)
     try:
         metadata = build_metadata(actor, actor_metadata, name, version)
@@ -306,6 +308,27 @@ def export_actor(actor: SquashedGaussianActor, actor_metadata: ActorMetadata,
         raise ExportError(f"export of {name!r} version {version} failed: {error}") from error
     log.info("exported %s version %d to %s", name, version, target)
     return target
+
+
+def remove_stale_staging(name_dir: Path, older_than_s: float = STALE_STAGING_S) -> list[Path]:
+    """Remove staging directories an export killed mid-way left in ``name_dir`` (untouched for
+    ``older_than_s``; a live export finishes in seconds, so its staging is never that old);
+    return what was removed. Ones that cannot be removed are left and logged."""
+    removed = []
+    cutoff = datetime.now(UTC).timestamp() - older_than_s
+    for entry in name_dir.iterdir():
+        if not entry.name.startswith(TEMP_PREFIX):
+            continue
+        try:
+            if entry.lstat().st_mtime >= cutoff or not entry.is_dir():
+                continue
+            shutil.rmtree(entry)
+        except OSError as error:
+            log.warning("cannot remove stale export staging %s: %s", entry, error)
+            continue
+        log.info("removed stale export staging %s", entry)
+        removed.append(entry)
+    return removed
 
 
 def _fsync_tree(directory: Path) -> None:
