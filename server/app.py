@@ -181,6 +181,9 @@ class PolicyServer:
         if self.settings.drain_delay_s > 0:
             await asyncio.sleep(self.settings.drain_delay_s)
         self.draining = True
+        # refuse with UNAVAILABLE for a moment before grpc's own stop: calls that reach a
+        # stopping grpc server come back CANCELLED, which clients do not retry
+        await asyncio.sleep(min(REFUSAL_PERIOD_S, grace))
         if self._poller is not None:
             self._poller.cancel()
         if self._server is not None:
@@ -266,6 +269,9 @@ class PolicyServer:
 
     def record_ok(self, method: str, labels: tuple[str, str], started: float) -> None:
         self.metrics.record_call(method, *labels, "OK", perf_counter() - started)
+
+
+REFUSAL_PERIOD_S = 0.5
 
 
 def _check_deadline(context: grpc.aio.ServicerContext) -> float | None:
