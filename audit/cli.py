@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from audit.runner import AuditError, AuditSettings, AuditTarget
+from safepolicy.fileio import atomic_write_text
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 
@@ -129,7 +130,7 @@ def compare_command(argv: list[str]) -> int:
         return EXIT_ERROR
     text = compare_markdown(reports, [str(path) for path in args.reports])
     if args.out:
-        args.out.write_text(text, encoding="utf-8")
+        atomic_write_text(args.out, text)
     else:
         print(text, end="")
     return 0

@@ -21,6 +21,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from safepolicy.fileio import atomic_write_text
+
 REPORT_SCHEMA_VERSION = 1
 REPORT_FILENAME = "report.json"
 MARKDOWN_FILENAME = "report.md"
@@ -303,9 +305,7 @@ def write_report(report: AuditReport, out_dir: str | os.PathLike[str],
     directory = Path(out_dir)
     directory.mkdir(parents=True, exist_ok=True)
     _plots(report, cost_traces, directory)
-    (directory / MARKDOWN_FILENAME).write_text(_markdown(report), encoding="utf-8")
+    atomic_write_text(directory / MARKDOWN_FILENAME, _markdown(report))
     path = directory / REPORT_FILENAME
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
+    atomic_write_text(path, report.model_dump_json(indent=2) + "\n")
     return path

@@ -54,13 +54,16 @@ class Watcher:
         for name, version in self.targets():
             # task and limit come from each artifact's metadata
             settings = dataclasses.replace(self.settings, task=None, cost_limit=None)
+            # the error counter exists at 0 from the first round, so the first error is an
+            # increase the alert rules see (a counter born at 1 has none)
+            errors = self.errors.labels(name, str(version))
             try:
                 target = open_artifact(self.repository.path_for(name, version))
                 report = audit_policy(target, settings,
                                       self.reports_dir / name / str(version))
             except (AuditError, ValueError, OSError) as error:
                 failures += 1
-                self.errors.labels(name, str(version)).inc()
+                errors.inc()
                 print(f"audit watch: {name} version {version}: {error}", file=sys.stderr)
                 continue
             self.collector.update(report)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +30,8 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from safepolicy.fileio import atomic_write_text
 
 METADATA_FILENAME = "metadata.json"
 ONNX_FILENAME = "policy.onnx"
@@ -150,25 +151,10 @@ class AuditVerdict(BaseModel):
         return _require_utc(value)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, fsync, then rename over it."""
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
-                                             dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def write_metadata(version_dir: str | os.PathLike[str], metadata: PolicyMetadata) -> Path:
     """Write ``metadata.json`` into a version directory atomically."""
     path = Path(version_dir) / METADATA_FILENAME
-    _atomic_write_text(path, metadata.to_json() + "\n")
+    atomic_write_text(path, metadata.to_json() + "\n")
     return path
 
 
@@ -196,7 +182,7 @@ def write_audit_verdict(version_dir: str | os.PathLike[str], verdict: AuditVerdi
         raise ArtifactError(f"{directory}: not a policy version directory; audit an exported "
                             "policy (MODEL_REPO/NAME/VERSION)")
     path = directory / AUDIT_FILENAME
-    _atomic_write_text(path, verdict.model_dump_json(indent=2) + "\n")
+    atomic_write_text(path, verdict.model_dump_json(indent=2) + "\n")
     return path
 
 

@@ -27,7 +27,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -58,6 +57,7 @@ from export.repository import (
     check_name,
     check_version,
 )
+from safepolicy.fileio import fsync_directory, make_staging_dir
 from training.checkpoint import ActorMetadata, CheckpointError, load_actor
 from training.networks import LOG_STD_MAX, LOG_STD_MIN, SquashedGaussianActor
 
@@ -67,6 +67,7 @@ log = logging.getLogger(__name__)
 # 17 is the oldest opset with everything this graph needs and is read by every recent runtime.
 OPSET = 17
 TOLERANCE = 1e-5
+STALE_STAGING_S = 3600.0  # staging untouched this long was left by a killed export
 VERIFICATION_BATCH = 256
 VERIFICATION_SEED = 0
 
@@ -277,7 +278,8 @@ def export_actor(actor: SquashedGaussianActor, actor_metadata: ActorMetadata,
         name_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ExportError(f"{name_dir}: cannot create the policy directory ({error})") from error
-    staging = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=name_dir))
+    remove_stale_staging(name_dir)
+    staging = make_staging_dir(name_dir, TEMP_PREFIX)
     try:
         metadata = build_metadata(actor, actor_metadata, name, version)
         model = _to_onnx(actor, observations[: min(len(observations), 2)],
@@ -295,7 +297,7 @@ def export_actor(actor: SquashedGaussianActor, actor_metadata: ActorMetadata,
                               "export (a concurrent export?); export again")
         _fsync_tree(staging)
         os.rename(staging, target)
-        _fsync_directory(name_dir)  # make the rename itself durable
+        fsync_directory(name_dir)  # make the rename itself durable
     except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
         if created_name_dir:
@@ -308,12 +310,25 @@ def export_actor(actor: SquashedGaussianActor, actor_metadata: ActorMetadata,
     return target
 
 
-def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+def remove_stale_staging(name_dir: Path, older_than_s: float = STALE_STAGING_S) -> list[Path]:
+    """Remove staging directories an export killed mid-way left in ``name_dir`` (untouched for
+    ``older_than_s``; a live export finishes in seconds, so its staging is never that old);
+    return what was removed. Ones that cannot be removed are left and logged."""
+    removed = []
+    cutoff = datetime.now(UTC).timestamp() - older_than_s
+    for entry in name_dir.iterdir():
+        if not entry.name.startswith(TEMP_PREFIX):
+            continue
+        try:
+            if entry.lstat().st_mtime >= cutoff or not entry.is_dir():
+                continue
+            shutil.rmtree(entry)
+        except OSError as error:
+            log.warning("cannot remove stale export staging %s: %s", entry, error)
+            continue
+        log.info("removed stale export staging %s", entry)
+        removed.append(entry)
+    return removed
 
 
 def _fsync_tree(directory: Path) -> None:
@@ -322,7 +337,7 @@ def _fsync_tree(directory: Path) -> None:
     for path in directory.iterdir():
         with open(path, "rb") as handle:
             os.fsync(handle.fileno())
-    _fsync_directory(directory)
+    fsync_directory(directory)
 
 
 def _write_and_verify(staging: Path, model: onnx.ModelProto, metadata: PolicyMetadata,

@@ -67,16 +67,36 @@ class ModelRepository:
         """Policy names that have at least one version, sorted."""
         if not self.root.is_dir():
             return []
-        return sorted(entry.name for entry in self.root.iterdir()
+        try:
+            entries = list(self.root.iterdir())
+        except OSError as error:
+            raise RepositoryError(f"{self.root}: cannot list the model repository "
+                                  f"({error.strerror or error}); make it readable by this "
+                                  "user") from error
+        return sorted(entry.name for entry in entries
                       if entry.is_dir() and NAME_PATTERN.fullmatch(entry.name)
-                      and self.versions(entry.name))
+                      and self._listable_with_versions(entry.name))
+
+    def _listable_with_versions(self, name: str) -> bool:
+        # a directory this user cannot list is still a policy: it shows as unavailable, with
+        # the reason, instead of vanishing or failing the whole scan
+        try:
+            return bool(self.versions(name))
+        except RepositoryError:
+            return True
 
     def versions(self, name: str) -> list[int]:
         """Integer versions of ``name``, ascending (empty if the name is unknown)."""
         directory = self.root / check_name(name)
         if not directory.is_dir():
             return []
-        found = (parse_version(entry.name) for entry in directory.iterdir() if entry.is_dir())
+        try:
+            entries = list(directory.iterdir())
+        except OSError as error:
+            raise RepositoryError(f"{directory}: cannot list the versions of {name!r} "
+                                  f"({error.strerror or error}); make it readable by the "
+                                  "server's user") from error
+        found = (parse_version(entry.name) for entry in entries if entry.is_dir())
         return sorted(version for version in found if version is not None)
 
     def latest_version(self, name: str) -> int | None:

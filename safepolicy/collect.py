@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from tqdm import tqdm
 
 from safepolicy.behavior import DEFAULT_BEHAVIOR, BehaviorError, BehaviorMix, parse_behavior_mix
 from safepolicy.datasets import Dataset, DatasetError, summarize, write_dataset
+from safepolicy.fileio import atomic_write_text
 from safepolicy.tasks import TaskSpec, UnknownTaskError, get_task, make_env
 
 DEFAULT_EPISODES = {"bullet": 200, "safety_gymnasium": 100}
@@ -37,8 +37,9 @@ def summary_path(out: Path) -> Path:
     return out.with_suffix(".summary.json")
 
 
-def check_output_path(out: Path) -> None:
-    """Fail before collecting if ``out`` cannot become a dataset file."""
+def check_output_path(out: Path, overwrite: bool = False) -> None:
+    """Fail before collecting if ``out`` cannot become a dataset file, or already is one and
+    ``overwrite`` was not asked for (a run trained on it would lose its data)."""
     if out.is_dir():
         raise CollectError(f"{out}: is a directory; pass a file path such as {out / 'data.h5'}")
     if out.suffix not in {".h5", ".hdf5"}:
@@ -52,6 +53,9 @@ def check_output_path(out: Path) -> None:
         raise CollectError(
             f"{out}: cannot write in {ancestor} (permission denied); choose another --out"
         )
+    if out.exists() and not overwrite:
+        raise CollectError(f"{out}: exists (runs trained on it refer to it by path); choose "
+                           "another --out, or pass --overwrite to replace it")
     if out.exists() and not os.access(out, os.W_OK):
         raise CollectError(f"{out}: exists and is not writable; remove it or choose another --out")
 
@@ -118,25 +122,12 @@ def collect(
     )
 
 
-def _write_text_atomically(path: Path, text: str) -> None:
-    descriptor, temporary = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
-    )
-    try:
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def save(dataset: Dataset, out: Path) -> str:
     """Write the dataset and its JSON summary beside it; return the summary as text."""
     summary = summarize(Dataset(**{**dataset.__dict__, "path": out}))
     write_dataset(out, dataset)
     try:
-        _write_text_atomically(summary_path(out), summary.model_dump_json(indent=2) + "\n")
+        atomic_write_text(summary_path(out), summary.model_dump_json(indent=2) + "\n")
     except BaseException:
         out.unlink(missing_ok=True)
         raise
@@ -167,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--behavior", default=DEFAULT_BEHAVIOR,
                         help=f"behaviour mix, kind=weight,... of scripted, cautious, random "
                         f"(default {DEFAULT_BEHAVIOR!r})")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out if it exists (refused by default)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -181,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = get_task(args.task)
         parse_behavior_mix(args.behavior)
         out: Path = args.out
-        check_output_path(out)
+        check_output_path(out, overwrite=args.overwrite)
         episodes = args.episodes or DEFAULT_EPISODES[spec.family]
         started = time.perf_counter()
         dataset = collect(spec, episodes, args.seed, args.behavior, progress=not args.quiet)

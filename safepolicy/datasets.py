@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,8 @@ from typing import Any
 import h5py
 import numpy as np
 from pydantic import BaseModel
+
+from safepolicy.fileio import atomic_write
 
 DSRL_KEYS = (
     "observations",
@@ -148,32 +149,56 @@ def validate_arrays(arrays: dict[str, np.ndarray], source: str) -> None:
             f"{source}: missing DSRL key(s) {', '.join(missing)}; a DSRL dataset needs "
             f"{', '.join(DSRL_KEYS)}"
         )
+    for key in DSRL_KEYS:
+        _check_column_type(arrays[key], key, source)
     n = arrays["observations"].shape[0] if arrays["observations"].ndim else 0
     if n == 0:
         raise DatasetError(f"{source}: the dataset has no transitions")
     for key in DSRL_KEYS:
-        if arrays[key].shape[0] != n:
+        rows = arrays[key].shape[0] if arrays[key].ndim else None
+        if rows != n:
+            got = "a single value" if rows is None else f"{rows} rows"
             raise DatasetError(
-                f"{source}: '{key}' has {arrays[key].shape[0]} rows but 'observations' has {n}; "
+                f"{source}: '{key}' has {got} but 'observations' has {n} rows; "
                 "every DSRL array needs one row per transition"
             )
-    for key in ("observations", "next_observations", "actions"):
-        if arrays[key].ndim != 2:
-            raise DatasetError(f"{source}: '{key}' must be 2-D [transitions, dim], got shape "
-                               f"{arrays[key].shape}")
+    for key in VECTOR_KEYS:
+        if arrays[key].ndim != 2 or arrays[key].shape[1] == 0:
+            raise DatasetError(f"{source}: '{key}' must be 2-D [transitions, dim] with dim >= 1, "
+                               f"got shape {arrays[key].shape}")
+    for key in SCALAR_KEYS:
+        if arrays[key].ndim > 2 or (arrays[key].ndim == 2 and arrays[key].shape[1] != 1):
+            raise DatasetError(f"{source}: '{key}' must hold one value per transition, shape "
+                               f"[transitions] or [transitions, 1], got {arrays[key].shape}")
     if arrays["next_observations"].shape != arrays["observations"].shape:
         raise DatasetError(
             f"{source}: 'next_observations' shape {arrays['next_observations'].shape}"
             f" differs from 'observations' {arrays['observations'].shape}"
         )
     for key in ("observations", "next_observations", "actions", "rewards", "costs"):
-        bad = ~np.isfinite(arrays[key])
+        with np.errstate(over="ignore", invalid="ignore"):  # out of float32 range -> Inf
+            bad = ~np.isfinite(np.asarray(arrays[key]).astype(np.float32))
         if bad.any():
             row = int(np.argwhere(bad)[0][0])
             raise DatasetError(
-                f"{source}: '{key}' contains NaN or Inf ({int(bad.sum())} values, first at row "
-                f"{row}); clean or regenerate the dataset"
+                f"{source}: '{key}' contains NaN or Inf, or values beyond float32 range "
+                f"({int(bad.sum())} values, first at row {row}); clean or regenerate the dataset"
             )
+
+
+VECTOR_KEYS = ("observations", "next_observations", "actions")
+SCALAR_KEYS = ("rewards", "costs", "terminals", "timeouts")
+
+
+def _check_column_type(values: object, key: str, source: str) -> None:
+    """Every column must be a real-valued (or boolean) array: no text, records or complex."""
+    dtype = getattr(values, "dtype", None)
+    if not isinstance(values, np.ndarray) or dtype is None or not (
+            np.issubdtype(dtype, np.bool_) or np.issubdtype(dtype, np.integer)
+            or np.issubdtype(dtype, np.floating)):
+        kind = type(values).__name__ if dtype is None else f"dtype {dtype}"
+        raise DatasetError(f"{source}: '{key}' must be a numeric array, got {kind}; a DSRL "
+                           "dataset stores numbers (float, int or bool) in every column")
 
 
 def _flatten_scalar_column(values: np.ndarray) -> np.ndarray:
@@ -190,7 +215,7 @@ def load_dataset(path: str | os.PathLike[str]) -> Dataset:
         raise DatasetError(f"{path}: is a directory, expected a DSRL .h5/.hdf5 file")
     try:
         with h5py.File(path, "r") as handle:
-            arrays = {key: handle[key][()] for key in DSRL_KEYS if key in handle}
+            arrays = {key: _read_column(handle, key, path) for key in DSRL_KEYS if key in handle}
             attrs = {key: _attr_value(value) for key, value in handle.attrs.items()}
     except (OSError, KeyError) as error:
         raise DatasetError(f"{path}: not a readable HDF5 file ({error}); the file may be "
@@ -207,6 +232,14 @@ def load_dataset(path: str | os.PathLike[str]) -> Dataset:
         attrs=attrs,
         path=path,
     )
+
+
+def _read_column(handle: h5py.File, key: str, path: Path) -> np.ndarray:
+    item = handle[key]
+    if not isinstance(item, h5py.Dataset):
+        raise DatasetError(f"{path}: '{key}' is an HDF5 {type(item).__name__.lower()}, not an "
+                           "array; a DSRL dataset stores each key as one array")
+    return np.asarray(item[()])
 
 
 def _attr_value(value: Any) -> Any:
@@ -226,22 +259,15 @@ def write_dataset(path: str | os.PathLike[str], dataset: Dataset) -> Path:
     """Write ``dataset`` as DSRL HDF5 atomically: readers see the old file or the whole new one."""
     path = Path(path)
     validate_arrays(dataset.arrays(), str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
-    )
-    os.close(descriptor)
-    try:
+
+    def fill(temporary: Path) -> None:
         with h5py.File(temporary, "w") as handle:
             for key, values in dataset.arrays().items():
                 handle.create_dataset(key, data=values, compression="gzip", compression_opts=4)
             for key, value in dataset.attrs.items():
                 handle.attrs[key] = json.dumps(value) if isinstance(value, dict | list) else value
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+
+    return atomic_write(path, fill)
 
 
 def dsrl_dataset_path(task: str) -> Path | None:

@@ -40,6 +40,7 @@ from server._generated import (
 from server.auth import BearerTokenInterceptor
 from server.batching import MicroBatcher
 from server.errors import DeadlineExceeded, InvalidRequest, ShuttingDown, status_of
+from server.guard import add_guarded
 from server.metrics import ServerMetrics, start_metrics_server
 from server.outcomes import OutcomeTracker
 from server.policies import LoadedVersion, PolicyStore, ReloadReport
@@ -108,9 +109,10 @@ class PolicyServer:
         ]
         interceptors = [BearerTokenInterceptor(self._token)] if self._token else []
         server = grpc.aio.server(interceptors=interceptors, options=options)
-        policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(self), server)
-        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self), server)
+        add_guarded(policy_pb2_grpc.add_PolicyServiceServicer_to_server,
+                    PolicyServicer(self), server, self._count_malformed)
+        add_guarded(grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
+                    InferenceServicer(self), server, self._count_malformed)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (POLICY_SERVICE, INFERENCE_SERVICE, health_pb2.DESCRIPTOR.services_by_name[
@@ -168,19 +170,27 @@ class PolicyServer:
             return report
 
     def shutdown(self, grace: float | None = None) -> asyncio.Task[None]:
-        """Begin the graceful stop (idempotent): NOT_SERVING, refuse new calls, drain."""
+        """Begin the graceful stop (idempotent): NOT_SERVING while still serving for
+        ``drain_delay_s``, then refuse new calls, end open streams, and stop once drained."""
         if self._stopping is None:
             self._stopping = asyncio.create_task(self._shutdown(grace), name="shutdown")
         return self._stopping
 
     async def _shutdown(self, grace: float | None) -> None:
         grace = self.settings.grace_s if grace is None else grace
-        log.info("shutting down: NOT_SERVING, draining in-flight calls for up to %.1f s", grace)
-        self.draining = True
+        # Kubernetes order: report NOT_SERVING first but keep answering through the drain
+        # delay (load balancers need that window to move traffic), then refuse new calls and
+        # end open streams at their next message, then stop as soon as in-flight calls finish
+        log.info("shutting down: NOT_SERVING, still serving for %.1f s, then draining for up "
+                 "to %.1f s", self.settings.drain_delay_s, grace)
         await self.health.enter_graceful_shutdown()
         self.metrics.ready.set(0)
         if self.settings.drain_delay_s > 0:
             await asyncio.sleep(self.settings.drain_delay_s)
+        self.draining = True
+        # refuse with UNAVAILABLE for a moment before grpc's own stop: calls that reach a
+        # stopping grpc server come back CANCELLED, which clients do not retry
+        await asyncio.sleep(min(REFUSAL_PERIOD_S, grace))
         if self._poller is not None:
             self._poller.cancel()
         if self._server is not None:
@@ -208,7 +218,8 @@ class PolicyServer:
 
     def check_accepting(self) -> None:
         if self.draining:
-            raise ShuttingDown("server is shutting down and takes no new calls; retry (another "
+            raise ShuttingDown("server is shutting down and takes no new calls or stream "
+                               "messages; retry or reopen the stream (another "
                                "replica will answer)")
 
     def decode_observations(self, loaded: LoadedVersion, shape: Any, data: bytes,
@@ -260,8 +271,14 @@ class PolicyServer:
         self.metrics.record_call(method, *labels, code.name, perf_counter() - started)
         await context.abort(code, message)
 
+    def _count_malformed(self, method: str) -> None:
+        self.metrics.record_call(method, "", "", "INVALID_ARGUMENT", 0.0)
+
     def record_ok(self, method: str, labels: tuple[str, str], started: float) -> None:
         self.metrics.record_call(method, *labels, "OK", perf_counter() - started)
+
+
+REFUSAL_PERIOD_S = 0.5
 
 
 def _check_deadline(context: grpc.aio.ServicerContext) -> float | None:
@@ -368,6 +385,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
                 started = perf_counter()
                 loaded: LoadedVersion | None = None
                 try:
+                    self.server.check_accepting()  # a draining server ends open streams
                     loaded = self.store.resolve(request.policy, _optional_version(request))
                     observations, single = self.server.decode_observations(
                         loaded, request.observations.shape, request.observations.data)

@@ -23,8 +23,21 @@ class ServerError(Exception):
     code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
 
     def __init__(self, message: str) -> None:
+        message = clip_message(message)
         super().__init__(message)
         self.message = message
+
+
+MAX_MESSAGE_CHARS = 1000
+
+
+def clip_message(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``message`` cut in the middle to ``limit`` characters, keeping its start (what is
+    wrong) and its end (what to do): a 100 KB policy name must not come back 100 KB long."""
+    if len(message) <= limit:
+        return message
+    keep = (limit - 5) // 2
+    return f"{message[:keep]} ... {message[-keep:]}"
 
 
 class PolicyNotFound(ServerError):

@@ -40,7 +40,7 @@ def server_version() -> str:
 def _parse_version(text: str) -> int | None:
     if not text:
         return None
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # "²".isdigit() is True, int("²") fails
         raise InvalidRequest(f"model_version {text!r} is not an integer version; leave it empty "
                              "for the serving version")
     return int(text)

@@ -5,7 +5,8 @@ named by ``episode_id``, the last one with ``done``) or per episode (the totals)
 episode whose cost exceeds the policy's ``cost_limit`` is a violation: the DSRL budget is a
 cumulative episode cost. Recent steps and episodes are kept in bounded windows for the
 rolling cost rate and the rolling episode cost; open episodes are bounded too (the oldest is
-dropped), so clients that never send ``done`` cannot grow the server's memory.
+dropped) and so are their ids, so clients that never send ``done`` cannot grow the server's
+memory.
 """
 
 from __future__ import annotations
@@ -18,6 +19,12 @@ from typing import Literal
 from server.errors import InvalidRequest
 
 Granularity = Literal["step", "episode"]
+# one report's |reward| and cost: far above any real per-step or per-episode figure, and low
+# enough that the windows' running sums (10,000 entries) stay finite (two costs of 1e308
+# overflowed them and left the cost-rate gauge at +Inf until restart)
+MAX_OUTCOME_VALUE = 1e12
+# an episode_id is a key held in memory until the episode ends: bounded in size as in count
+MAX_EPISODE_ID_CHARS = 128
 
 
 @dataclass
@@ -65,6 +72,12 @@ class OutcomeTracker:
             raise InvalidRequest("reward and cost must be finite numbers")
         if cost < 0:
             raise InvalidRequest(f"cost must be >= 0 (got {cost}); safety costs are non-negative")
+        if abs(reward) > MAX_OUTCOME_VALUE or cost > MAX_OUTCOME_VALUE:
+            raise InvalidRequest(f"reward and cost must lie within +-{MAX_OUTCOME_VALUE:g} (got "
+                                 f"reward {reward:g}, cost {cost:g}); report real figures")
+        if len(episode_id) > MAX_EPISODE_ID_CHARS:
+            raise InvalidRequest(f"episode_id is {len(episode_id)} characters long; use at most "
+                                 f"{MAX_EPISODE_ID_CHARS} (a UUID is 36)")
         if steps < 0:
             raise InvalidRequest(f"steps must be >= 1 (got {steps}); 0 means 1")
         steps = steps or 1

@@ -41,7 +41,7 @@ from export.artifact import (
     read_audit_verdict,
     read_metadata,
 )
-from export.repository import ModelRepository
+from export.repository import ModelRepository, RepositoryError
 from server.errors import (
     BatchSizeError,
     InferenceFailed,
@@ -65,6 +65,9 @@ def version_signature(version_dir: Path) -> Signature:
         try:
             stat = os.stat(version_dir / name)
         except FileNotFoundError:
+            continue
+        except OSError as error:  # unreadable (another uid's 0700 directory): retry on change
+            entries.append((name, -1, error.errno or 0))
             continue
         entries.append((name, stat.st_size, stat.st_mtime_ns))
     return tuple(entries)
@@ -154,7 +157,9 @@ class PolicyStore:
             known = ", ".join(sorted(self._snapshot)) or "none"
             raise PolicyNotFound(f"unknown policy {name!r}; served policies: {known}")
         if not entry.versions:
-            raise NotReady(f"policy {name!r} has no servable version: {entry.problem}")
+            # the reason names files; a client sees them relative to the repository
+            problem = (entry.problem or "").replace(str(self.repository.root), "MODEL_REPO")
+            raise NotReady(f"policy {name!r} has no servable version: {problem}")
         if version is None:
             serving = entry.serving
             assert serving is not None
@@ -250,7 +255,10 @@ class PolicyStore:
         return report
 
     def _wanted_versions(self, name: str) -> tuple[list[int], str | None]:
-        available = self.repository.versions(name)
+        try:
+            available = self.repository.versions(name)
+        except RepositoryError as error:
+            return [], str(error)
         if name in self.pins:
             missing = [v for v in self.pins[name] if v not in available]
             problem = (f"pinned version(s) {missing} not in the repository (available: "
@@ -310,8 +318,12 @@ class PolicyStore:
                 raise ArtifactError(
                     f"{directory}: metadata says {policy.metadata.name}/{policy.metadata.version}"
                     "; the directory was renamed or copied, re-export it in place")
-        except ArtifactError as error:
-            reason = str(error)
+        except (ArtifactError, OSError) as error:
+            # one unreadable version (written by a job under another uid, say) is marked
+            # unavailable; the rest of the repository keeps loading and serving
+            reason = (str(error) if isinstance(error, ArtifactError) else
+                      f"{directory}: cannot read the version ({error.strerror or error}); make "
+                      "it readable by the server's user (the exporter honours the umask)")
             self._failed[(name, version)] = (signature, reason)
             report.failed.append((name, version, reason))
             log.error("failed to load %s/%s, keeping what was serving: %s", name, version, reason)

@@ -42,7 +42,8 @@ class ServerSettings(BaseSettings):
     poll_interval_s: float = Field(10.0, ge=0.0, description="seconds between repository "
                                    "scans (0: only at start and on the Reload call)")
     max_batch_size: int = Field(1024, ge=1, description="most observations in one request")
-    max_message_bytes: int = Field(64 << 20, ge=1 << 16, description="largest gRPC message")
+    max_message_bytes: int = Field(4 << 20, ge=1 << 16, description="largest gRPC message "
+                                   "(one 60 MB request stalled every caller under 64 MiB)")
     inline_max_rows: int = Field(64, ge=0, description="batches up to this size run on the "
                                  "event loop; larger ones on a worker thread")
     onnx_threads: int = Field(1, ge=1, description="onnxruntime intra-op threads per session")
@@ -62,8 +63,8 @@ class ServerSettings(BaseSettings):
     grace_s: float = Field(10.0, ge=0.0, description="on SIGTERM: how long in-flight calls "
                            "get to finish")
     drain_delay_s: float = Field(0.0, ge=0.0, description="on SIGTERM: how long to report "
-                                 "NOT_SERVING (refusing new calls) before stopping, so load "
-                                 "balancers notice")
+                                 "NOT_SERVING while still answering every call, so load "
+                                 "balancers move traffic before calls are refused")
     gil_switch_interval_ms: float = Field(
         0.2, gt=0.0, description="Python's thread switch interval in the server process; "
         "small values stop inference threads waiting for the GIL (sys.setswitchinterval)")

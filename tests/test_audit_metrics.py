@@ -137,6 +137,9 @@ def test_watch_audits_the_latest_versions_and_serves_metrics(ballrun_repo: Path,
                                                    labels[2]))] == 2.0
     assert found[("safepolicy_audit_errors_total", (("policy", "broken"), ("version", "1")))] \
         == 2.0
+    # a version whose audits succeed still has its error counter, at 0
+    assert found[("safepolicy_audit_errors_total", (("policy", "ballrun"), ("version", "2")))] \
+        == 0.0
     # version 1 is not the latest, so watch leaves it alone; version 2 got its audit.json
     assert not any(key[1] == (("policy", "ballrun"), ("task", "BallRun"), ("version", "1"))
                    for key in found)

@@ -130,7 +130,7 @@ def test_failed_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyP
     def broken(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(collect_module, "_write_text_atomically", broken)
+    monkeypatch.setattr(collect_module, "atomic_write_text", broken)
     out = tmp_path / "x.h5"
     assert main(["--task", "BallRun", "--episodes", "1", "--out", str(out), "--quiet"]) == 1
     assert list(tmp_path.iterdir()) == []
@@ -150,3 +150,18 @@ def test_aggressive_windows_cover_the_requested_fraction() -> None:
         mask = aggressive_windows(rng, 200, aggressiveness)
         assert mask.sum() == round(aggressiveness * 200)
     assert aggressive_windows(rng, 200, 1.0).all()
+
+
+def test_an_existing_dataset_is_not_overwritten_without_asking(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "x.h5"
+    args = ["--task", "BallRun", "--episodes", "1", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert main([*args[:4], "--seed", "5", *args[4:]]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == before
+    assert main([*args, "--seed", "5", "--overwrite"]) == 0
+    assert out.read_bytes() != before

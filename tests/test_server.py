@@ -352,9 +352,11 @@ def test_health_transitions(pool: Path, tmp_path: Path) -> None:
         for service in ("", "safepolicy.v1.PolicyService", "inference.GRPCInferenceService"):
             assert health_status(server.target, service) == SERVING
         server.loop.call_soon_threadsafe(server.server.shutdown)
-        time.sleep(0.3)  # inside the drain delay: still listening, refusing new calls
+        time.sleep(0.3)  # inside the drain delay: NOT_SERVING, yet still answering calls
         assert health_status(server.target) == health_pb2.HealthCheckResponse.NOT_SERVING
         with PolicyClient(server.target) as client:
+            assert client.act("ballrun", observations(1)).version == 1
+            time.sleep(1.0)  # past the drain delay: new calls are refused
             assert code_of(lambda: client.act("ballrun", observations(1))) == \
                 grpc.StatusCode.UNAVAILABLE
 

@@ -4,6 +4,7 @@ and a torch-free import path."""
 from __future__ import annotations
 
 import filecmp
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -120,3 +121,19 @@ def test_outcomes_accumulate_steps_and_flag_violations() -> None:
     assert again.episode_cost == 1.0  # "b" was evicted: open episodes are bounded
     with pytest.raises(errors.InvalidRequest):
         tracker.report("p", 1, 5.0, granularity="step", reward=0, cost=1)
+
+
+def test_outcome_values_and_episode_ids_are_bounded() -> None:
+    tracker = OutcomeTracker(window_steps=100)
+    for huge in (1e308, 1e308):  # two finite costs used to overflow the running total
+        with pytest.raises(errors.InvalidRequest, match="within"):
+            tracker.report("p", 1, 5.0, granularity="episode", reward=0, cost=huge)
+    with pytest.raises(errors.InvalidRequest, match="within"):
+        tracker.report("p", 1, 5.0, granularity="episode", reward=-1e300, cost=0)
+    for _ in range(2):
+        tracker.report("p", 1, 5.0, granularity="episode", reward=0, cost=1e12)
+    assert math.isfinite(tracker.cost_rate("p")) and tracker.cost_rate("p") == 1e12
+    with pytest.raises(errors.InvalidRequest, match="at most 128"):
+        tracker.report("p", 1, 5.0, granularity="step", reward=0, cost=1,
+                       episode_id="e" * 1_000_000)
+    tracker.report("p", 1, 5.0, granularity="step", reward=0, cost=1, episode_id="e" * 128)
