@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import subprocess
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 import torch
 
+from safepolicy.fileio import atomic_write
 from training.networks import SquashedGaussianActor
 
 ACTOR_FORMAT = "safepolicy.actor/v1"
@@ -81,19 +81,9 @@ def code_version() -> str:
 
 
 def atomic_torch_save(payload: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, then rename: never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
-                                             dir=path.parent)
-    os.close(descriptor)
-    try:
-        torch.save(payload, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    """``torch.save`` to a temporary file beside ``path``, then rename: never half-written, and
+    with the umask's mode (readable by a server under another uid), see safepolicy.fileio."""
+    return atomic_write(path, lambda temporary: torch.save(payload, temporary))
 
 
 def save_actor(run_dir: str | os.PathLike[str], actor: SquashedGaussianActor,

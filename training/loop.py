@@ -40,6 +40,7 @@ import torch
 from tqdm import tqdm
 
 from safepolicy.datasets import Dataset, load_dataset
+from safepolicy.fileio import atomic_write_text
 from safepolicy.tasks import TaskSpec, get_task
 from training.algorithms.base import Algorithm, Logs, TrainingContext
 from training.checkpoint import (
@@ -380,6 +381,10 @@ def train(request: TrainRequest) -> Path:
         "reused_stages": {name: str(path) for name, path in request.reuse_stages.items()},
     }
     start_step = 0
+    if request.resume and not checkpoint_path.exists() and out.exists() and any(out.iterdir()):
+        raise TrainingError(f"{checkpoint_path}: no checkpoint to resume from (the run stopped "
+                            "before its first checkpoint, or it was deleted); start a new --out "
+                            "without --resume")
     if request.resume and checkpoint_path.exists():
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
         if state.get("format") != CHECKPOINT_FORMAT:
@@ -397,7 +402,7 @@ def train(request: TrainRequest) -> Path:
     else:
         reused = load_reused_stage(request.reuse_stages, stages, resolved, device)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(resolved, indent=2))
+        atomic_write_text(out / "config.json", json.dumps(resolved, indent=2))
         (out / "scalars.csv").unlink(missing_ok=True)
         if reused is not None:
             _, state, start_step = reused
@@ -407,6 +412,9 @@ def train(request: TrainRequest) -> Path:
                 torch.set_rng_state(state["rng"]["torch"])
 
     def save_checkpoint(step: int, stage: str | None) -> None:
+        if not out.is_dir():  # saving would quietly recreate a run directory someone deleted
+            raise TrainingError(f"{out}: the run directory disappeared at step {step}; "
+                                "nothing was saved. Start a new --out")
         payload = {"format": CHECKPOINT_FORMAT, "config": resolved, "step": step,
                    "stage": stage, "algorithm": algorithm.state_dict(),
                    "rng": _rng_state(generator)}
@@ -428,7 +436,11 @@ def train(request: TrainRequest) -> Path:
             log.add(algorithm.step(stage.name))
             bar.update(1)
             if step % run_config.log_every == 0 or step == end:
-                row = log.write_row(step, time.perf_counter() - started, stage.name)
+                try:
+                    row = log.write_row(step, time.perf_counter() - started, stage.name)
+                except OSError as error:  # e.g. the run directory was deleted mid-run
+                    raise TrainingError(f"{out}: cannot write the training log at step {step} "
+                                        f"({error.strerror}); start a new --out") from None
                 bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in row.items()
                                  if k in ("loss/critic", "loss/actor", "o3srl/expected_lambda")
                                  and isinstance(v, float)})
@@ -443,7 +455,7 @@ def train(request: TrainRequest) -> Path:
     evaluation = (evaluate_actor(actor, task, request.cost_limit, run_config)
                   if run_config.eval_episodes > 0 else None)
     if evaluation is not None:
-        (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
+        atomic_write_text(out / "evaluation.json", json.dumps(evaluation, indent=2))
     metadata = ActorMetadata(
         task=task.name, env_id=task.env_id, algorithm=request.algorithm,
         cost_limit=request.cost_limit, seed=request.seed,
