@@ -25,7 +25,7 @@ test-all: venv
 
 lint: venv
 	$(BIN)/ruff check .
-	$(BIN)/mypy safepolicy training export server audit
+	$(BIN)/mypy safepolicy
 
 demo: venv
 	$(BIN)/safepolicy demo --workdir demo-output
@@ -37,7 +37,7 @@ k8s:
 	  kubectl kustomize $$dir > /dev/null && echo "$$dir renders"; done
 
 protos: venv
-	$(BIN)/python -m server.protogen
+	$(BIN)/python -m safepolicy.server.protogen
 
 # Re-resolve the lock from requirements/base.in (needs the registries).
 lock:

@@ -1,7 +1,7 @@
-"""``python -m audit ...`` is ``safepolicy audit ...``."""
+"""``python -m safepolicy.audit ...`` is ``safepolicy audit ...``."""
 
 import sys
 
-from audit.cli import main
+from safepolicy.audit.cli import main
 
 sys.exit(main())

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from audit.runner import AuditError, AuditSettings, AuditTarget
+from safepolicy.audit.runner import AuditError, AuditSettings, AuditTarget
 from safepolicy.fileio import atomic_write_text
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
@@ -67,7 +67,7 @@ def audit_parser() -> argparse.ArgumentParser:
 
 
 def _open(args: argparse.Namespace) -> AuditTarget:
-    from audit.runner import open_artifact, open_server
+    from safepolicy.audit.runner import open_artifact, open_server
 
     if args.server is not None:
         if not args.name:
@@ -80,9 +80,9 @@ def _open(args: argparse.Namespace) -> AuditTarget:
 
 
 def run_audit_command(argv: list[str]) -> int:
-    from audit.metrics import PushError, push_report
-    from audit.report import MARKDOWN_FILENAME
-    from audit.runner import audit_policy
+    from safepolicy.audit.metrics import PushError, push_report
+    from safepolicy.audit.report import MARKDOWN_FILENAME
+    from safepolicy.audit.runner import audit_policy
 
     args = audit_parser().parse_args(argv)
     settings = AuditSettings(
@@ -115,8 +115,8 @@ def run_audit_command(argv: list[str]) -> int:
 
 
 def compare_command(argv: list[str]) -> int:
-    from audit.compare import compare_markdown
-    from audit.report import ReportError, load_report
+    from safepolicy.audit.compare import compare_markdown
+    from safepolicy.audit.report import ReportError, load_report
 
     parser = argparse.ArgumentParser(prog="safepolicy audit compare",
                                      description="Put several audit reports side by side.")
@@ -137,7 +137,7 @@ def compare_command(argv: list[str]) -> int:
 
 
 def watch_command(argv: list[str]) -> int:
-    from audit.watch import watch
+    from safepolicy.audit.watch import watch
 
     parser = argparse.ArgumentParser(
         prog="safepolicy audit watch",

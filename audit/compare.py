@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from audit.report import AuditReport
+from safepolicy.audit.report import AuditReport
 
 
 def compare_markdown(reports: Sequence[AuditReport], labels: Sequence[str] | None = None) -> str:

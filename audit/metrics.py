@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry, push_to_gateway
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from audit.report import AuditReport
+from safepolicy.audit.report import AuditReport
 
 PREFIX = "safepolicy_audit_"
 LABELS = ("policy", "version", "task")

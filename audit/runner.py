@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from audit import stats
-from audit.report import (
+from safepolicy.audit import stats
+from safepolicy.audit.report import (
     AuditReport,
     EpisodeResult,
     Lineage,
@@ -99,7 +99,7 @@ def _lineage(metadata: Any) -> Lineage:
 
 def open_artifact(version_dir: str | Path, threads: int = 1) -> AuditTarget:
     """An exported policy ``MODEL_REPO/NAME/VERSION`` run in-process with onnxruntime."""
-    from export.artifact import ArtifactError, load_policy
+    from safepolicy.export.artifact import ArtifactError, load_policy
 
     try:
         policy = load_policy(version_dir, providers=["CPUExecutionProvider"], threads=threads)
@@ -125,8 +125,8 @@ def open_server(address: str, name: str, version: int | None = None,
     """
     import grpc
 
-    from export.artifact import PolicyMetadata
-    from server.client import PolicyClient
+    from safepolicy.export.artifact import PolicyMetadata
+    from safepolicy.server.client import PolicyClient
 
     client = PolicyClient(address, timeout=timeout)
     try:
@@ -305,7 +305,7 @@ def run_audit(target: AuditTarget, settings: AuditSettings,
 
 def write_verdict(report: AuditReport, version_dir: Path, report_path: Path) -> Path:
     """``VERSION_DIR/audit.json`` for the server's gate."""
-    from export.artifact import AuditVerdict, write_audit_verdict
+    from safepolicy.export.artifact import AuditVerdict, write_audit_verdict
 
     verdict = AuditVerdict(
         verdict=report.verdict, task=report.task, cost_limit=report.cost_limit,

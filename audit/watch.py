@@ -17,8 +17,8 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
-from audit.metrics import LABELS, PREFIX, ReportCollector
-from audit.runner import AuditError, AuditSettings, audit_policy, open_artifact
+from safepolicy.audit.metrics import LABELS, PREFIX, ReportCollector
+from safepolicy.audit.runner import AuditError, AuditSettings, audit_policy, open_artifact
 
 
 class Watcher:
@@ -26,7 +26,7 @@ class Watcher:
 
     def __init__(self, repo: str | Path, reports_dir: str | Path, settings: AuditSettings,
                  all_versions: bool = False, registry: CollectorRegistry | None = None) -> None:
-        from export.repository import ModelRepository
+        from safepolicy.export.repository import ModelRepository
 
         self.repository = ModelRepository(repo)
         self.reports_dir = Path(reports_dir)

@@ -29,10 +29,10 @@ from safepolicy.tasks import get_task, make_env
 def export_policy(task: str, repo: Path):  # type: ignore[no-untyped-def]
     import torch
 
-    from export.artifact import load_policy
-    from export.onnx_export import export_actor
-    from training.checkpoint import ActorMetadata
-    from training.networks import SquashedGaussianActor
+    from safepolicy.export.artifact import load_policy
+    from safepolicy.export.onnx_export import export_actor
+    from safepolicy.training.checkpoint import ActorMetadata
+    from safepolicy.training.networks import SquashedGaussianActor
 
     env = make_env(task)
     obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]

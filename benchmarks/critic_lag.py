@@ -42,9 +42,9 @@ def probe(dataset_path: Path, task: str | None, tau: float, steps: int, checkpoi
 
     from safepolicy.datasets import load_dataset
     from safepolicy.tasks import get_task
-    from training.algorithms.td3bc import TD3BCConfig, TD3BCOracle
-    from training.config import RunConfig, set_field
-    from training.loop import build_context
+    from safepolicy.training.algorithms.td3bc import TD3BCConfig, TD3BCOracle
+    from safepolicy.training.config import RunConfig, set_field
+    from safepolicy.training.loop import build_context
 
     torch.set_num_threads(1)
     torch.manual_seed(seed)

@@ -27,10 +27,10 @@ import numpy as np
 import onnxruntime
 import torch
 
-from export.artifact import load_policy
-from export.onnx_export import export_actor
-from training.checkpoint import ActorMetadata
-from training.networks import SquashedGaussianActor
+from safepolicy.export.artifact import load_policy
+from safepolicy.export.onnx_export import export_actor
+from safepolicy.training.checkpoint import ActorMetadata
+from safepolicy.training.networks import SquashedGaussianActor
 
 OBS_DIM = 60
 ACTION_DIM = 2

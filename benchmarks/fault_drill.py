@@ -1,7 +1,7 @@
 """Fault drill: a real server on loopback under valid load while it is hot-reloaded, flooded
 with client mistakes, and sent SIGTERM; reports every answer by status code.
 
-The server runs as ``python -m server`` in its own process (polling the repository every
+The server runs as ``python -m safepolicy.server`` in its own process (polling the repository every
 0.2 s, ``--drain-delay-s`` set). Valid clients call Act in a loop; meanwhile new versions are
 exported into the repository (hot reload) and flood clients send bad input (random bytes, bad
 shapes, NaN, unknown policies, a 100 KB name, an OIP model_version of "²"). At the end the
@@ -34,10 +34,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from server._generated import grpc_predict_v2_pb2 as oip  # noqa: E402
-from server._generated import policy_pb2  # noqa: E402
-from server.client import PolicyClient, act_request  # noqa: E402
-from server.testing import free_port, make_policy, observations  # noqa: E402
+from safepolicy.server._generated import grpc_predict_v2_pb2 as oip  # noqa: E402
+from safepolicy.server._generated import policy_pb2  # noqa: E402
+from safepolicy.server.client import PolicyClient, act_request  # noqa: E402
+from safepolicy.server.testing import free_port, make_policy, observations  # noqa: E402
 
 OBS_DIM = 8
 
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     target = f"127.0.0.1:{port}"
     grace, drain_delay = 20.0, 1.0
     process = subprocess.Popen(
-        [sys.executable, "-m", "server", "--repo", str(repo), "--host", "127.0.0.1",
+        [sys.executable, "-m", "safepolicy.server", "--repo", str(repo), "--host", "127.0.0.1",
          "--port", str(port), "--metrics-port", "0", "--poll-interval-s", "0.2",
          "--grace-s", str(grace), "--drain-delay-s", str(drain_delay), "--log-level", "ERROR"],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})

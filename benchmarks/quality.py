@@ -44,8 +44,8 @@ def collect_if_missing(task: str, data_dir: Path, episodes: int, seed: int) -> P
 
 def settings_for(algorithm: str, settings: list[str]) -> dict[str, str]:
     """The ``--set NAME=VALUE`` pairs that name a field of ``algorithm``'s config."""
-    from training.config import describe
-    from training.registry import algorithm_spec
+    from safepolicy.training.config import describe
+    from safepolicy.training.registry import algorithm_spec
 
     known = {name for name, *_ in describe(algorithm_spec(algorithm).config_type())}
     pairs = dict(setting.split("=", 1) for setting in settings)
@@ -58,7 +58,7 @@ def train_once(algorithm: str, task: str, dataset: Path, cost_limit: float, seed
                out: Path) -> dict:
     import torch
 
-    from training.loop import TrainRequest, train
+    from safepolicy.training.loop import TrainRequest, train
 
     torch.set_num_threads(1)  # one run per core; --jobs sets how many run at once
     evaluation = out / "evaluation.json"

@@ -33,9 +33,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from server._generated import policy_pb2, policy_pb2_grpc  # noqa: E402
-from server.client import act_request  # noqa: E402
-from server.testing import free_port  # noqa: E402
+from safepolicy.server._generated import policy_pb2, policy_pb2_grpc  # noqa: E402
+from safepolicy.server.client import act_request  # noqa: E402
+from safepolicy.server.testing import free_port  # noqa: E402
 
 POLICY = "bench"
 
@@ -53,7 +53,7 @@ class EchoServicer(policy_pb2_grpc.PolicyServiceServicer):
         self.action_dim = action_dim
         self.policy = None
         if model is not None:
-            from export.artifact import load_policy
+            from safepolicy.export.artifact import load_policy
 
             self.policy = load_policy(model)
 
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     scratch = tempfile.TemporaryDirectory(prefix="serve-latency-")
     repo = args.repo
     if repo is None:
-        from server.testing import make_policy
+        from safepolicy.server.testing import make_policy
 
         repo = Path(scratch.name) / "repo"
         make_policy(repo, POLICY, 1, obs_dim=args.obs_dim, action_dim=args.action_dim,
@@ -221,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
                "--action-dim", str(args.action_dim)]),
         start([sys.executable, __file__, "--serve-echo", str(inference_port),
                "--action-dim", str(args.action_dim), "--echo-model", str(repo / POLICY / "1")]),
-        start([sys.executable, "-m", "server", "--repo", str(repo), "--host", "127.0.0.1",
+        start([sys.executable, "-m", "safepolicy.server", "--repo", str(repo), "--host",
+               "127.0.0.1",
                "--port", str(server_port), "--metrics-port", "0", "--poll-interval-s", "0",
                "--log-level", "WARNING"]),
     ]

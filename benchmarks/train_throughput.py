@@ -33,10 +33,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from safepolicy.datasets import Dataset  # noqa: E402
-from training.algorithms.base import TrainingContext, adam  # noqa: E402
-from training.algorithms.td3bc import TD3BCConfig, TD3BCOracle  # noqa: E402
-from training.data import OfflineBuffer  # noqa: E402
-from training.networks import ObservationNormalizer, mlp  # noqa: E402
+from safepolicy.training.algorithms.base import TrainingContext, adam  # noqa: E402
+from safepolicy.training.algorithms.td3bc import TD3BCConfig, TD3BCOracle  # noqa: E402
+from safepolicy.training.data import OfflineBuffer  # noqa: E402
+from safepolicy.training.networks import ObservationNormalizer, mlp  # noqa: E402
 
 
 class LoopedCritics(nn.Module):

@@ -1,7 +1,7 @@
-"""``python -m export``: the same as ``safepolicy export``."""
+"""``python -m safepolicy.export``: the same as ``safepolicy export``."""
 
 import sys
 
-from export.cli import main
+from safepolicy.export.cli import main
 
 sys.exit(main())

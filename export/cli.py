@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-from export.artifact import ArtifactError
+from safepolicy.export.artifact import ArtifactError
 
 
 def _version(text: str) -> int:
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # torch is imported here, not at module level, so `safepolicy export --help` stays fast
-    from export.onnx_export import ExportError, export_run, max_abs
+    from safepolicy.export.onnx_export import ExportError, export_run, max_abs
 
     try:
         version_dir = export_run(args.run, args.repo, args.name, version=args.version)
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quiet:
         print(version_dir)
         return 0
-    from export.artifact import read_metadata
+    from safepolicy.export.artifact import read_metadata
 
     metadata = read_metadata(version_dir)
     verification = metadata.verification or {}

@@ -38,7 +38,7 @@ import onnx
 import torch
 from torch import nn
 
-from export.artifact import (
+from safepolicy.export.artifact import (
     INPUT_NAME,
     ONNX_FILENAME,
     ONNX_METADATA_KEY,
@@ -50,7 +50,7 @@ from export.artifact import (
     utc_now,
     write_metadata,
 )
-from export.repository import (
+from safepolicy.export.repository import (
     TEMP_PREFIX,
     ModelRepository,
     RepositoryError,
@@ -58,8 +58,8 @@ from export.repository import (
     check_version,
 )
 from safepolicy.fileio import fsync_directory, make_staging_dir
-from training.checkpoint import ActorMetadata, CheckpointError, load_actor
-from training.networks import LOG_STD_MAX, LOG_STD_MIN, SquashedGaussianActor
+from safepolicy.training.checkpoint import ActorMetadata, CheckpointError, load_actor
+from safepolicy.training.networks import LOG_STD_MAX, LOG_STD_MIN, SquashedGaussianActor
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import os
 import re
 from pathlib import Path
 
-from export.artifact import ArtifactError, OnnxPolicy, load_policy
+from safepolicy.export.artifact import ArtifactError, OnnxPolicy, load_policy
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 TEMP_PREFIX = ".tmp-export-"

@@ -13,10 +13,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "collect": ("safepolicy.collect", "roll out behaviour policies into a DSRL-format dataset"),
     "dataset": ("safepolicy.dataset_cli", "validate a DSRL-format file and print its summary"),
     "tasks": ("safepolicy.tasks_cli", "list the known tasks with their environments and scores"),
-    "train": ("training.cli", "train a policy offline (o3srl, bc-safe, td3bc-lag, ...)"),
-    "export": ("export.cli", "turn a trained actor into a versioned ONNX policy artifact"),
-    "serve": ("server.cli", "serve policies over gRPC with Prometheus metrics"),
-    "audit": ("audit.cli", "replay a policy in the safety gyms: does it keep its budget?"),
+    "train": ("safepolicy.training.cli", "train a policy offline (o3srl, bc-safe, td3bc-lag, ...)"),
+    "export": ("safepolicy.export.cli",
+               "turn a trained actor into a versioned ONNX policy artifact"),
+    "serve": ("safepolicy.server.cli", "serve policies over gRPC with Prometheus metrics"),
+    "audit": ("safepolicy.audit.cli",
+              "replay a policy in the safety gyms: does it keep its budget?"),
     "demo": ("safepolicy.demo", "collect, train, export, audit and serve a policy end to end"),
 }
 

@@ -1,7 +1,7 @@
-"""``python -m server``: the same as ``safepolicy serve``."""
+"""``python -m safepolicy.server``: the same as ``safepolicy serve``."""
 
 import sys
 
-from server.cli import main
+from safepolicy.server.cli import main
 
 sys.exit(main())

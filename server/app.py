@@ -31,22 +31,22 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from server._generated import (
+from safepolicy.server._generated import (
     grpc_predict_v2_pb2,
     grpc_predict_v2_pb2_grpc,
     policy_pb2,
     policy_pb2_grpc,
 )
-from server.auth import BearerTokenInterceptor
-from server.batching import MicroBatcher
-from server.errors import DeadlineExceeded, InvalidRequest, ShuttingDown, status_of
-from server.guard import add_guarded
-from server.metrics import ServerMetrics, start_metrics_server
-from server.outcomes import OutcomeTracker
-from server.policies import LoadedVersion, PolicyStore, ReloadReport
-from server.providers import resolve_providers, session_providers
-from server.settings import ServerSettings
-from server.tensors import FLOAT32, decode_float32
+from safepolicy.server.auth import BearerTokenInterceptor
+from safepolicy.server.batching import MicroBatcher
+from safepolicy.server.errors import DeadlineExceeded, InvalidRequest, ShuttingDown, status_of
+from safepolicy.server.guard import add_guarded
+from safepolicy.server.metrics import ServerMetrics, start_metrics_server
+from safepolicy.server.outcomes import OutcomeTracker
+from safepolicy.server.policies import LoadedVersion, PolicyStore, ReloadReport
+from safepolicy.server.providers import resolve_providers, session_providers
+from safepolicy.server.settings import ServerSettings
+from safepolicy.server.tensors import FLOAT32, decode_float32
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class PolicyServer:
 
     async def start(self) -> int:
         """Load the repository, bind, start serving; returns the bound gRPC port."""
-        from server.oip import InferenceServicer  # import cycle: oip uses this module
+        from safepolicy.server.oip import InferenceServicer  # import cycle: oip uses this module
 
         self._reload_lock = asyncio.Lock()
         for service in HEALTH_SERVICES:

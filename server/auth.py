@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 
-from server.errors import Unauthenticated, status_of
+from safepolicy.server.errors import Unauthenticated, status_of
 
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
 

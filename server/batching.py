@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from server.errors import Overloaded
-from server.policies import LoadedVersion
+from safepolicy.server.errors import Overloaded
+from safepolicy.server.policies import LoadedVersion
 
 RunBatch = Callable[[LoadedVersion, np.ndarray], np.ndarray]
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from server.settings import ServerSettings, SettingsError
+from safepolicy.server.settings import ServerSettings, SettingsError
 
 log = logging.getLogger("server")
 
@@ -79,7 +79,7 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
 
 def run_workers(argv: list[str], settings: ServerSettings) -> int:
     """Start ``settings.workers`` server processes on the shared port and supervise them."""
-    children = [subprocess.Popen([sys.executable, "-m", "server", *argv,
+    children = [subprocess.Popen([sys.executable, "-m", "safepolicy.server", *argv,
                                   "--worker-index", str(index)])
                 for index in range(settings.workers)]
 
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker_index is not None and settings.metrics_port:
         settings = settings.model_copy(update={
             "metrics_port": settings.metrics_port + args.worker_index})
-    from server.app import PolicyServer  # after settings: `--help` stays fast
+    from safepolicy.server.app import PolicyServer  # after settings: `--help` stays fast
 
     # onnxruntime releases the GIL for each run; with grpc's poller thread busy, getting it
     # back waits up to the switch interval (5 ms by default): p99 5.8 ms and 0.3x the echo's

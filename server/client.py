@@ -20,8 +20,8 @@ from typing import Any
 import grpc
 import numpy as np
 
-from server._generated import policy_pb2, policy_pb2_grpc
-from server.tensors import decode_float32, encode_float32
+from safepolicy.server._generated import policy_pb2, policy_pb2_grpc
+from safepolicy.server.tensors import decode_float32, encode_float32
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,12 @@ from typing import Any
 import grpc
 import numpy as np
 
-from server._generated import grpc_predict_v2_pb2 as pb
-from server._generated import grpc_predict_v2_pb2_grpc
-from server.app import UNRESOLVED, PolicyServer, labels_of
-from server.errors import InvalidRequest, NotReady, VersionNotFound
-from server.policies import LoadedVersion
-from server.tensors import encode_float32
+from safepolicy.server._generated import grpc_predict_v2_pb2 as pb
+from safepolicy.server._generated import grpc_predict_v2_pb2_grpc
+from safepolicy.server.app import UNRESOLVED, PolicyServer, labels_of
+from safepolicy.server.errors import InvalidRequest, NotReady, VersionNotFound
+from safepolicy.server.policies import LoadedVersion
+from safepolicy.server.tensors import encode_float32
 
 INPUT_NAME = "obs"
 OUTPUT_NAME = "action"

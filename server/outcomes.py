@@ -16,7 +16,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Literal
 
-from server.errors import InvalidRequest
+from safepolicy.server.errors import InvalidRequest
 
 Granularity = Literal["step", "episode"]
 # one report's |reward| and cost: far above any real per-step or per-episode figure, and low

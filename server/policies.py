@@ -28,7 +28,7 @@ from typing import Literal
 
 import numpy as np
 
-from export.artifact import (
+from safepolicy.export.artifact import (
     AUDIT_FILENAME,
     METADATA_FILENAME,
     ONNX_FILENAME,
@@ -41,8 +41,8 @@ from export.artifact import (
     read_audit_verdict,
     read_metadata,
 )
-from export.repository import ModelRepository, RepositoryError
-from server.errors import (
+from safepolicy.export.repository import ModelRepository, RepositoryError
+from safepolicy.server.errors import (
     BatchSizeError,
     InferenceFailed,
     InvalidObservations,

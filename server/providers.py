@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from server.settings import SettingsError
+from safepolicy.server.settings import SettingsError
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from server.errors import InvalidRequest
+from safepolicy.server.errors import InvalidRequest
 
 FLOAT32 = np.dtype("<f4")
 MAX_DIMS = 2

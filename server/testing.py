@@ -12,7 +12,7 @@ from typing import Literal
 
 import numpy as np
 
-from export.artifact import AuditVerdict, write_audit_verdict
+from safepolicy.export.artifact import AuditVerdict, write_audit_verdict
 
 
 def make_policy(repo: Path, name: str = "ballrun", version: int | None = None, *,
@@ -22,9 +22,9 @@ def make_policy(repo: Path, name: str = "ballrun", version: int | None = None, *
     """Export a small untrained actor as ``repo/name/version``; optionally write an audit."""
     import torch  # lazily: the server never imports this module
 
-    from export.onnx_export import export_actor
-    from training.checkpoint import ActorMetadata
-    from training.networks import SquashedGaussianActor
+    from safepolicy.export.onnx_export import export_actor
+    from safepolicy.training.checkpoint import ActorMetadata
+    from safepolicy.training.networks import SquashedGaussianActor
 
     torch.manual_seed(seed)
     # default bounds [-1, 1]: at the time of writing the exporter's verification rejected

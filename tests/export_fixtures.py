@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.checkpoint import ActorMetadata, save_actor
-from training.networks import SquashedGaussianActor
+from safepolicy.training.checkpoint import ActorMetadata, save_actor
+from safepolicy.training.networks import SquashedGaussianActor
 
 LOW = (-2.0, 0.0)
 HIGH = (1.0, 3.0)
@@ -59,7 +59,7 @@ def observations_around(actor: SquashedGaussianActor, count: int = 64, spread: f
 def export_test_policy(repo: Path, name: str = "policy", obs_dim: int = 6, action_dim: int = 2,
                        **kwargs: object) -> Path:
     """Export an untrained test actor into ``repo`` and return its version directory."""
-    from export.onnx_export import export_actor
+    from safepolicy.export.onnx_export import export_actor
 
     bounds = (LOW, HIGH) if action_dim == 2 else ((-1.0,) * action_dim, (1.0,) * action_dim)
     actor = make_actor(obs_dim=obs_dim, action_dim=action_dim, low=bounds[0], high=bounds[1])

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audit.cli import main
-from audit.report import MARKDOWN_FILENAME, PLOT_FILENAMES, load_report
-from audit.runner import AuditSettings, AuditTarget, audit_policy
-from export.artifact import read_audit_verdict
+from safepolicy.audit.cli import main
+from safepolicy.audit.report import MARKDOWN_FILENAME, PLOT_FILENAMES, load_report
+from safepolicy.audit.runner import AuditSettings, AuditTarget, audit_policy
+from safepolicy.export.artifact import read_audit_verdict
 
 
 def give_bullet_real_streams() -> None:
@@ -33,10 +33,10 @@ def export_untrained(repo: Path, task: str, name: str, cost_limit: float = 10.0)
     """An untrained SquashedGaussianActor for ``task`` through the real exporter."""
     import torch
 
-    from export.onnx_export import export_actor
+    from safepolicy.export.onnx_export import export_actor
     from safepolicy.tasks import get_task, make_env
-    from training.checkpoint import ActorMetadata
-    from training.networks import SquashedGaussianActor
+    from safepolicy.training.checkpoint import ActorMetadata
+    from safepolicy.training.networks import SquashedGaussianActor
 
     env = make_env(task)
     obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]
@@ -92,7 +92,7 @@ def test_audit_exported_policy_in_ballrun(ballrun_policy: Path, tmp_path: Path,
 
 
 def scripted_target(task: str, action: float, cost_limit: float) -> AuditTarget:
-    from audit.report import PolicySource
+    from safepolicy.audit.report import PolicySource
     from safepolicy.tasks import make_env
 
     env = make_env(task)
@@ -179,7 +179,7 @@ def test_missing_artifact_and_bad_reports(tmp_path: Path,
 
 def test_unreachable_server_is_a_clear_error(tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
-    from server.testing import free_port
+    from safepolicy.server.testing import free_port
 
     address = f"127.0.0.1:{free_port()}"
     assert main(["--server", address, "--name", "ballrun", "--episodes", "2",

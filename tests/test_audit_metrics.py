@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from audit.cli import main
-from audit.metrics import PushError, push_report
-from audit.report import load_report
-from audit.runner import AuditSettings
-from server.testing import free_port
+from safepolicy.audit.cli import main
+from safepolicy.audit.metrics import PushError, push_report
+from safepolicy.audit.report import load_report
+from safepolicy.audit.runner import AuditSettings
+from safepolicy.server.testing import free_port
 
 
 def give_bullet_real_streams() -> None:
@@ -119,7 +119,7 @@ def test_unreachable_pushgateway_is_a_clear_error(ballrun_repo: Path, tmp_path: 
 
 def test_watch_audits_the_latest_versions_and_serves_metrics(ballrun_repo: Path,
                                                              tmp_path: Path) -> None:
-    from audit.watch import watch
+    from safepolicy.audit.watch import watch
 
     (ballrun_repo / "broken" / "1").mkdir(parents=True)  # a version without an artifact
     port = free_port()

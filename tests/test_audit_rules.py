@@ -59,8 +59,8 @@ def test_prometheusrule_has_the_same_rules() -> None:
 
 
 def test_rules_use_only_exported_metric_names() -> None:
-    from audit import metrics
-    from server.metrics import ServerMetrics
+    from safepolicy.audit import metrics
+    from safepolicy.server.metrics import ServerMetrics
 
     documented = metrics.__doc__ or ""
     server_metrics = ServerMetrics()

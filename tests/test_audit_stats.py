@@ -1,4 +1,5 @@
-"""audit.stats: exact answers on small cases, coverage of the bootstrap on simulated costs."""
+"""safepolicy.audit.stats: exact answers on small cases, coverage of the bootstrap on simulated
+costs."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from audit import stats
+from safepolicy.audit import stats
 
 
 def test_cvar_on_hand_cases() -> None:

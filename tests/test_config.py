@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from test_training_runs import SMALL, ballrun_dataset  # noqa: F401
 
-from training.cli import main
-from training.config import ConfigError, RunConfig, set_field
+from safepolicy.training.cli import main
+from safepolicy.training.config import ConfigError, RunConfig, set_field
 
 
 def train_cli(dataset: Path, out: Path, *extra: str, task: str = "BallRun",

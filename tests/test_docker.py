@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from test_packaging import TRAINING_ONLY, act_through
 
-from server.testing import make_policy
+from safepolicy.server.testing import make_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.diffusion import DiffusionBehaviourModel, VPSchedule, noise_prediction_loss
-from training.gradients import (
+from safepolicy.training.diffusion import DiffusionBehaviourModel, VPSchedule, noise_prediction_loss
+from safepolicy.training.gradients import (
     SafeStep,
     SlackBands,
     assign_flat_gradient,

@@ -23,8 +23,9 @@ from export_fixtures import (
     observations_around,
 )
 
-from export import onnx_export
-from export.artifact import (
+from safepolicy.datasets import Dataset, write_dataset
+from safepolicy.export import onnx_export
+from safepolicy.export.artifact import (
     AUDIT_FILENAME,
     METADATA_FILENAME,
     ONNX_FILENAME,
@@ -37,11 +38,10 @@ from export.artifact import (
     read_audit_verdict,
     write_audit_verdict,
 )
-from export.cli import main as export_main
-from export.onnx_export import ExportError, export_actor, export_run
-from export.repository import ModelRepository, RepositoryError
-from safepolicy.datasets import Dataset, write_dataset
-from training.networks import SquashedGaussianActor
+from safepolicy.export.cli import main as export_main
+from safepolicy.export.onnx_export import ExportError, export_actor, export_run
+from safepolicy.export.repository import ModelRepository, RepositoryError
+from safepolicy.training.networks import SquashedGaussianActor
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -442,7 +442,8 @@ def test_cli_exports_and_reports_errors(tmp_path, capsys):
 def test_python_dash_m_export_runs(tmp_path):
     run = make_run(tmp_path / "run")
     result = subprocess.run(
-        [sys.executable, "-m", "export", "--run", str(run), "--repo", str(tmp_path / "repo"),
+        [sys.executable, "-m", "safepolicy.export", "--run", str(run), "--repo",
+         str(tmp_path / "repo"),
          "--name", "p", "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(tmp_path / "repo" / "p" / "1")

@@ -8,8 +8,8 @@ import time
 
 from export_fixtures import export_test_policy
 
-from export.onnx_export import STALE_STAGING_S
-from export.repository import TEMP_PREFIX, ModelRepository
+from safepolicy.export.onnx_export import STALE_STAGING_S
+from safepolicy.export.repository import TEMP_PREFIX, ModelRepository
 
 
 def test_next_export_removes_stale_staging_and_keeps_fresh_staging(tmp_path):

@@ -16,8 +16,8 @@ from export_fixtures import export_test_policy
 
 from safepolicy.datasets import Dataset, write_dataset
 from safepolicy.fileio import atomic_write_text
-from server import policies
-from server.policies import PolicyStore
+from safepolicy.server import policies
+from safepolicy.server.policies import PolicyStore
 
 NOBODY = 65534
 

@@ -180,7 +180,7 @@ def test_kserve_runtime_container_is_checked_against_the_container_schema(
 
 def test_server_deployment_probes_security_and_volumes(
         rendered: dict[str, list[dict[str, Any]]]) -> None:
-    from server.app import LIVENESS_SERVICE
+    from safepolicy.server.app import LIVENESS_SERVICE
 
     deployment = by_kind(rendered["overlays/cpu"], "Deployment", "safepolicy-server")
     pod = deployment["spec"]["template"]["spec"]
@@ -245,8 +245,8 @@ def test_the_probed_health_services_exist_on_the_server(tmp_path: Path) -> None:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from server.app import LIVENESS_SERVICE, ServerThread
-    from server.settings import ServerSettings
+    from safepolicy.server.app import LIVENESS_SERVICE, ServerThread
+    from safepolicy.server.settings import ServerSettings
 
     values: dict[str, Any] = {"repo": tmp_path, "host": "127.0.0.1", "port": 0,
                               "metrics_port": None, "poll_interval_s": 0, "grace_s": 1}

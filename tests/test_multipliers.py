@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from training.multipliers import (
+from safepolicy.training.multipliers import (
     DualAscent,
     Exp3Multiplier,
     FixedMultiplier,

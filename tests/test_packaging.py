@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.client import PolicyClient
-from server.testing import make_policy
+from safepolicy.server.client import PolicyClient
+from safepolicy.server.testing import make_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAINING_ONLY = ("torch", "gymnasium", "gym", "safety_gymnasium", "bullet_safety_gym", "dsrl",
@@ -48,7 +48,7 @@ BLOCKING_SERVER = textwrap.dedent("""
             return None
 
     sys.meta_path.insert(0, Refuse())
-    from server.cli import main
+    from safepolicy.server.cli import main
     sys.exit(main(sys.argv[2:]))
 """)
 

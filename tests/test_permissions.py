@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from export_fixtures import export_test_policy
 
-from server.policies import PolicyStore
+from safepolicy.server.policies import PolicyStore
 
 NOBODY = 65534
 

@@ -10,17 +10,17 @@ from typing import Any
 
 import pytest
 
-from server.app import ServerThread
-from server.client import PolicyClient
-from server.providers import (
+from safepolicy.server.app import ServerThread
+from safepolicy.server.client import PolicyClient
+from safepolicy.server.providers import (
     CPU,
     CUDA,
     ProviderError,
     primary_provider,
     resolve_providers,
 )
-from server.settings import ServerSettings, SettingsError
-from server.testing import make_policy
+from safepolicy.server.settings import ServerSettings, SettingsError
+from safepolicy.server.testing import make_policy
 
 
 def test_auto_picks_cuda_when_the_build_has_it_and_cpu_otherwise() -> None:
@@ -66,7 +66,7 @@ def test_server_reports_its_providers_in_get_policy_and_metrics(tmp_path: Path) 
 def test_an_unavailable_provider_stops_serve_with_a_clear_message(tmp_path: Path) -> None:
     make_policy(tmp_path / "repo", "ballrun", 1, seed=1)
     result = subprocess.run(
-        [sys.executable, "-m", "server", "--repo", str(tmp_path / "repo"), "--port", "0",
+        [sys.executable, "-m", "safepolicy.server", "--repo", str(tmp_path / "repo"), "--port", "0",
          "--metrics-port", "0", "--onnx-providers", "NoSuchExecutionProvider"],
         capture_output=True, text=True, timeout=60)
     assert result.returncode == 1

@@ -11,8 +11,8 @@ from training_toys import speed_cost_dataset, toy_context
 
 from safepolicy.rollout import EpisodeRecord, rollout_episodes
 from safepolicy.tasks import get_task
-from training.networks import SquashedGaussianActor
-from training.replay import EnvironmentCollector, MixedSampler, ReplayBuffer
+from safepolicy.training.networks import SquashedGaussianActor
+from safepolicy.training.replay import EnvironmentCollector, MixedSampler, ReplayBuffer
 
 
 def filled_replay(capacity: int, rows: int) -> ReplayBuffer:

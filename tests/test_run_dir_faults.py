@@ -11,7 +11,7 @@ import pytest
 from test_stages import toy_registered, toy_request  # noqa: F401
 from test_training_runs import ballrun_dataset  # noqa: F401
 
-from training.loop import ScalarLog, TrainingError, train
+from safepolicy.training.loop import ScalarLog, TrainingError, train
 
 
 def test_resume_without_a_checkpoint_is_refused_not_restarted(

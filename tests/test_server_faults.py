@@ -12,13 +12,13 @@ import grpc
 import numpy as np
 import pytest
 
-from server._generated import grpc_predict_v2_pb2 as oip
-from server._generated import policy_pb2
-from server.app import ServerThread
-from server.client import PolicyClient, act_request
-from server.errors import MAX_MESSAGE_CHARS, clip_message
-from server.settings import ServerSettings
-from server.testing import make_policy, observations
+from safepolicy.server._generated import grpc_predict_v2_pb2 as oip
+from safepolicy.server._generated import policy_pb2
+from safepolicy.server.app import ServerThread
+from safepolicy.server.client import PolicyClient, act_request
+from safepolicy.server.errors import MAX_MESSAGE_CHARS, clip_message
+from safepolicy.server.settings import ServerSettings
+from safepolicy.server.testing import make_policy, observations
 
 OBS_DIM = 8
 

@@ -14,8 +14,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.client import PolicyClient
-from server.testing import free_port, make_policy, observations
+from safepolicy.server.client import PolicyClient
+from safepolicy.server.testing import free_port, make_policy, observations
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,7 +47,7 @@ def test_sigterm_serves_through_the_drain_delay_then_refuses_and_exits_when_drai
     target = f"127.0.0.1:{port}"
     grace, drain_delay = 20.0, 1.0
     process = subprocess.Popen(
-        [sys.executable, "-m", "server", "--repo", str(repo), "--host", "127.0.0.1",
+        [sys.executable, "-m", "safepolicy.server", "--repo", str(repo), "--host", "127.0.0.1",
          "--port", str(port), "--metrics-port", "0", "--poll-interval-s", "0",
          "--grace-s", str(grace), "--drain-delay-s", str(drain_delay), "--log-level",
          "WARNING"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -113,7 +113,8 @@ def test_sigterm_serves_through_the_drain_delay_then_refuses_and_exits_when_drai
 
 @pytest.mark.parametrize("flag", [["--workers", "2", "--port", "0"], ["--port", "-1"]])
 def test_serve_rejects_impossible_settings(tmp_path: Path, flag: list[str]) -> None:
-    result = subprocess.run([sys.executable, "-m", "server", "--repo", str(tmp_path), *flag],
+    result = subprocess.run([sys.executable, "-m", "safepolicy.server", "--repo", str(tmp_path),
+                             *flag],
                             cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "invalid settings" in result.stderr

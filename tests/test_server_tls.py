@@ -17,10 +17,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from server.app import ServerThread
-from server.client import PolicyClient
-from server.settings import ServerSettings
-from server.testing import make_policy, observations
+from safepolicy.server.app import ServerThread
+from safepolicy.server.client import PolicyClient
+from safepolicy.server.settings import ServerSettings
+from safepolicy.server.testing import make_policy, observations
 
 OPENSSL = shutil.which("openssl")
 pytestmark = pytest.mark.skipif(

@@ -16,12 +16,12 @@ import grpc
 import numpy as np
 import pytest
 
-from export.artifact import load_policy
-from server._generated import grpc_predict_v2_pb2 as pb
-from server._generated import grpc_predict_v2_pb2_grpc
-from server.app import ServerThread
-from server.settings import ServerSettings
-from server.testing import make_policy, observations
+from safepolicy.export.artifact import load_policy
+from safepolicy.server._generated import grpc_predict_v2_pb2 as pb
+from safepolicy.server._generated import grpc_predict_v2_pb2_grpc
+from safepolicy.server.app import ServerThread
+from safepolicy.server.settings import ServerSettings
+from safepolicy.server.testing import make_policy, observations
 
 TRITON_SCRIPT = r"""
 import json, sys

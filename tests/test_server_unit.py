@@ -12,11 +12,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from server import errors
-from server.cli import build_parser, settings_from
-from server.outcomes import OutcomeTracker
-from server.protogen import GENERATED, generate
-from server.settings import ServerSettings
+from safepolicy.server import errors
+from safepolicy.server.cli import build_parser, settings_from
+from safepolicy.server.outcomes import OutcomeTracker
+from safepolicy.server.protogen import GENERATED, generate
+from safepolicy.server.settings import ServerSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,11 +58,12 @@ def test_generated_code_is_reproducible(tmp_path: Path) -> None:
     written = generate(tmp_path / "generated")
     names = sorted(path.name for path in written)
     committed = sorted(path.name for path in GENERATED.iterdir() if path.is_file())
-    assert names == committed, "server/_generated/ is stale: run `python -m server.protogen`"
+    assert names == committed, (
+        "server/_generated/ is stale: run `python -m safepolicy.server.protogen`")
     _match, mismatch, error = filecmp.cmpfiles(tmp_path / "generated", GENERATED, names,
                                               shallow=False)
     assert mismatch == [] and error == [], (
-        f"{mismatch + error} differ from protos/: run `python -m server.protogen`")
+        f"{mismatch + error} differ from protos/: run `python -m safepolicy.server.protogen`")
 
 
 def test_server_import_path_has_no_torch_and_no_gyms() -> None:

@@ -9,8 +9,8 @@ import pytest
 import torch
 from test_training_runs import actor_output, ballrun_dataset, request  # noqa: F401
 
-from training import registry
-from training.loop import ScalarLog, TrainingError, train
+from safepolicy.training import registry
+from safepolicy.training.loop import ScalarLog, TrainingError, train
 
 TOY = "toy-two-stage"
 
@@ -39,7 +39,7 @@ def test_every_registered_algorithm_builds_and_names_itself() -> None:
 
 
 def registry_run_config():  # type: ignore[no-untyped-def]
-    from training.config import RunConfig
+    from safepolicy.training.config import RunConfig
 
     return RunConfig(steps=5)
 

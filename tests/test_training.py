@@ -9,11 +9,16 @@ import pytest
 import torch
 from training_toys import episode_cost_of, speed_cost_dataset, toy_context
 
-from training.algorithms.base import lagrangian_reward, per_step_budget
-from training.algorithms.o3srl import O3SRL, O3SRLConfig
-from training.algorithms.td3bc import TD3BCConfig, TD3BCOracle
-from training.multipliers import Exp3, exp3_learning_rate, lagrange_player_loss, lambda_arms
-from training.networks import CriticEnsemble, SquashedGaussianActor
+from safepolicy.training.algorithms.base import lagrangian_reward, per_step_budget
+from safepolicy.training.algorithms.o3srl import O3SRL, O3SRLConfig
+from safepolicy.training.algorithms.td3bc import TD3BCConfig, TD3BCOracle
+from safepolicy.training.multipliers import (
+    Exp3,
+    exp3_learning_rate,
+    lagrange_player_loss,
+    lambda_arms,
+)
+from safepolicy.training.networks import CriticEnsemble, SquashedGaussianActor
 
 ARM_MEAN_LOSSES = np.array([0.8, 0.6, 0.5, 0.35, 0.2])  # arm 4 is best
 
@@ -150,8 +155,8 @@ def test_o3srl_keeps_the_cost_limit_where_the_unconstrained_oracle_does_not() ->
 
 
 def test_iql_oracle_learns_and_o3srl_runs_on_it() -> None:
-    from training.algorithms.iql import IQLConfig, IQLOracle
-    from training.losses import expectile_loss
+    from safepolicy.training.algorithms.iql import IQLConfig, IQLOracle
+    from safepolicy.training.losses import expectile_loss
 
     differences = torch.tensor([1.0, -1.0])
     assert expectile_loss(differences, 0.7) == pytest.approx((0.7 + 0.3) / 2)
@@ -168,7 +173,7 @@ def test_iql_oracle_learns_and_o3srl_runs_on_it() -> None:
 def test_actor_checkpoint_with_a_path_in_its_config_loads(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from pathlib import Path
 
-    from training.checkpoint import ActorMetadata, load_actor, save_actor
+    from safepolicy.training.checkpoint import ActorMetadata, load_actor, save_actor
 
     actor = SquashedGaussianActor(3, 1, [8])
     metadata = ActorMetadata(task="BallRun", env_id="SafetyBallRun-v0", algorithm="bc-safe",

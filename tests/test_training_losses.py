@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.losses import (
+from safepolicy.training.losses import (
     awr_weights,
     ensemble_mse,
     expectile_loss,

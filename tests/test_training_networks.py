@@ -7,10 +7,10 @@ import torch
 from torch import nn
 from training_toys import speed_cost_dataset, toy_context
 
-from training.algorithms.base import adam, component_states, load_component_states
-from training.config import ConfigError, RunConfig, set_field
-from training.losses import td_targets
-from training.networks import CriticEnsemble, ObservationNormalizer
+from safepolicy.training.algorithms.base import adam, component_states, load_component_states
+from safepolicy.training.config import ConfigError, RunConfig, set_field
+from safepolicy.training.losses import td_targets
+from safepolicy.training.networks import CriticEnsemble, ObservationNormalizer
 
 
 def test_unequal_critic_groups_share_one_fused_ensemble() -> None:

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from safepolicy.collect import main as collect_main
-from training.checkpoint import load_actor
-from training.loop import ScalarLog, TrainingError, TrainRequest, train
+from safepolicy.training.checkpoint import load_actor
+from safepolicy.training.loop import ScalarLog, TrainingError, TrainRequest, train
 
 SMALL = {"run.hidden_sizes": "32,32", "run.batch_size": "64", "run.eval_episodes": "0",
          "run.checkpoint_every": "20", "run.log_every": "10"}

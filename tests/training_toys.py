@@ -10,13 +10,13 @@ from pydantic import Field
 from torch.nn import functional as F
 
 from safepolicy.datasets import Dataset
-from training.algorithms.base import Logs, TrainingContext, adam
-from training.algorithms.td3bc import TD3BCConfig, TD3BCOracle
-from training.config import Config, param
-from training.data import OfflineBuffer
-from training.multipliers import FixedMultiplier
-from training.networks import SquashedGaussianActor
-from training.registry import AlgorithmSpec, Stage
+from safepolicy.training.algorithms.base import Logs, TrainingContext, adam
+from safepolicy.training.algorithms.td3bc import TD3BCConfig, TD3BCOracle
+from safepolicy.training.config import Config, param
+from safepolicy.training.data import OfflineBuffer
+from safepolicy.training.multipliers import FixedMultiplier
+from safepolicy.training.networks import SquashedGaussianActor
+from safepolicy.training.registry import AlgorithmSpec, Stage
 
 TOY_EPISODE_LENGTH = 10
 

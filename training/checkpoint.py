@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from safepolicy.fileio import atomic_write
-from training.networks import SquashedGaussianActor
+from safepolicy.training.networks import SquashedGaussianActor
 
 ACTOR_FORMAT = "safepolicy.actor/v1"
 ACTOR_FILENAME = "actor.pt"

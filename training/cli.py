@@ -8,9 +8,9 @@ from pathlib import Path
 
 from safepolicy.datasets import DatasetError
 from safepolicy.tasks import UnknownTaskError
-from training.checkpoint import CheckpointError
-from training.config import ConfigError, RunConfig, describe
-from training.registry import algorithm_names, algorithm_spec
+from safepolicy.training.checkpoint import CheckpointError
+from safepolicy.training.config import ConfigError, RunConfig, describe
+from safepolicy.training.registry import algorithm_names, algorithm_spec
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,7 +58,7 @@ def print_config(algorithm: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``safepolicy train`` and ``python -m training``."""
+    """Entry point of ``safepolicy train`` and ``python -m safepolicy.training``."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.print_config:
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--reuse-stage expects STAGE=RUN_DIR, got {item!r}")
         reuse_stages[name.strip()] = Path(value.strip())
 
-    from training.loop import TrainingError, TrainRequest, train
+    from safepolicy.training.loop import TrainingError, TrainRequest, train
 
     request = TrainRequest(
         algorithm=args.algorithm, task=args.task, dataset=args.dataset,

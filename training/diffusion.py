@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from training.networks import mlp
+from safepolicy.training.networks import mlp
 
 
 @dataclass(frozen=True)

@@ -42,17 +42,17 @@ from tqdm import tqdm
 from safepolicy.datasets import Dataset, load_dataset
 from safepolicy.fileio import atomic_write_text
 from safepolicy.tasks import TaskSpec, get_task
-from training.algorithms.base import Algorithm, Logs, TrainingContext
-from training.checkpoint import (
+from safepolicy.training.algorithms.base import Algorithm, Logs, TrainingContext
+from safepolicy.training.checkpoint import (
     ActorMetadata,
     atomic_torch_save,
     code_version,
     file_sha256,
     save_actor,
 )
-from training.config import Config, ConfigError, RunConfig, differing_keys, set_field
-from training.networks import SquashedGaussianActor
-from training.registry import (
+from safepolicy.training.config import Config, ConfigError, RunConfig, differing_keys, set_field
+from safepolicy.training.networks import SquashedGaussianActor
+from safepolicy.training.registry import (
     AlgorithmSpec,
     Stage,
     UnknownAlgorithmError,
@@ -276,7 +276,7 @@ def build_context(dataset: Dataset, spec: TaskSpec, run_config: RunConfig, cost_
                   ) -> TrainingContext:
     """The problem an algorithm is given: ``dataset`` (checked against ``spec``'s env) on
     ``device``, with the run's sizes and a minibatch generator seeded with ``seed``."""
-    from training.data import OfflineBuffer
+    from safepolicy.training.data import OfflineBuffer
 
     action_low, action_high = check_dataset_matches_task(dataset, spec)
     buffer = OfflineBuffer(dataset, np.asarray(action_low), np.asarray(action_high), device,

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch.nn import functional as F
 
-from training.networks import squashed_gaussian_log_prob
+from safepolicy.training.networks import squashed_gaussian_log_prob
 
 REDUCTIONS = ("min", "max", "mean")
 

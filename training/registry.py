@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from training.algorithms.base import Algorithm, TrainingContext
-    from training.config import Config, RunConfig
+    from safepolicy.training.algorithms.base import Algorithm, TrainingContext
+    from safepolicy.training.config import Config, RunConfig
 
 REGISTRY: dict[str, str] = {
-    "o3srl": "training.algorithms.o3srl:SPEC",
-    "td3bc-lag": "training.algorithms.baselines:TD3BC_LAG_SPEC",
-    "bc-safe": "training.algorithms.baselines:BC_SAFE_SPEC",
+    "o3srl": "safepolicy.training.algorithms.o3srl:SPEC",
+    "td3bc-lag": "safepolicy.training.algorithms.baselines:TD3BC_LAG_SPEC",
+    "bc-safe": "safepolicy.training.algorithms.baselines:BC_SAFE_SPEC",
 }
 
 

@@ -25,8 +25,8 @@ import torch
 
 from safepolicy.rollout import EpisodeRecord, finished_episodes, make_vector_env, step_costs
 from safepolicy.tasks import TaskSpec
-from training.data import Batch, OfflineBuffer
-from training.networks import SquashedGaussianActor
+from safepolicy.training.data import Batch, OfflineBuffer
+from safepolicy.training.networks import SquashedGaussianActor
 
 KEYS = ("observations", "actions", "rewards", "costs", "next_observations", "dones")
 

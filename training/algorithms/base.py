@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from safepolicy.datasets import Dataset
-from training.data import OfflineBuffer
-from training.networks import (
+from safepolicy.training.data import OfflineBuffer
+from safepolicy.training.networks import (
     CriticEnsemble,
     ObservationNormalizer,
     SquashedGaussianActor,

@@ -14,14 +14,14 @@ import torch
 from pydantic import Field
 from torch.nn import functional as F
 
-from training.algorithms.base import TrainingContext, adam
-from training.algorithms.td3bc import TD3BCConfig, TD3BCOracle
-from training.config import Config, param
-from training.data import episode_rows_within_cost
-from training.losses import log_std_loss
-from training.multipliers import FixedMultiplier
-from training.networks import SquashedGaussianActor
-from training.registry import AlgorithmSpec
+from safepolicy.training.algorithms.base import TrainingContext, adam
+from safepolicy.training.algorithms.td3bc import TD3BCConfig, TD3BCOracle
+from safepolicy.training.config import Config, param
+from safepolicy.training.data import episode_rows_within_cost
+from safepolicy.training.losses import log_std_loss
+from safepolicy.training.multipliers import FixedMultiplier
+from safepolicy.training.networks import SquashedGaussianActor
+from safepolicy.training.registry import AlgorithmSpec
 
 
 class TD3BCLagConfig(Config):

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from training.algorithms.base import (
+from safepolicy.training.algorithms.base import (
     TrainingContext,
     adam,
     component_states,
@@ -25,9 +25,9 @@ from training.algorithms.base import (
     per_step_budget,
     soft_update,
 )
-from training.config import Config, param
-from training.data import Batch
-from training.losses import (
+from safepolicy.training.config import Config, param
+from safepolicy.training.data import Batch
+from safepolicy.training.losses import (
     awr_weights,
     ensemble_mse,
     expectile_loss,

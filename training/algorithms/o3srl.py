@@ -55,13 +55,13 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from training.algorithms.base import TrainingContext
-from training.algorithms.iql import IQLConfig, IQLOracle
-from training.algorithms.td3bc import TD3BCConfig, TD3BCOracle
-from training.config import Config, param
-from training.multipliers import Exp3Multiplier, lambda_arms
-from training.networks import SquashedGaussianActor
-from training.registry import AlgorithmSpec
+from safepolicy.training.algorithms.base import TrainingContext
+from safepolicy.training.algorithms.iql import IQLConfig, IQLOracle
+from safepolicy.training.algorithms.td3bc import TD3BCConfig, TD3BCOracle
+from safepolicy.training.config import Config, param
+from safepolicy.training.multipliers import Exp3Multiplier, lambda_arms
+from safepolicy.training.networks import SquashedGaussianActor
+from safepolicy.training.registry import AlgorithmSpec
 
 
 class O3SRLConfig(Config):

@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from training.algorithms.base import (
+from safepolicy.training.algorithms.base import (
     TrainingContext,
     adam,
     component_states,
@@ -46,10 +46,10 @@ from training.algorithms.base import (
     per_step_budget,
     soft_update,
 )
-from training.config import Config, param
-from training.data import Batch
-from training.losses import ensemble_mse, log_std_loss, td3bc_actor_loss, td_targets
-from training.networks import SquashedGaussianActor
+from safepolicy.training.config import Config, param
+from safepolicy.training.data import Batch
+from safepolicy.training.losses import ensemble_mse, log_std_loss, td3bc_actor_loss, td_targets
+from safepolicy.training.networks import SquashedGaussianActor
 
 
 class TD3BCConfig(Config):
