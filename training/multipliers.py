@@ -16,6 +16,8 @@ or a cost value Q_c against the budget in value units); each class says what it 
   the integral I <- [I + K_i e]_+. Gains are attributes, and ``control`` is the one place
   the law is applied, so an adaptive PID can change the gains between updates (subclass and
   override ``update``) or call ``control`` with errors of its own.
+- ``AdaptivePIDMultiplier`` (alias ``AdaptivePID``): Marvel's aPID, a PID on smoothed signals
+  whose gains adapt from a buffer of smoothed costs (departures in its docstring).
 """
 
 from __future__ import annotations
