@@ -16,6 +16,8 @@ or a cost value Q_c against the budget in value units); each class says what it 
   the integral I <- [I + K_i e]_+. Gains are attributes, and ``control`` is the one place
   the law is applied, so an adaptive PID can change the gains between updates (subclass and
   override ``update``) or call ``control`` with errors of its own.
+- ``AdaptivePIDMultiplier`` (alias ``AdaptivePID``): Marvel's aPID, a PID on smoothed signals
+  whose gains adapt from a buffer of smoothed costs (departures in its docstring).
 """
 
 from __future__ import annotations
@@ -263,3 +265,121 @@ class Exp3Multiplier:
         """Restore what ``state_dict`` saved."""
         self.bandit.load_state_dict(state["bandit"])
         self.arm = int(state["arm"])
+
+
+class AdaptivePIDMultiplier(PIDMultiplier):
+    """Marvel's aPID (Chen et al., seed 002, Section 3.2 and Appendix F).
+
+    Position form: lambda = [K_p e_bar + I + K_d D]_+ with the raw violation e = J_c - d, its
+    EMA e_bar (factor ``smoothing``), the anti-windup integral I <- [I + K_i e]_+, and the
+    lagged derivative D = [c_bar_t - c_bar_{t - delay}]_+ of the EMA-smoothed cost c_bar.
+    Before each law the gains adapt from the buffer of the last ``delay`` smoothed costs, with
+    mean m and std s: over the limit K_p, K_i grow by 1 + eta (m - d) / m, under it they
+    shrink by 1 - eta (d - m) / m; K_d grows by 1 + eta_d s / m; each gain is clamped to
+    [``gain_floor``, ``gain_ceiling``] times its initial value.
+
+    Departures from the paper, and why:
+    - The EMAs start at the first measurement instead of 0, so the first updates are not
+      biased towards zero violation (the paper does not say how they start).
+    - m in the adaptation is floored at ``min_mean_cost`` (default 1e-6): the paper divides
+      by m, which is undefined when the smoothed cost is 0 (a common value for safe policies).
+    - The derivative is clipped at 0 as in Stooke et al.'s PID (the paper's Eq. 12 does not
+      show the clip); before ``delay`` updates exist it uses the oldest smoothed cost held.
+    - Gains adapt once the buffer holds at least 2 smoothed costs (s needs two values).
+    """
+
+    def __init__(self, gains: PIDGains, max_value: float = math.inf,
+                 initial_integral: float = 0.0, smoothing: float = 0.9, delay: int = 10,
+                 proportional_rate: float = 0.05, integral_rate: float = 0.05,
+                 derivative_rate: float = 0.05, gain_floor: float = 0.1,
+                 gain_ceiling: float = 10.0, min_mean_cost: float = 1e-6) -> None:
+        super().__init__(gains, max_value=max_value, initial_integral=initial_integral)
+        if not 0.0 <= smoothing < 1.0:
+            raise ValueError(f"aPID smoothing must lie in [0, 1), got {smoothing}")
+        if delay < 1:
+            raise ValueError(f"aPID delay must be >= 1 update, got {delay}")
+        if min(proportional_rate, integral_rate, derivative_rate) < 0.0:
+            raise ValueError("aPID adaptation rates must be >= 0")
+        if not 0.0 < gain_floor <= 1.0 <= gain_ceiling:
+            raise ValueError(f"aPID gain clamps need 0 < floor <= 1 <= ceiling, got "
+                             f"[{gain_floor}, {gain_ceiling}]")
+        self.initial_gains = PIDGains(gains.proportional, gains.integral, gains.derivative)
+        self.gains = PIDGains(gains.proportional, gains.integral, gains.derivative)
+        self.smoothing = smoothing
+        self.delay = delay
+        self.proportional_rate = proportional_rate
+        self.integral_rate = integral_rate
+        self.derivative_rate = derivative_rate
+        self.gain_floor = gain_floor
+        self.gain_ceiling = gain_ceiling
+        self.min_mean_cost = min_mean_cost
+        self.smoothed_violation: float | None = None
+        self.smoothed_cost: float | None = None
+        self.smoothed_costs: list[float] = []  # the last delay + 1 smoothed costs, oldest first
+
+    def _clamp(self, gain: float, initial: float) -> float:
+        return min(max(gain, self.gain_floor * initial), self.gain_ceiling * initial)
+
+    def adapt_gains(self, cost_limit: float) -> None:
+        """Scale the gains from the mean and std of the buffered smoothed costs, then clamp."""
+        window = np.asarray(self.smoothed_costs[-self.delay:])
+        if len(window) < 2:
+            return
+        mean = max(float(window.mean()), self.min_mean_cost)
+        spread = float(window.std())
+        if mean > cost_limit:
+            pi_factor_p = 1.0 + self.proportional_rate * (mean - cost_limit) / mean
+            pi_factor_i = 1.0 + self.integral_rate * (mean - cost_limit) / mean
+        else:
+            pi_factor_p = 1.0 - self.proportional_rate * (cost_limit - mean) / mean
+            pi_factor_i = 1.0 - self.integral_rate * (cost_limit - mean) / mean
+        d_factor = 1.0 + self.derivative_rate * spread / mean
+        initial = self.initial_gains
+        self.gains = PIDGains(
+            self._clamp(self.gains.proportional * pi_factor_p, initial.proportional),
+            self._clamp(self.gains.integral * pi_factor_i, initial.integral),
+            self._clamp(self.gains.derivative * d_factor, initial.derivative))
+
+    def update(self, measured_cost: float, cost_limit: float) -> dict[str, float]:
+        """Smooth, buffer, adapt the gains, then apply the position-form law."""
+        violation = measured_cost - cost_limit
+        a = self.smoothing
+        self.smoothed_violation = violation if self.smoothed_violation is None else (
+            a * self.smoothed_violation + (1.0 - a) * violation)
+        self.smoothed_cost = measured_cost if self.smoothed_cost is None else (
+            a * self.smoothed_cost + (1.0 - a) * measured_cost)
+        self.smoothed_costs = [*self.smoothed_costs, self.smoothed_cost][-(self.delay + 1):]
+        self.previous_cost = measured_cost
+        self.adapt_gains(cost_limit)
+        self.integral = max(0.0, self.integral + self.gains.integral * violation)
+        lagged_rise = max(0.0, self.smoothed_cost - self.smoothed_costs[0])
+        raw = (self.gains.proportional * self.smoothed_violation + self.integral
+               + self.gains.derivative * lagged_rise)
+        self._value = min(max(raw, 0.0), self.max_value)
+        return {"multiplier/lambda": self._value, "multiplier/integral": self.integral,
+                "multiplier/kp": self.gains.proportional, "multiplier/ki": self.gains.integral,
+                "multiplier/kd": self.gains.derivative,
+                "multiplier/smoothed_cost": self.smoothed_cost}
+
+    def state_dict(self) -> dict[str, Any]:
+        """PID state plus the EMAs, the smoothed-cost buffer and the adapted gains."""
+        state = super().state_dict()
+        state.update({"smoothed_violation": self.smoothed_violation,
+                      "smoothed_cost": self.smoothed_cost,
+                      "smoothed_costs": list(self.smoothed_costs),
+                      "initial_gains": [self.initial_gains.proportional,
+                                        self.initial_gains.integral,
+                                        self.initial_gains.derivative]})
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` saved."""
+        super().load_state_dict(state)
+        for name in ("smoothed_violation", "smoothed_cost"):
+            saved = state[name]
+            setattr(self, name, None if saved is None else float(saved))
+        self.smoothed_costs = [float(c) for c in state["smoothed_costs"]]
+        self.initial_gains = PIDGains(*(float(g) for g in state["initial_gains"]))
+
+
+AdaptivePID = AdaptivePIDMultiplier  # the name issue 12 uses
