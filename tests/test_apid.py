@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from training.multipliers import AdaptivePIDMultiplier, PIDGains, PIDMultiplier
+from safepolicy.training.multipliers import AdaptivePIDMultiplier, PIDGains, PIDMultiplier
 
 LIMIT = 20.0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.vae import ConditionalVAE, elbo_loss, gaussian_kl_to_standard_normal
+from safepolicy.training.vae import ConditionalVAE, elbo_loss, gaussian_kl_to_standard_normal
 
 
 def toy_data(count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
