@@ -4,9 +4,7 @@ served by another; one unreadable version does not stop the rest of the reposito
 from __future__ import annotations
 
 import os
-import shutil
 import stat
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +16,6 @@ from safepolicy.datasets import Dataset, write_dataset
 from safepolicy.fileio import atomic_write_text
 from safepolicy.server import policies
 from safepolicy.server.policies import PolicyStore
-
-NOBODY = 65534
 
 
 def _mode(path: Path) -> int:
@@ -74,37 +70,6 @@ def test_export_and_dataset_get_0644_and_0755_under_the_default_umask(tmp_path, 
               "timeouts": np.array([0, 1, 0, 1], np.float32)}
     dataset_path = write_dataset(tmp_path / "d.hdf5", Dataset(**arrays, attrs={}))
     assert _mode(dataset_path) == 0o644
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a reader as another uid")
-def test_a_repository_written_by_root_is_served_by_another_uid(umask_022):
-    # pytest's own tmp_path sits under a 0700 directory; this one is reachable by nobody
-    base = Path(tempfile.mkdtemp(prefix="safepolicy-uid-"))
-    base.chmod(0o755)
-    repo = base / "repo"
-    export_test_policy(repo, name="alpha")
-    # a forked child that drops to nobody reads the repository (the interpreter under
-    # /root is not executable by nobody, so no new process is started)
-    read_end, write_end = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - runs in the child
-        try:
-            os.close(read_end)
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            report = PolicyStore(repo).reload()
-            os.write(write_end, f"{report.loaded} {[f[2] for f in report.failed]}".encode())
-        except BaseException as error:
-            os.write(write_end, repr(error).encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end) as pipe:
-        answer = pipe.read()
-    os.waitpid(child, 0)
-    shutil.rmtree(base)
-    assert answer == "['alpha/1'] []"
 
 
 def test_one_unreadable_version_is_unavailable_and_the_rest_serves(tmp_path, monkeypatch):

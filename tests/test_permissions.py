@@ -61,6 +61,14 @@ def reload_as_nobody(repo: Path) -> dict[str, object]:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a reader as another uid")
+def test_a_repository_written_by_root_is_served_by_another_uid(shared_repo):
+    export_test_policy(shared_repo, name="alpha")  # written under umask 022
+    outcome = reload_as_nobody(shared_repo)
+    assert "error" not in outcome, outcome
+    assert outcome["loaded"] == ["alpha/1"] and outcome["failed"] == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a reader as another uid")
 def test_unreadable_version_and_policy_of_another_uid_leave_the_rest_serving(shared_repo):
     export_test_policy(shared_repo, name="alpha")
     newest = export_test_policy(shared_repo, name="alpha")  # alpha/2
