@@ -24,8 +24,8 @@ def test_unequal_critic_groups_share_one_fused_ensemble() -> None:
                        critics(observations, actions, members=critics.members("cost")))
     # a TD target per group: reward critics share min over 2, cost critics max over 5
     next_q = critics(observations, actions).detach()
-    rewards, costs, dones = torch.randn(8), torch.rand(8), torch.zeros(8)
-    targets = td_targets(next_q, (rewards, costs), dones, 0.9, critics.group_sizes,
+    rewards, costs, terminals = torch.randn(8), torch.rand(8), torch.zeros(8)
+    targets = td_targets(next_q, (rewards, costs), terminals, 0.9, critics.group_sizes,
                          ("min", "max"))
     assert torch.allclose(targets[0], rewards + 0.9 * next_q[:2].min(dim=0).values)
     assert torch.allclose(targets[6], costs + 0.9 * next_q[2:].max(dim=0).values)

@@ -25,7 +25,7 @@ class Batch:
     rewards: torch.Tensor
     costs: torch.Tensor
     next_observations: torch.Tensor
-    dones: torch.Tensor  # 1.0 where the episode terminated (not at timeouts: those bootstrap)
+    terminals: torch.Tensor  # 1.0 where the episode terminated (not at timeouts: those bootstrap)
 
 
 class OfflineBuffer:
@@ -47,7 +47,7 @@ class OfflineBuffer:
         self.actions = unit_actions.to(device)
         self.rewards = tensor(dataset.rewards) * reward_scale
         self.costs = tensor(dataset.costs)
-        self.dones = tensor(dataset.terminals.astype(np.float32))
+        self.terminals = tensor(dataset.terminals.astype(np.float32))
         self.size = len(dataset)
         # Constant dimensions (e.g. unused sensor slots) get std 1 so they do not blow up.
         self.obs_mean = self.observations.mean(dim=0)
@@ -64,14 +64,15 @@ class OfflineBuffer:
             rewards=self.rewards[index],
             costs=self.costs[index],
             next_observations=self.next_observations[index],
-            dones=self.dones[index],
+            terminals=self.terminals[index],
         )
 
     def subset(self, rows: torch.Tensor) -> OfflineBuffer:
         """A buffer over ``rows`` only, sharing this buffer's observation statistics."""
         clone = object.__new__(OfflineBuffer)
         clone.__dict__.update(self.__dict__)
-        for key in ("observations", "next_observations", "actions", "rewards", "costs", "dones"):
+        keys = ("observations", "next_observations", "actions", "rewards", "costs", "terminals")
+        for key in keys:
             setattr(clone, key, getattr(self, key)[rows.to(self.device)])
         clone.size = int(rows.numel())
         return clone

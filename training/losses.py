@@ -36,10 +36,10 @@ def reduce_groups(q_values: torch.Tensor, sizes: Sequence[int], reductions: Sequ
     return [reduce_members(group, rule) for group, rule in zip(groups, reductions, strict=True)]
 
 
-def td_target(signal: torch.Tensor, dones: torch.Tensor, next_value: torch.Tensor,
+def td_target(signal: torch.Tensor, terminals: torch.Tensor, next_value: torch.Tensor,
               gamma: float) -> torch.Tensor:
     """One-step Bellman target y = signal + gamma (1 - done) V(s')."""
-    return signal + gamma * (1.0 - dones) * next_value
+    return signal + gamma * (1.0 - terminals) * next_value
 
 
 def stacked_targets(targets: Sequence[torch.Tensor], sizes: Sequence[int]) -> torch.Tensor:
@@ -48,7 +48,7 @@ def stacked_targets(targets: Sequence[torch.Tensor], sizes: Sequence[int]) -> to
                       for target, size in zip(targets, sizes, strict=True)])
 
 
-def td_targets(next_q: torch.Tensor, signals: Sequence[torch.Tensor], dones: torch.Tensor,
+def td_targets(next_q: torch.Tensor, signals: Sequence[torch.Tensor], terminals: torch.Tensor,
                gamma: float, sizes: Sequence[int], reductions: Sequence[str]) -> torch.Tensor:
     """Targets for a grouped ensemble from its target network's next-state values.
 
@@ -56,7 +56,7 @@ def td_targets(next_q: torch.Tensor, signals: Sequence[torch.Tensor], dones: tor
     members' next values are combined by ``reductions[g]``.
     """
     next_values = reduce_groups(next_q, sizes, reductions)
-    return stacked_targets([td_target(signal, dones, value, gamma)
+    return stacked_targets([td_target(signal, terminals, value, gamma)
                             for signal, value in zip(signals, next_values, strict=True)], sizes)
 
 

@@ -28,7 +28,7 @@ from safepolicy.tasks import TaskSpec
 from safepolicy.training.data import Batch, OfflineBuffer
 from safepolicy.training.networks import SquashedGaussianActor
 
-KEYS = ("observations", "actions", "rewards", "costs", "next_observations", "dones")
+KEYS = ("observations", "actions", "rewards", "costs", "next_observations", "terminals")
 
 
 class ReplayBuffer:
@@ -40,18 +40,18 @@ class ReplayBuffer:
             raise ValueError(f"replay capacity must be at least 1, got {capacity}")
         self.capacity, self.device, self.reward_scale = capacity, device, reward_scale
         shapes = {"observations": (obs_dim,), "actions": (action_dim,), "rewards": (),
-                  "costs": (), "next_observations": (obs_dim,), "dones": ()}
+                  "costs": (), "next_observations": (obs_dim,), "terminals": ()}
         self.storage = {key: torch.zeros((capacity, *shape), device=device)
                         for key, shape in shapes.items()}
         self.size = 0
         self.position = 0  # the next row written
 
     def add(self, observations: Any, unit_actions: Any, rewards: Any, costs: Any,
-            next_observations: Any, dones: Any) -> None:
+            next_observations: Any, terminals: Any) -> None:
         """Append a batch of transitions (rows along dim 0; rewards unscaled, as the env gives)."""
         values = {"observations": observations, "actions": unit_actions,
                   "rewards": rewards, "costs": costs, "next_observations": next_observations,
-                  "dones": dones}
+                  "terminals": terminals}
         tensors = {key: torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor)
                                         else value, dtype=torch.float32).to(self.device)
                    for key, value in values.items()}

@@ -94,8 +94,8 @@ class IQLOracle:
         with torch.no_grad():
             next_values = self.value(batch.next_observations)
             targets = stacked_targets(
-                [td_target(batch.rewards, batch.dones, next_values[:, 0], gamma),
-                 td_target(batch.costs, batch.dones, next_values[:, 1], gamma)],
+                [td_target(batch.rewards, batch.terminals, next_values[:, 0], gamma),
+                 td_target(batch.costs, batch.terminals, next_values[:, 1], gamma)],
                 self.critic.group_sizes)
         q_loss = ensemble_mse(self.critic(batch.observations, batch.actions), targets)
         self.critic_optimizer.zero_grad(set_to_none=True)

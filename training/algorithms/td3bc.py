@@ -116,7 +116,7 @@ class TD3BCOracle:
             next_actions = (self.unit_action(self.target_actor, batch.next_observations)
                             + noise).clamp(-1.0, 1.0)
             next_q = self.target_critic(batch.next_observations, next_actions)
-            targets = td_targets(next_q, (batch.rewards, batch.costs), batch.dones,
+            targets = td_targets(next_q, (batch.rewards, batch.costs), batch.terminals,
                                  self.context.gamma, sizes=self.critic.group_sizes,
                                  reductions=("min", "max"))
         loss = ensemble_mse(self.critic(batch.observations, batch.actions), targets)
