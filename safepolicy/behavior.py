@@ -33,9 +33,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 
+from safepolicy.gymcompat import gym
 from safepolicy.tasks import TaskSpec
 
 BEHAVIOR_KINDS = ("scripted", "cautious", "random")

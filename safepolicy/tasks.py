@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import gymnasium as gym
 import numpy as np
+
+from safepolicy.gymcompat import gym, import_safety_gymnasium
 
 Family = Literal["bullet", "safety_gymnasium"]
 
@@ -190,8 +191,6 @@ def make_env(task: str | TaskSpec, **kwargs: Any) -> gym.Env:
         env = gym.make(spec.env_id, max_episode_steps=spec.max_episode_steps, **kwargs)
         env = SeedGlobalNumpyOnReset(env)
     else:
-        from safepolicy.gymcompat import import_safety_gymnasium
-
         safety_gymnasium = import_safety_gymnasium()
         env = safety_gymnasium.make(
             spec.env_id, max_episode_steps=spec.max_episode_steps, **kwargs

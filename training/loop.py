@@ -34,13 +34,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from safepolicy.datasets import Dataset, load_dataset
 from safepolicy.fileio import atomic_write_text
+from safepolicy.gymcompat import gym
 from safepolicy.tasks import TaskSpec, get_task
 from safepolicy.training.algorithms.base import Algorithm, Logs, TrainingContext
 from safepolicy.training.checkpoint import (
