@@ -21,6 +21,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from safepolicy.errors import SafepolicyError
 from safepolicy.fileio import atomic_write_text
 
 REPORT_SCHEMA_VERSION = 1
@@ -29,7 +30,7 @@ MARKDOWN_FILENAME = "report.md"
 PLOT_FILENAMES = ("cost_distribution.png", "reward_vs_cost.png", "cumulative_cost.png")
 
 
-class ReportError(ValueError):
+class ReportError(SafepolicyError, ValueError):
     """A report directory or file that cannot be read as an audit report."""
 
 

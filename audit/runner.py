@@ -9,7 +9,6 @@ callable plus what is known about it), :func:`run_audit` replays a target and re
 from __future__ import annotations
 
 import math
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,11 +29,13 @@ from safepolicy.audit.report import (
     utc_now,
     write_report,
 )
+from safepolicy.errors import SafepolicyError
+from safepolicy.version import code_version
 
 MIN_RECOMMENDED_EPISODES = 30
 
 
-class AuditError(Exception):
+class AuditError(SafepolicyError):
     """An audit that cannot run as asked; the message says what is wrong and what to do."""
 
 
@@ -179,21 +180,6 @@ def _env_dims(task: Any) -> tuple[int, int]:
         env.close()
 
 
-def audit_code_version() -> str:
-    """The git commit of this checkout, or the installed package version."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
-                              capture_output=True, check=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            return version("safepolicy")
-        except PackageNotFoundError:
-            return "unknown"
-
-
 def _summary(values: np.ndarray, confidence: float, resamples: int, seed: int) -> Summary:
     interval = stats.bootstrap_interval(values, stats.mean, confidence, "two-sided", resamples,
                                         seed)
@@ -297,7 +283,7 @@ def run_audit(target: AuditTarget, settings: AuditSettings,
         ],
         wall_seconds=wall,
         env_steps_per_second=float(lengths.sum() / wall) if wall > 0 else 0.0,
-        audit_code_version=audit_code_version(),
+        audit_code_version=code_version(),
     )
     traces = [r.cost_trace for r in records if r.cost_trace is not None]
     return report, traces

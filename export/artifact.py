@@ -31,6 +31,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from safepolicy.errors import SafepolicyError
 from safepolicy.fileio import atomic_write_text
 
 METADATA_FILENAME = "metadata.json"
@@ -51,11 +52,11 @@ SIGNATURE = (
 )
 
 
-class ArtifactError(Exception):
+class ArtifactError(SafepolicyError):
     """A policy artifact or audit file that cannot be opened or used; the message says why."""
 
 
-class ObservationError(ValueError):
+class ObservationError(SafepolicyError, ValueError):
     """Observations a policy cannot act on (wrong shape, wrong type, NaN or infinity)."""
 
 

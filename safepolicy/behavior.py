@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from safepolicy.errors import SafepolicyError
 from safepolicy.gymcompat import gym
 from safepolicy.tasks import TaskSpec
 
@@ -42,7 +43,7 @@ BEHAVIOR_KINDS = ("scripted", "cautious", "random")
 DEFAULT_BEHAVIOR = "scripted=0.65,cautious=0.3,random=0.05"
 
 
-class BehaviorError(ValueError):
+class BehaviorError(SafepolicyError, ValueError):
     """A behaviour mix that cannot be parsed."""
 
 

@@ -22,13 +22,14 @@ from tqdm import tqdm
 
 from safepolicy.behavior import DEFAULT_BEHAVIOR, BehaviorError, BehaviorMix, parse_behavior_mix
 from safepolicy.datasets import Dataset, DatasetError, summarize, write_dataset
+from safepolicy.errors import SafepolicyError
 from safepolicy.fileio import atomic_write_text
 from safepolicy.tasks import TaskSpec, UnknownTaskError, get_task, make_env
 
 DEFAULT_EPISODES = {"bullet": 200, "safety_gymnasium": 100}
 
 
-class CollectError(ValueError):
+class CollectError(SafepolicyError, ValueError):
     """A collection request that cannot be carried out (bad output path, bad episode count)."""
 
 

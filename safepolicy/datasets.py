@@ -19,6 +19,7 @@ import h5py
 import numpy as np
 from pydantic import BaseModel
 
+from safepolicy.errors import SafepolicyError
 from safepolicy.fileio import atomic_write
 
 DSRL_KEYS = (
@@ -33,7 +34,7 @@ DSRL_KEYS = (
 COMMON_COST_LIMITS = (5.0, 10.0, 20.0, 40.0, 80.0)
 
 
-class DatasetError(ValueError):
+class DatasetError(SafepolicyError, ValueError):
     """A dataset file that cannot be used, with the file and the problem in the message."""
 
 

@@ -26,6 +26,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from safepolicy.errors import SafepolicyError
+
 
 def _free_port() -> int:
     with socket.socket() as probe:
@@ -47,7 +49,7 @@ def _run(*args: str, ok_codes: tuple[int, ...] = (0,)) -> int:
     return code
 
 
-class DemoError(RuntimeError):
+class DemoError(SafepolicyError, RuntimeError):
     """A demo step that failed; the message names the step."""
 
 

@@ -24,12 +24,13 @@ from typing import Any, Literal
 
 import numpy as np
 
+from safepolicy.errors import SafepolicyError
 from safepolicy.gymcompat import gym, import_safety_gymnasium
 
 Family = Literal["bullet", "safety_gymnasium"]
 
 
-class UnknownTaskError(ValueError):
+class UnknownTaskError(SafepolicyError, ValueError):
     """A task name that the registry does not know."""
 
 

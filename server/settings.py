@@ -13,8 +13,10 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from safepolicy.errors import SafepolicyError
 
-class SettingsError(ValueError):
+
+class SettingsError(SafepolicyError, ValueError):
     """Settings that cannot work together; the message says which and why."""
 
 

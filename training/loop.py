@@ -39,6 +39,7 @@ import torch
 from tqdm import tqdm
 
 from safepolicy.datasets import Dataset, load_dataset
+from safepolicy.errors import SafepolicyError
 from safepolicy.fileio import atomic_write_text
 from safepolicy.gymcompat import gym
 from safepolicy.tasks import TaskSpec, get_task
@@ -46,7 +47,6 @@ from safepolicy.training.algorithms.base import Algorithm, Logs, TrainingContext
 from safepolicy.training.checkpoint import (
     ActorMetadata,
     atomic_torch_save,
-    code_version,
     file_sha256,
     save_actor,
 )
@@ -59,11 +59,12 @@ from safepolicy.training.registry import (
     algorithm_spec,
     checked_stages,
 )
+from safepolicy.version import code_version
 
 CHECKPOINT_FORMAT = "safepolicy.run-checkpoint/v2"
 
 
-class TrainingError(ValueError):
+class TrainingError(SafepolicyError, ValueError):
     """A run that cannot start or continue, with what to do about it."""
 
 
