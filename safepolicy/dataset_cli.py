@@ -17,7 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="safepolicy dataset",
         description="Validate a DSRL-format HDF5 dataset and print its summary.",
     )
-    parser.add_argument("file", help="a .h5/.hdf5 file, or a task name under DSRL_DATASET_DIR")
+    parser.add_argument("file", help="a .h5/.hdf5 file, or a task name whose DSRL download is in "
+                        "DSRL_DATASET_DIR (default ~/.dsrl/datasets, as dsrl)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     return parser
 

@@ -13,9 +13,11 @@ dsrl package's ``__init__``, which imports gyms and prints warnings), so the num
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 import importlib.util
 import math
+import re
 import sys
 import types
 from dataclasses import dataclass
@@ -120,13 +122,33 @@ def registry() -> dict[str, TaskSpec]:
     return tasks
 
 
+def task_key(name: str) -> str:
+    """The spelling-insensitive key of a task name, env id or DSRL offline env id.
+
+    ``BallRun``, ``ballrun``, ``SafetyBallRun-v0`` (the env id ``safepolicy tasks`` prints) and
+    ``OfflineBallRun-v0`` (DSRL's name) all give ``ballrun``; ``OfflinePointGoal1Gymnasium-v0``
+    gives ``pointgoal1``.
+    """
+    key = re.sub(r"-v\d+$", "", name.strip()).lower()
+    for prefix in ("offline", "safety"):
+        key = key.removeprefix(prefix)
+    return key.removesuffix("gymnasium")
+
+
 def get_task(name: str) -> TaskSpec:
-    """The task called ``name``; raises UnknownTaskError listing the known names."""
+    """The task ``name`` names (any spelling :func:`task_key` accepts).
+
+    Raises UnknownTaskError with the closest known name, if any, and where to find them all.
+    """
     tasks = registry()
-    if name not in tasks:
-        known = ", ".join(sorted(tasks))
-        raise UnknownTaskError(f"unknown task {name!r}; known tasks: {known}")
-    return tasks[name]
+    by_key = {task_key(task): spec for task, spec in tasks.items()}
+    spec = by_key.get(task_key(name))
+    if spec is not None:
+        return spec
+    close = difflib.get_close_matches(task_key(name), list(by_key), n=1, cutoff=0.6)
+    hint = f"did you mean {by_key[close[0]].name}? " if close else ""
+    raise UnknownTaskError(f"unknown task {name!r}; {hint}`safepolicy tasks` lists the "
+                           f"{len(tasks)} known tasks ({', '.join(sorted(tasks))})")
 
 
 class Float32Observation(gym.ObservationWrapper):  # type: ignore[misc]

@@ -149,7 +149,7 @@ def test_compare_puts_reports_side_by_side(tmp_path: Path,
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--task", "NoSuchTask"], "unknown task 'NoSuchTask'; known tasks: "),
+        (["--task", "NoSuchTask"], "unknown task 'NoSuchTask'; "),
         (["--task", "HalfCheetahVelocity"], "takes 7 observations and gives 2 actions, but "
                                             "task HalfCheetahVelocity has 17 and 6"),
         (["--episodes", "0"], "--episodes: must be at least 1"),

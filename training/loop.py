@@ -10,7 +10,8 @@ A run directory holds:
   algorithm on the same task and dataset can start from it (``--reuse-stage NAME=PATH``) and
   skip that stage and those before it (e.g. one behaviour model for several cost limits);
 - ``actor.pt``: the final squashed Gaussian actor with its lineage and evaluation (the exporter's
-  input), and ``evaluation.json``.
+  input), and ``evaluation.json``;
+- ``curves.png``: losses, multiplier, cost values against their budget, final evaluation.
 
 Stages: the algorithm's spec (training/registry.py) lists named stages with their step counts;
 the loop runs them in order on one global step counter, calls ``start_stage`` when a stage
@@ -42,6 +43,7 @@ from safepolicy.datasets import Dataset, load_dataset
 from safepolicy.errors import SafepolicyError
 from safepolicy.fileio import atomic_write_text
 from safepolicy.gymcompat import gym
+from safepolicy.plots import CURVES_FILENAME, plot_training_curves
 from safepolicy.tasks import TaskSpec, get_task
 from safepolicy.training.algorithms.base import Algorithm, Logs, TrainingContext
 from safepolicy.training.checkpoint import (
@@ -214,7 +216,7 @@ class ScalarLog:
 
     def write_row(self, step: int, wall_seconds: float, stage: str) -> dict[str, float | str]:
         """Append the averages since the last row (the one host read-back per row)."""
-        row: dict[str, float | str] = {"step": float(step), "stage": stage,
+        row: dict[str, float | str] = {"step": step, "stage": stage,
                                        "wall_seconds": wall_seconds}
         row.update({k: float(self.sums[k]) / self.counts[k] for k in sorted(self.sums)})
         known = self.columns or []
@@ -241,7 +243,7 @@ class ScalarLog:
 
 
 def evaluate_actor(actor: SquashedGaussianActor, spec: TaskSpec, cost_limit: float,
-                   run_config: RunConfig) -> dict[str, Any]:
+                   run_config: RunConfig, progress: bool = False) -> dict[str, Any]:
     """Deterministic actor in the real environment on the fixed seed list, DSRL-normalised."""
     from safepolicy.rollout import rollout_episodes
 
@@ -253,7 +255,8 @@ def evaluate_actor(actor: SquashedGaussianActor, spec: TaskSpec, cost_limit: flo
         return actor(batch).cpu().numpy()
 
     records = rollout_episodes(policy, spec, run_config.eval_episodes, seed=run_config.eval_seed,
-                               num_envs=min(run_config.eval_envs, run_config.eval_episodes))
+                               num_envs=min(run_config.eval_envs, run_config.eval_episodes),
+                               progress=progress)
     returns = np.array([r.episode_return for r in records])
     costs = np.array([r.episode_cost for r in records])
     return {
@@ -453,10 +456,13 @@ def train(request: TrainRequest) -> Path:
 
     actor = algorithm.actor
     actor.eval()
-    evaluation = (evaluate_actor(actor, task, request.cost_limit, run_config)
+    evaluation = (evaluate_actor(actor, task, request.cost_limit, run_config,
+                                 progress=request.progress)
                   if run_config.eval_episodes > 0 else None)
     if evaluation is not None:
         atomic_write_text(out / "evaluation.json", json.dumps(evaluation, indent=2))
+    plot_training_curves(out / "scalars.csv", out / CURVES_FILENAME, request.cost_limit,
+                         evaluation)
     metadata = ActorMetadata(
         task=task.name, env_id=task.env_id, algorithm=request.algorithm,
         cost_limit=request.cost_limit, seed=request.seed,
