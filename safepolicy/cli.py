@@ -63,7 +63,7 @@ def add_quiet_flag(parser: argparse.ArgumentParser) -> None:
                         help=argparse.SUPPRESS)
 
 
-def report_error(prog: str, error: BaseException) -> None:
+def report_error(prog: str, error: BaseException | str) -> None:
     """Print ``prog: error: message`` as one line on stderr (no traceback)."""
     message = " ".join(str(error).split()) or type(error).__name__
     print(f"{prog}: error: {message}", file=sys.stderr)
