@@ -56,7 +56,9 @@ class Summary(_Model):
     mean_interval: Interval
 
 
-class EpisodeResult(_Model):
+class AuditedEpisode(_Model):
+    """One episode the audit played: a row of ``episode_results`` in report.json."""
+
     seed: int
     episode_return: float
     episode_cost: float
@@ -128,7 +130,7 @@ class AuditReport(_Model):
     method: str
     warnings: list[str] = Field(default_factory=list)
     statistics: Statistics
-    episode_results: list[EpisodeResult]
+    episode_results: list[AuditedEpisode]
     wall_seconds: float
     env_steps_per_second: float
     audit_code_version: str

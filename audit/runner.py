@@ -19,8 +19,8 @@ import numpy as np
 
 from safepolicy.audit import stats
 from safepolicy.audit.report import (
+    AuditedEpisode,
     AuditReport,
-    EpisodeResult,
     Lineage,
     PolicySource,
     Statistics,
@@ -275,7 +275,7 @@ def run_audit(target: AuditTarget, settings: AuditSettings,
         warnings=warnings,
         statistics=statistics,
         episode_results=[
-            EpisodeResult(seed=r.seed, episode_return=r.episode_return,
+            AuditedEpisode(seed=r.seed, episode_return=r.episode_return,
                           episode_cost=r.episode_cost, length=r.length, terminated=r.terminated,
                           normalized_reward=float(nr), normalized_cost=float(nc),
                           violated=bool(r.episode_cost > cost_limit))
