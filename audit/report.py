@@ -256,6 +256,8 @@ def _plots(report: AuditReport, cost_traces: list[np.ndarray] | None, directory:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from safepolicy.plots import save_figure
+
     costs = np.array([e.episode_cost for e in report.episode_results])
     returns = np.array([e.episode_return for e in report.episode_results])
     limit = report.cost_limit
@@ -272,7 +274,7 @@ def _plots(report: AuditReport, cost_traces: list[np.ndarray] | None, directory:
              title=f"{report.policy.name}: episode costs ({report.verdict})")
     axes.legend()
     figure.tight_layout()
-    figure.savefig(directory / PLOT_FILENAMES[0], dpi=100)
+    save_figure(figure, directory / PLOT_FILENAMES[0])
     plt.close(figure)
 
     figure, axes = plt.subplots(figsize=(6.4, 4.0))
@@ -284,7 +286,7 @@ def _plots(report: AuditReport, cost_traces: list[np.ndarray] | None, directory:
              title="reward against cost per episode")
     axes.legend()
     figure.tight_layout()
-    figure.savefig(directory / PLOT_FILENAMES[1], dpi=100)
+    save_figure(figure, directory / PLOT_FILENAMES[1])
     plt.close(figure)
 
     figure, axes = plt.subplots(figsize=(6.4, 4.0))
@@ -298,7 +300,7 @@ def _plots(report: AuditReport, cost_traces: list[np.ndarray] | None, directory:
     axes.set(xlabel="step", ylabel="cumulative cost", title="cumulative cost over each episode")
     axes.legend()
     figure.tight_layout()
-    figure.savefig(directory / PLOT_FILENAMES[2], dpi=100)
+    save_figure(figure, directory / PLOT_FILENAMES[2])
     plt.close(figure)
 
 

@@ -168,18 +168,6 @@ def open_server(address: str, name: str, version: int | None = None,
     )
 
 
-def _env_dims(task: Any) -> tuple[int, int]:
-    from safepolicy.tasks import make_env
-
-    env = make_env(task)
-    try:
-        observation_shape = env.observation_space.shape or (0,)
-        action_shape = env.action_space.shape or (0,)
-        return int(observation_shape[0]), int(action_shape[0])
-    finally:
-        env.close()
-
-
 def _summary(values: np.ndarray, confidence: float, resamples: int, seed: int) -> Summary:
     interval = stats.bootstrap_interval(values, stats.mean, confidence, "two-sided", resamples,
                                         seed)
@@ -192,7 +180,7 @@ def run_audit(target: AuditTarget, settings: AuditSettings,
               ) -> tuple[AuditReport, list[np.ndarray]]:
     """Replay ``target`` as ``settings`` ask; the report and each episode's cumulative costs."""
     from safepolicy.rollout import rollout_episodes
-    from safepolicy.tasks import UnknownTaskError, get_task
+    from safepolicy.tasks import UnknownTaskError, env_spaces, get_task
 
     settings.validate()
     task_name = settings.task or target.task
@@ -205,7 +193,8 @@ def run_audit(target: AuditTarget, settings: AuditSettings,
     cost_limit = settings.cost_limit if settings.cost_limit is not None else target.cost_limit
     if cost_limit is None:
         raise AuditError("no cost limit: the policy's metadata has none; pass --cost-limit")
-    obs_dim, action_dim = _env_dims(spec)
+    spaces = env_spaces(spec)
+    obs_dim, action_dim = spaces.obs_dim, spaces.action_dim
     if (obs_dim, action_dim) != (target.obs_dim, target.action_dim):
         raise AuditError(
             f"policy {target.source.name!r} takes {target.obs_dim} observations and gives "

@@ -220,3 +220,32 @@ def make_env(task: str | TaskSpec, **kwargs: Any) -> gym.Env:
         )
         env = safety_gymnasium.wrappers.SafetyGymnasium2Gymnasium(env)
     return CostAsFloat(Float32Observation(env))
+
+
+@dataclass(frozen=True)
+class EnvSpaces:
+    """A task's observation and action sizes and action bounds, as its environment reports."""
+
+    obs_dim: int
+    action_dim: int
+    action_low: tuple[float, ...]
+    action_high: tuple[float, ...]
+
+
+@functools.cache
+def env_spaces(spec: TaskSpec) -> EnvSpaces:
+    """Build ``spec``'s environment once per process, read its spaces and close it (training
+    checks a dataset against them, the audit a policy)."""
+    env = make_env(spec)
+    try:
+        observation_space, action_space = env.observation_space, env.action_space
+    finally:
+        env.close()
+    if not isinstance(action_space, gym.spaces.Box):  # every registered task is continuous
+        raise TypeError(f"{spec.env_id}: expected a Box action space, got {action_space}")
+    return EnvSpaces(
+        obs_dim=int(np.prod(observation_space.shape or ())),
+        action_dim=int(np.prod(action_space.shape)),
+        action_low=tuple(float(x) for x in action_space.low.reshape(-1)),
+        action_high=tuple(float(x) for x in action_space.high.reshape(-1)),
+    )

@@ -41,10 +41,9 @@ from tqdm import tqdm
 
 from safepolicy.datasets import Dataset, load_dataset
 from safepolicy.errors import SafepolicyError
-from safepolicy.fileio import atomic_write_text
-from safepolicy.gymcompat import gym
+from safepolicy.fileio import atomic_write, atomic_write_text
 from safepolicy.plots import CURVES_FILENAME, plot_training_curves
-from safepolicy.tasks import TaskSpec, get_task
+from safepolicy.tasks import TaskSpec, env_spaces, get_task
 from safepolicy.training.algorithms.base import Algorithm, Logs, TrainingContext
 from safepolicy.training.checkpoint import (
     ActorMetadata,
@@ -166,8 +165,6 @@ def read_config_file(path: Path) -> dict[str, Any]:
 def check_dataset_matches_task(dataset: Dataset, spec: TaskSpec) -> tuple[list[float], list[float]]:
     """The task's action bounds, after checking the dataset was recorded for this task (when
     it says) and its dimensions agree with the task's env."""
-    from safepolicy.tasks import make_env
-
     recorded = dataset.attrs.get("task")
     if isinstance(recorded, bytes):
         recorded = recorded.decode()
@@ -176,22 +173,14 @@ def check_dataset_matches_task(dataset: Dataset, spec: TaskSpec) -> tuple[list[f
             f"{dataset.path}: the dataset was recorded for task {recorded!r}, not {spec.name!r}; "
             f"pass --task {recorded} or the dataset collected for {spec.name}")
 
-    env = make_env(spec)
-    try:
-        observation_space, action_space = env.observation_space, env.action_space
-        assert isinstance(action_space, gym.spaces.Box)  # every registered task is continuous
-        obs_dim = int(np.prod(observation_space.shape or ()))
-        action_dim = int(np.prod(action_space.shape))
-        low = action_space.low.astype(float).tolist()
-        high = action_space.high.astype(float).tolist()
-    finally:
-        env.close()
+    spaces = env_spaces(spec)
+    obs_dim, action_dim = spaces.obs_dim, spaces.action_dim
     if dataset.obs_dim != obs_dim or dataset.action_dim != action_dim:
         raise TrainingError(
             f"{dataset.path}: observations/actions are {dataset.obs_dim}/{dataset.action_dim}-"
             f"dimensional but {spec.name} ({spec.env_id}) has {obs_dim}/{action_dim}; "
             "pass the dataset collected for this task")
-    return low, high
+    return list(spaces.action_low), list(spaces.action_high)
 
 
 class ScalarLog:
@@ -236,10 +225,14 @@ class ScalarLog:
             with self.path.open(newline="") as handle:
                 rows = list(csv.DictReader(handle))
         self.columns = columns
-        with self.path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns, restval="")
-            writer.writeheader()
-            writer.writerows(rows)
+
+        def rewrite(temporary: Path) -> None:
+            with temporary.open("w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=columns, restval="")
+                writer.writeheader()
+                writer.writerows(rows)
+
+        atomic_write(self.path, rewrite)  # a crash mid-rewrite must not lose the earlier rows
 
 
 def evaluate_actor(actor: SquashedGaussianActor, spec: TaskSpec, cost_limit: float,
