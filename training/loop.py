@@ -454,8 +454,9 @@ def train(request: TrainRequest) -> Path:
                   if run_config.eval_episodes > 0 else None)
     if evaluation is not None:
         atomic_write_text(out / "evaluation.json", json.dumps(evaluation, indent=2))
-    plot_training_curves(out / "scalars.csv", out / CURVES_FILENAME, request.cost_limit,
-                         evaluation)
+    if (out / "scalars.csv").exists():  # absent when reused stages left nothing to train
+        plot_training_curves(out / "scalars.csv", out / CURVES_FILENAME, request.cost_limit,
+                             evaluation)
     metadata = ActorMetadata(
         task=task.name, env_id=task.env_id, algorithm=request.algorithm,
         cost_limit=request.cost_limit, seed=request.seed,
