@@ -42,6 +42,7 @@ def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.pop("SAFEPOLICY_SERVER_REPO", None)
+    env["COLUMNS"] = "100"  # argparse wraps help to the terminal; keep it the same everywhere
     return env
 
 
