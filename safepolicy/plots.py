@@ -74,9 +74,12 @@ def _panels(columns: Mapping[str, list[float]]) -> dict[str, list[str]]:
     return panels
 
 
-def plot_training_curves(scalars_csv: str | os.PathLike[str], out_png: str | os.PathLike[str],
-                         cost_limit: float | None = None,
-                         evaluation: Mapping[str, Any] | None = None) -> Path:
+def plot_training_curves(
+    scalars_csv: str | os.PathLike[str],
+    out_png: str | os.PathLike[str],
+    cost_limit: float | None = None,
+    evaluation: Mapping[str, Any] | None = None,
+) -> Path:
     """One PNG of a run: losses, the multiplier, cost values against their budget, evaluation.
 
     Columns are found by name (``loss/*``; ``*lambda*``; ``*cost*``, where names with
@@ -90,11 +93,19 @@ def plot_training_curves(scalars_csv: str | os.PathLike[str], out_png: str | os.
     for ax, (title, names) in zip(axes[:3], panels.items(), strict=True):
         for name in names:
             dashed = "budget" in name
-            ax.plot(steps, columns[name], label=name, linestyle="--" if dashed else "-",
-                    linewidth=1.2)
+            ax.plot(
+                steps, columns[name], label=name, linestyle="--" if dashed else "-", linewidth=1.2
+            )
         if not names:
-            ax.text(0.5, 0.5, "not logged by this algorithm", ha="center", va="center",
-                    transform=ax.transAxes, color="grey")
+            ax.text(
+                0.5,
+                0.5,
+                "not logged by this algorithm",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+                color="grey",
+            )
         else:
             ax.legend(fontsize=7)
         ax.set(title=title, xlabel="gradient step")
@@ -103,26 +114,39 @@ def plot_training_curves(scalars_csv: str | os.PathLike[str], out_png: str | os.
     return save_figure(figure, out_png)
 
 
-def _evaluation_panel(ax: Any, evaluation: Mapping[str, Any] | None,
-                      cost_limit: float | None) -> None:
+def _evaluation_panel(
+    ax: Any, evaluation: Mapping[str, Any] | None, cost_limit: float | None
+) -> None:
     ax.set(title="final evaluation (DSRL-normalised)")
     if not evaluation:
-        ax.text(0.5, 0.5, "no evaluation (run.eval_episodes = 0)", ha="center", va="center",
-                transform=ax.transAxes, color="grey")
+        ax.text(
+            0.5,
+            0.5,
+            "no evaluation (run.eval_episodes = 0)",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            color="grey",
+        )
         return
     names = ["normalized_reward", "normalized_cost"]
     values = [float(evaluation[name]) for name in names]
     colors = ["#2e86c1", "#c0392b" if values[1] > 1.0 else "#27ae60"]
     ax.bar(["reward", "cost"], values, color=colors)
-    ax.axhline(1.0, color="#c0392b", linestyle="--", linewidth=1,
-               label=f"cost budget (limit {cost_limit:g})" if cost_limit is not None
-               else "cost budget")
+    ax.axhline(
+        1.0,
+        color="#c0392b",
+        linestyle="--",
+        linewidth=1,
+        label=f"cost budget (limit {cost_limit:g})" if cost_limit is not None else "cost budget",
+    )
     ax.legend(fontsize=7)
     ax.set(ylabel=f"mean over {evaluation.get('episodes', '?')} episodes")
 
 
-def plot_audit_comparison(reports: Sequence[AuditReport], labels: Sequence[str],
-                          out_png: str | os.PathLike[str]) -> Path:
+def plot_audit_comparison(
+    reports: Sequence[AuditReport], labels: Sequence[str], out_png: str | os.PathLike[str]
+) -> Path:
     """Normalised reward and the cost bound against the limit for each report, side by side."""
     figure = new_figure(max(6.4, 1.6 * len(reports) + 2.0), 4.0)
     reward_ax, cost_ax = figure.subplots(1, 2)
@@ -132,10 +156,13 @@ def plot_audit_comparison(reports: Sequence[AuditReport], labels: Sequence[str],
     reward_ax.set(title="normalised reward (mean)", xticks=positions)
     reward_ax.set_xticklabels(labels, rotation=20, fontsize=8)
     # cost as a fraction of each report's own limit: reports on different limits stay comparable
-    bounds = [r.statistics.cost_upper_bound / r.cost_limit if r.cost_limit > 0 else math.nan
-              for r in reports]
-    means = [r.statistics.costs.mean / r.cost_limit if r.cost_limit > 0 else math.nan
-             for r in reports]
+    bounds = [
+        r.statistics.cost_upper_bound / r.cost_limit if r.cost_limit > 0 else math.nan
+        for r in reports
+    ]
+    means = [
+        r.statistics.costs.mean / r.cost_limit if r.cost_limit > 0 else math.nan for r in reports
+    ]
     colors = ["#27ae60" if r.verdict == "PASS" else "#c0392b" for r in reports]
     cost_ax.bar(positions, bounds, color=colors, alpha=0.6, label="upper bound / limit")
     cost_ax.scatter(positions, means, color="#2c3e50", zorder=3, label="mean cost / limit")

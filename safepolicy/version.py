@@ -28,8 +28,9 @@ def code_version() -> str:
     """The checkout's short commit (``+dirty`` when modified), else ``safepolicy VERSION``."""
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=_ROOT, capture_output=True, text=True,
-                              check=True, timeout=5).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=_ROOT, capture_output=True, text=True, check=True, timeout=5
+        ).stdout.strip()
 
     try:
         commit = git("rev-parse", "--short", "HEAD")

@@ -27,15 +27,23 @@ ROOT = Path(__file__).resolve().parent.parent
 # what the commands themselves write to stderr
 TQDM_LINE = re.compile(r"^[^|]*\d+%\|[^|]*\|")  # "collect BallRun: 100%|####| 4/4 [...]"
 LOG_LINE = re.compile(
-    r"^\d{4}-\d\d-\d\d [\d:,]+ (DEBUG|INFO|WARNING) (safepolicy|server)\S*\[\d+\]: ")
+    r"^\d{4}-\d\d-\d\d [\d:,]+ (DEBUG|INFO|WARNING) (safepolicy|server)\S*\[\d+\]: "
+)
 OWN_PREFIXES = ("warning: ", "safepolicy ")
 
 
-def safepolicy(*args: str, cwd: Path, timeout: float = 300,
-               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def safepolicy(
+    *args: str, cwd: Path, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run ``python -m safepolicy ARGS`` from ``cwd`` with this checkout on the path."""
-    return subprocess.run([sys.executable, "-m", "safepolicy", *args], cwd=cwd, env=env or _env(),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "safepolicy", *args],
+        cwd=cwd,
+        env=env or _env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _env() -> dict[str, str]:
@@ -49,8 +57,12 @@ def _env() -> dict[str, str]:
 def foreign_stderr(stderr: str) -> list[str]:
     """The stderr lines that are not the commands' own output (tqdm redraws split on \\r)."""
     lines = [part.strip() for line in stderr.splitlines() for part in line.split("\r")]
-    return [line for line in lines if line and not (
-        TQDM_LINE.match(line) or LOG_LINE.match(line) or line.startswith(OWN_PREFIXES))]
+    return [
+        line
+        for line in lines
+        if line
+        and not (TQDM_LINE.match(line) or LOG_LINE.match(line) or line.startswith(OWN_PREFIXES))
+    ]
 
 
 def one_line_error(result: subprocess.CompletedProcess[str], *expected: str) -> str:
@@ -77,8 +89,14 @@ def listening() -> Iterator[int]:
 
 
 def test_importing_gymnasium_through_the_project_prints_nothing(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-c", "import safepolicy.tasks, gymnasium"],
-                            cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", "import safepolicy.tasks, gymnasium"],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""  # the gymnasium-robotics "AdroitHand..." notice is gone
 
@@ -113,22 +131,53 @@ def test_an_unknown_task_suggests_the_closest(tmp_path: Path) -> None:
 
 
 def test_train_on_a_missing_dataset_says_how_to_make_one(tmp_path: Path) -> None:
-    result = safepolicy("train", "bc-safe", "--task", "BallRun", "--dataset", "nope.h5",
-                        "--cost-limit", "10", "--out", "run", cwd=tmp_path)
+    result = safepolicy(
+        "train",
+        "bc-safe",
+        "--task",
+        "BallRun",
+        "--dataset",
+        "nope.h5",
+        "--cost-limit",
+        "10",
+        "--out",
+        "run",
+        cwd=tmp_path,
+    )
     one_line_error(result, "nope.h5", "safepolicy collect")
 
 
-@pytest.mark.parametrize(("args", "expected"), [
-    ([], ["--repo is required", "SAFEPOLICY_SERVER_REPO"]),
-    (["--repo", "nowhere"], ["nowhere does not exist", "safepolicy export", "--allow-empty-repo"]),
-    (["--repo", "empty"], ["empty holds no policy", "--allow-empty-repo"]),
-    (["--repo", "empty", "--allow-empty-repo", "--log-level", "foo"],
-     ["--log-level", "'foo' is not a logging level", "INFO"]),
-    (["--repo", "empty", "--allow-empty-repo", "--tls-cert-file", "bad.pem", "--tls-key-file",
-      "bad.pem"], ["bad.pem", "not a PEM certificate", "--tls-cert-file"]),
-], ids=["no-repo", "missing-repo", "empty-repo", "log-level", "bad-pem"])
-def test_serve_refuses_bad_settings_in_one_line(tmp_path: Path, args: list[str],
-                                                 expected: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ([], ["--repo is required", "SAFEPOLICY_SERVER_REPO"]),
+        (
+            ["--repo", "nowhere"],
+            ["nowhere does not exist", "safepolicy export", "--allow-empty-repo"],
+        ),
+        (["--repo", "empty"], ["empty holds no policy", "--allow-empty-repo"]),
+        (
+            ["--repo", "empty", "--allow-empty-repo", "--log-level", "foo"],
+            ["--log-level", "'foo' is not a logging level", "INFO"],
+        ),
+        (
+            [
+                "--repo",
+                "empty",
+                "--allow-empty-repo",
+                "--tls-cert-file",
+                "bad.pem",
+                "--tls-key-file",
+                "bad.pem",
+            ],
+            ["bad.pem", "not a PEM certificate", "--tls-cert-file"],
+        ),
+    ],
+    ids=["no-repo", "missing-repo", "empty-repo", "log-level", "bad-pem"],
+)
+def test_serve_refuses_bad_settings_in_one_line(
+    tmp_path: Path, args: list[str], expected: list[str]
+) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "bad.pem").write_text("not a certificate\n")
     one_line_error(safepolicy("serve", *args, cwd=tmp_path, timeout=60), *expected)
@@ -138,8 +187,18 @@ def test_serve_refuses_bad_settings_in_one_line(tmp_path: Path, args: list[str],
 def test_serve_names_a_taken_port(tmp_path: Path, listening: int, flag: str) -> None:
     (tmp_path / "empty").mkdir()
     other = "--metrics-port" if flag == "--port" else "--port"
-    result = safepolicy("serve", "--repo", "empty", "--allow-empty-repo", flag, str(listening),
-                        other, "0", cwd=tmp_path, timeout=60)
+    result = safepolicy(
+        "serve",
+        "--repo",
+        "empty",
+        "--allow-empty-repo",
+        flag,
+        str(listening),
+        other,
+        "0",
+        cwd=tmp_path,
+        timeout=60,
+    )
     one_line_error(result, f"port {listening}", "already in use", flag)
 
 
@@ -162,30 +221,78 @@ def test_a_newcomer_walks_the_readme_with_clean_stderr(tmp_path: Path) -> None:
     run("--version")
     assert "SafetyBallRun-v0" in run("tasks").stdout
     run("collect", "--task", "BallRun", "--episodes", "4", "--out", "data/BallRun.h5")
-    train = run("train", "bc-safe", "--task", "OfflineBallRun-v0", "--dataset", "data/BallRun.h5",
-                "--cost-limit", "10", "--steps", "40", "--out", "runs/ballrun", "--device", "cpu",
-                "--set", "run.hidden_sizes=32,32", "--set", "run.batch_size=64",
-                "--set", "run.eval_episodes=2", "--set", "run.log_every=10")
+    train = run(
+        "train",
+        "bc-safe",
+        "--task",
+        "OfflineBallRun-v0",
+        "--dataset",
+        "data/BallRun.h5",
+        "--cost-limit",
+        "10",
+        "--steps",
+        "40",
+        "--out",
+        "runs/ballrun",
+        "--device",
+        "cpu",
+        "--set",
+        "run.hidden_sizes=32,32",
+        "--set",
+        "run.batch_size=64",
+        "--set",
+        "run.eval_episodes=2",
+        "--set",
+        "run.log_every=10",
+    )
     summary = train.stdout.strip().splitlines()
     assert len(summary) == 1 and "evaluation over 2 episodes" in summary[0], train.stdout
     assert "BallRun episodes" in train.stderr  # the final evaluation's progress bar
     assert (tmp_path / "runs/ballrun/curves.png").stat().st_size > 0
     steps = (tmp_path / "runs/ballrun/scalars.csv").read_text().splitlines()[1].split(",")[0]
     assert steps == "10"
-    export = run("export", "--run", "runs/ballrun", "--repo", "models", "--name", "ballrun",
-                 "--print-path")
+    export = run(
+        "export", "--run", "runs/ballrun", "--repo", "models", "--name", "ballrun", "--print-path"
+    )
     assert export.stdout.strip() == "models/ballrun/1"
-    audit = safepolicy("audit", "--policy", "models/ballrun/1", "--episodes", "4", "--out",
-                       "reports/ballrun-1", cwd=tmp_path)
+    audit = safepolicy(
+        "audit",
+        "--policy",
+        "models/ballrun/1",
+        "--episodes",
+        "4",
+        "--out",
+        "reports/ballrun-1",
+        cwd=tmp_path,
+    )
     assert audit.returncode in (0, 1), audit.stderr  # PASS or FAIL: both are results
     assert foreign_stderr(audit.stderr) == [], audit.stderr
     assert (tmp_path / "models/ballrun/1/audit.json").exists()  # what --require-audit reads
 
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "safepolicy", "serve", "--repo", "models", "--host", "127.0.0.1",
-         "--port", str(port), "--metrics-port", "0", "--poll-interval-s", "0"],
-        cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "safepolicy",
+            "serve",
+            "--repo",
+            "models",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--metrics-port",
+            "0",
+            "--poll-interval-s",
+            "0",
+        ],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         from safepolicy.server.client import PolicyClient
 

@@ -14,7 +14,8 @@ def test_curves_group_columns_by_meaning_and_write_a_png(tmp_path: Path) -> None
         "step,stage,wall_seconds,loss/actor,loss/critic,o3srl/expected_lambda,"
         "o3srl/cost_value,o3srl/cost_budget_value,multiplier/kp\n"
         "10,train,0.5,2.0,1.0,0.5,3.0,2.0,0.1\n"
-        "20,train,1.0,1.5,,0.7,2.5,2.0,0.1\n")
+        "20,train,1.0,1.5,,0.7,2.5,2.0,0.1\n"
+    )
     columns = read_scalars(scalars)
     assert columns["step"] == [10.0, 20.0] and math.isnan(columns["loss/critic"][1])
     assert _panels(columns) == {
