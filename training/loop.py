@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import json
 import math
+import os
 import time
 from collections import defaultdict
 from collections.abc import Mapping
@@ -232,6 +234,8 @@ class ScalarLog:
                 writer.writeheader()
                 writer.writerows(rows)
 
+        if not self.path.parent.is_dir():  # deleted mid-run: fail, never quietly recreate it
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(self.path))
         atomic_write(self.path, rewrite)  # a crash mid-rewrite must not lose the earlier rows
 
 
