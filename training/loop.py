@@ -10,7 +10,8 @@ A run directory holds:
   algorithm on the same task and dataset can start from it (``--reuse-stage NAME=PATH``) and
   skip that stage and those before it (e.g. one behaviour model for several cost limits);
 - ``actor.pt``: the final squashed Gaussian actor with its lineage and evaluation (the exporter's
-  input), and ``evaluation.json``.
+  input), and ``evaluation.json``;
+- ``curves.png``: losses, multiplier, cost values against their budget, final evaluation.
 
 Stages: the algorithm's spec (training/registry.py) lists named stages with their step counts;
 the loop runs them in order on one global step counter, calls ``start_stage`` when a stage
@@ -25,8 +26,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import json
 import math
+import os
 import time
 from collections import defaultdict
 from collections.abc import Mapping
@@ -34,19 +37,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from safepolicy.datasets import Dataset, load_dataset
-from safepolicy.fileio import atomic_write_text
-from safepolicy.tasks import TaskSpec, get_task
+from safepolicy.errors import SafepolicyError
+from safepolicy.fileio import atomic_write, atomic_write_text
+from safepolicy.plots import CURVES_FILENAME, plot_training_curves
+from safepolicy.tasks import TaskSpec, env_spaces, get_task
 from safepolicy.training.algorithms.base import Algorithm, Logs, TrainingContext
 from safepolicy.training.checkpoint import (
     ActorMetadata,
     atomic_torch_save,
-    code_version,
     file_sha256,
     save_actor,
 )
@@ -59,11 +62,12 @@ from safepolicy.training.registry import (
     algorithm_spec,
     checked_stages,
 )
+from safepolicy.version import code_version
 
 CHECKPOINT_FORMAT = "safepolicy.run-checkpoint/v2"
 
 
-class TrainingError(ValueError):
+class TrainingError(SafepolicyError, ValueError):
     """A run that cannot start or continue, with what to do about it."""
 
 
@@ -163,8 +167,6 @@ def read_config_file(path: Path) -> dict[str, Any]:
 def check_dataset_matches_task(dataset: Dataset, spec: TaskSpec) -> tuple[list[float], list[float]]:
     """The task's action bounds, after checking the dataset was recorded for this task (when
     it says) and its dimensions agree with the task's env."""
-    from safepolicy.tasks import make_env
-
     recorded = dataset.attrs.get("task")
     if isinstance(recorded, bytes):
         recorded = recorded.decode()
@@ -173,22 +175,14 @@ def check_dataset_matches_task(dataset: Dataset, spec: TaskSpec) -> tuple[list[f
             f"{dataset.path}: the dataset was recorded for task {recorded!r}, not {spec.name!r}; "
             f"pass --task {recorded} or the dataset collected for {spec.name}")
 
-    env = make_env(spec)
-    try:
-        observation_space, action_space = env.observation_space, env.action_space
-        assert isinstance(action_space, gym.spaces.Box)  # every registered task is continuous
-        obs_dim = int(np.prod(observation_space.shape or ()))
-        action_dim = int(np.prod(action_space.shape))
-        low = action_space.low.astype(float).tolist()
-        high = action_space.high.astype(float).tolist()
-    finally:
-        env.close()
+    spaces = env_spaces(spec)
+    obs_dim, action_dim = spaces.obs_dim, spaces.action_dim
     if dataset.obs_dim != obs_dim or dataset.action_dim != action_dim:
         raise TrainingError(
             f"{dataset.path}: observations/actions are {dataset.obs_dim}/{dataset.action_dim}-"
             f"dimensional but {spec.name} ({spec.env_id}) has {obs_dim}/{action_dim}; "
             "pass the dataset collected for this task")
-    return low, high
+    return list(spaces.action_low), list(spaces.action_high)
 
 
 class ScalarLog:
@@ -213,7 +207,7 @@ class ScalarLog:
 
     def write_row(self, step: int, wall_seconds: float, stage: str) -> dict[str, float | str]:
         """Append the averages since the last row (the one host read-back per row)."""
-        row: dict[str, float | str] = {"step": float(step), "stage": stage,
+        row: dict[str, float | str] = {"step": step, "stage": stage,
                                        "wall_seconds": wall_seconds}
         row.update({k: float(self.sums[k]) / self.counts[k] for k in sorted(self.sums)})
         known = self.columns or []
@@ -233,14 +227,20 @@ class ScalarLog:
             with self.path.open(newline="") as handle:
                 rows = list(csv.DictReader(handle))
         self.columns = columns
-        with self.path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns, restval="")
-            writer.writeheader()
-            writer.writerows(rows)
+
+        def rewrite(temporary: Path) -> None:
+            with temporary.open("w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=columns, restval="")
+                writer.writeheader()
+                writer.writerows(rows)
+
+        if not self.path.parent.is_dir():  # deleted mid-run: fail, never quietly recreate it
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(self.path))
+        atomic_write(self.path, rewrite)  # a crash mid-rewrite must not lose the earlier rows
 
 
 def evaluate_actor(actor: SquashedGaussianActor, spec: TaskSpec, cost_limit: float,
-                   run_config: RunConfig) -> dict[str, Any]:
+                   run_config: RunConfig, progress: bool = False) -> dict[str, Any]:
     """Deterministic actor in the real environment on the fixed seed list, DSRL-normalised."""
     from safepolicy.rollout import rollout_episodes
 
@@ -252,7 +252,8 @@ def evaluate_actor(actor: SquashedGaussianActor, spec: TaskSpec, cost_limit: flo
         return actor(batch).cpu().numpy()
 
     records = rollout_episodes(policy, spec, run_config.eval_episodes, seed=run_config.eval_seed,
-                               num_envs=min(run_config.eval_envs, run_config.eval_episodes))
+                               num_envs=min(run_config.eval_envs, run_config.eval_episodes),
+                               progress=progress)
     returns = np.array([r.episode_return for r in records])
     costs = np.array([r.episode_cost for r in records])
     return {
@@ -452,10 +453,14 @@ def train(request: TrainRequest) -> Path:
 
     actor = algorithm.actor
     actor.eval()
-    evaluation = (evaluate_actor(actor, task, request.cost_limit, run_config)
+    evaluation = (evaluate_actor(actor, task, request.cost_limit, run_config,
+                                 progress=request.progress)
                   if run_config.eval_episodes > 0 else None)
     if evaluation is not None:
         atomic_write_text(out / "evaluation.json", json.dumps(evaluation, indent=2))
+    if (out / "scalars.csv").exists():  # absent when reused stages left nothing to train
+        plot_training_curves(out / "scalars.csv", out / CURVES_FILENAME, request.cost_limit,
+                             evaluation)
     metadata = ActorMetadata(
         task=task.name, env_id=task.env_id, algorithm=request.algorithm,
         cost_limit=request.cost_limit, seed=request.seed,

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from safepolicy.errors import SafepolicyError
+
 if TYPE_CHECKING:
     from safepolicy.training.algorithms.base import Algorithm, TrainingContext
     from safepolicy.training.config import Config, RunConfig
@@ -23,7 +25,7 @@ REGISTRY: dict[str, str] = {
 }
 
 
-class UnknownAlgorithmError(ValueError):
+class UnknownAlgorithmError(SafepolicyError, ValueError):
     """An algorithm name that is not in the registry."""
 
 
