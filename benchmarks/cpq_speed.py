@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--osrl-steps", type=int, default=40, help="timed updates (OSRL)")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--osrl-workers", type=int, default=0)
-    parser.add_argument("--precisions", nargs="+", default=["fp32"])
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16-mixed"])
     parser.add_argument("--transitions", type=int, default=100_000)
     parser.add_argument("--dataset", type=Path, help="a DSRL .h5 file instead of synthetic data")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cpq_speed.json"))
