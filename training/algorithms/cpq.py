@@ -43,7 +43,7 @@ Departures from OSRL (osrl-lib 0.1.0) and the paper, and why:
   cost Q to reach 1 / ood_fraction = 4x qc_thres. With the penalty's gradient live, that form
   took the mean OOD cost Q of a BallRun run (limit 10, 4,000 steps) to about 275 against
   qc_thres 9.5, its critic TD loss grew to about 2,100, and it ended unsafe (normalised cost
-  2.95); the figures after the switch are in the README's CPQ section.
+  2.95; benchmarks/results/quality-cpq-osrl-ood-mean).
 - The penalty weight's step size is 3e-3, not OSRL's 1e-4. OSRL's rate moves a dual whose
   penalty never reaches the critic; with the live penalty the linear term -alpha_p E_ood Qc
   pushes OOD cost Q up at a constant force until alpha_p falls, and at 1e-4 it falls too
