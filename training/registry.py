@@ -20,6 +20,7 @@ REGISTRY: dict[str, str] = {
     "o3srl": "safepolicy.training.algorithms.o3srl:SPEC",
     "td3bc-lag": "safepolicy.training.algorithms.baselines:TD3BC_LAG_SPEC",
     "bc-safe": "safepolicy.training.algorithms.baselines:BC_SAFE_SPEC",
+    "drcorl": "safepolicy.training.algorithms.drcorl:SPEC",
 }
 
 
