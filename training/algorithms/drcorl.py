@@ -118,39 +118,39 @@ class DRCORLConfig(Config):
     Gaussian extraction with gradient manipulation in slack bands."""
 
     behaviour_steps: int = param(20_000, "diffusion behaviour-model updates (stage 1)",
-                                 "paper: not stated", gt=0)
+                                 "not stated", gt=0)
     critics_steps: int = param(20_000, "critic pretraining updates (stage 2)",
-                               "paper: not stated", gt=0)
+                               "not stated", gt=0)
     policy_steps: int = param(2_050, "policy-extraction updates (stage 3)",
-                              "paper: 2050 (Table 2, read as extraction)", gt=0)
-    diffusion_lr: float = param(6e-4, "diffusion model learning rate", "paper: 6e-4", gt=0.0)
+                              "2050 (Table 2, read as extraction)", gt=0)
+    diffusion_lr: float = param(6e-4, "diffusion model learning rate", "6e-4", gt=0.0)
     diffusion_hidden_sizes: list[PositiveInt] = param([256, 256, 256], "noise-predictor widths",
-                                              "paper: not stated", min_length=1)
-    actor_lr: float = param(6e-4, "actor learning rate", "paper: 6e-4", gt=0.0)
-    critic_lr: float = param(6e-4, "Q, V and cost-ensemble learning rate", "paper: 6e-4",
+                                              "not stated", min_length=1)
+    actor_lr: float = param(6e-4, "actor learning rate", "6e-4", gt=0.0)
+    critic_lr: float = param(6e-4, "Q, V and cost-ensemble learning rate", "6e-4",
                              gt=0.0)
-    tau: float = param(0.005, "target network EMA rate", "paper: 0.005", gt=0.0, le=1.0)
-    expectile: float = param(0.7, "IQL expectile of the reward value", "paper: 0.7",
+    tau: float = param(0.005, "target network EMA rate", "0.005", gt=0.0, le=1.0)
+    expectile: float = param(0.7, "IQL expectile of the reward value", "0.7",
                              gt=0.0, lt=1.0)
-    reward_critics: int = param(2, "IQL reward Q networks", "paper: 2", ge=1)
-    cost_critics: int = param(5, "cost critic ensemble size", "paper: not stated", ge=2)
+    reward_critics: int = param(2, "IQL reward Q networks", "2", ge=1)
+    cost_critics: int = param(5, "cost critic ensemble size", "not stated", ge=2)
     td_pessimism: float = param(0.5, "k_td of the cost TD target mean + k_td * std",
-                                "paper: a positive constant, value not stated", ge=0.0)
-    ucb_k: float = param(1.0, "k of the UCB cost estimate mean + k * std", "paper: not stated",
+                                "a positive constant, value not stated", ge=0.0)
+    ucb_k: float = param(1.0, "k of the UCB cost estimate mean + k * std", "not stated",
                          ge=0.0)
     temperature_schedule: Literal["linear", "constant"] = param(
         "linear", "temperature beta over extraction: linear start -> end, or constant start",
-        "paper: linear 0.04 -> 1.0 (constant and sqrt also studied)")
+        "linear 0.04 -> 1.0 (constant and sqrt also studied)")
     temperature_start: float = param(0.04, "beta at the start of extraction (small = closer "
-                                     "to the behaviour model)", "paper: 0.04", gt=0.0)
-    temperature_end: float = param(1.0, "beta at the end of a linear schedule", "paper: 1.0",
+                                     "to the behaviour model)", "0.04", gt=0.0)
+    temperature_end: float = param(1.0, "beta at the end of a linear schedule", "1.0",
                                    gt=0.0)
     policy_std: Literal["fixed", "learned"] = param(
         "fixed", "pre-squash std: fixed (entropy constant) or the actor's log-std head with "
-        "the closed-form Gaussian entropy", "paper: fixed variance")
-    fixed_std: float = param(0.2, "the fixed pre-squash std", "paper: not stated", gt=0.0)
+        "the closed-form Gaussian entropy", "fixed variance")
+    fixed_std: float = param(0.2, "the fixed pre-squash std", "not stated", gt=0.0)
     slack_start: float = param(0.2, "h+ and h- at the start, relative to the cost limit",
-                               "paper: 0.2", ge=0.0)
+                               "0.2", ge=0.0)
 
 
 def temperature_at(config: DRCORLConfig, step: int, steps: int) -> float:
