@@ -206,6 +206,25 @@ def test_under_strong_regularisation_the_actor_stays_on_the_behaviour_modes(
         assert distance.median() > 0.3 and actions.min() > 0.95
 
 
+@pytest.mark.parametrize("policy_std", ["fixed", "learned"])
+def test_the_log_std_head_learns_only_with_a_learned_std(policy_std: str) -> None:
+    """Fixed std: the entropy is a constant, nothing reaches the log-std outputs. Learned: the
+    closed-form entropy and the score term move them."""
+    data = two_mode_dataset(transitions=500)
+    context = toy_context(data, cost_limit=5.0, total_steps=20, batch_size=64,
+                          hidden_sizes=(16, 16))
+    algorithm = DRCORL(small_config(diffusion_hidden_sizes=[16], policy_std=policy_std,
+                                    policy_steps=10), context)
+    output = algorithm.actor.trunk[-1]
+    assert isinstance(output, torch.nn.Linear)
+    before = output.weight.detach().clone()
+    run_stages(algorithm, behaviour=5, critics=5, policy=10)
+    mean_rows, log_std_rows = slice(0, 1), slice(1, 2)  # action_dim 1: [mean, log_std]
+    assert not torch.equal(output.weight[mean_rows], before[mean_rows])
+    moved = not torch.equal(output.weight[log_std_rows], before[log_std_rows])
+    assert moved == (policy_std == "learned")
+
+
 def test_temperature_schedules() -> None:
     linear = DRCORLConfig()
     assert temperature_at(linear, 0, 2050) == pytest.approx(0.04)
