@@ -264,7 +264,8 @@ def main() -> int:
             (args.out / "quality.json").write_text(json.dumps(
                 {"settings": settings, "runs": results}, indent=2))
             (args.out / "quality.md").write_text(
-                f"Settings: {args.steps} gradient steps ({args.precision}), seeds {args.seeds}, "
+                f"Settings: {args.steps} gradient steps for one-stage algorithms (staged ones "
+                f"take theirs from --set), {args.precision}, seeds {args.seeds}, "
                 f"settings {' '.join(args.settings) or 'none'}, "
                 f"{args.eval_episodes} evaluation episodes on seeds 10000+, datasets of "
                 f"{args.dataset_episodes} episodes from `safepolicy collect --seed 0`.\n\n"
