@@ -15,6 +15,7 @@ lookup plus the increments.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from time import time
 from typing import Any
 
 from prometheus_client import (
@@ -34,7 +35,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 EPISODE_COST_BUCKETS = (0, 1, 2, 5, 10, 15, 20, 25, 30, 40, 50, 75, 100, 200, 500, 1000)
 METHODS = ("Act", "ActStream", "ListPolicies", "GetPolicy", "ReportOutcome", "Reload",
            "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata",
-           "ModelInfer")
+           "ModelInfer", "RepositoryIndex", "ModelConfig", "ModelStatistics")
 
 
 class ServerMetrics:
@@ -127,6 +128,12 @@ class ServerMetrics:
         self.child(self.requests, method, policy, version, code).inc()
         self.child(self.latency, method).observe(seconds)
 
+    def calls_of(self, policy: str, version: int) -> list[BoundCall]:
+        """Every :class:`BoundCall` of ``policy``/``version`` so far (one per method that
+        resolved it)."""
+        return [bound for (_, name, number), bound in list(self._bound.items())
+                if name == policy and number == version]
+
     def set_loaded(self, entries: Iterable[tuple[str, list[int]]]) -> None:
         """Loaded-version gauges for every policy (zero for policies with nothing servable)."""
         for name, versions in entries:
@@ -135,21 +142,31 @@ class ServerMetrics:
 
 
 class BoundCall:
-    """The metric children a successful inference call of one method, policy and version
-    updates, looked up once: ``requests{code="OK"}``, the method's latency histogram and the
-    policy's batch-size histogram (the last only where the call runs unbatched)."""
+    """The metric children a successful call of one method, policy and version updates,
+    looked up once: ``requests{code="OK"}`` and the method's latency histogram; plus plain
+    running totals (calls, seconds, the last call's wall-clock time) that the Open Inference
+    Protocol's model statistics read."""
 
-    __slots__ = ("batch_size", "latency", "ok")
+    __slots__ = ("count", "last_ms", "latency", "method", "ok", "policy", "rows", "seconds",
+                 "version")
 
     def __init__(self, metrics: ServerMetrics, method: str, policy: str, version: str) -> None:
+        self.method, self.policy, self.version = method, policy, version
         self.ok = metrics.child(metrics.requests, method, policy, version, "OK")
         self.latency = metrics.child(metrics.latency, method)
-        self.batch_size = metrics.child(metrics.batch_size, policy)
+        self.count = 0
+        self.seconds = 0.0
+        self.rows = 0
+        self.last_ms = 0
 
-    def record_ok(self, seconds: float) -> None:
-        """Count one successful call that took ``seconds``."""
+    def record_ok(self, seconds: float, rows: int = 0) -> None:
+        """Count one successful call that took ``seconds`` and inferred ``rows`` observations."""
         self.ok.inc()
         self.latency.observe(seconds)
+        self.count += 1
+        self.seconds += seconds
+        self.rows += rows
+        self.last_ms = int(time() * 1000)
 
 
 def start_metrics_server(metrics: ServerMetrics, port: int, host: str = "0.0.0.0") -> Any:

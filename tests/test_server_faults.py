@@ -14,11 +14,10 @@ import pytest
 
 from safepolicy.server._generated import grpc_predict_v2_pb2 as oip
 from safepolicy.server._generated import policy_pb2
-from safepolicy.server.app import ServerThread
 from safepolicy.server.client import PolicyClient, act_request
 from safepolicy.server.errors import MAX_MESSAGE_CHARS, clip_message
 from safepolicy.server.settings import ServerSettings
-from safepolicy.server.testing import make_policy, observations
+from safepolicy.server.testing import ServerThread, make_policy, observations
 
 OBS_DIM = 8
 

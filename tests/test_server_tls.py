@@ -17,10 +17,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from safepolicy.server.app import ServerThread
 from safepolicy.server.client import PolicyClient
 from safepolicy.server.settings import ServerSettings
-from safepolicy.server.testing import make_policy, observations
+from safepolicy.server.testing import ServerThread, make_policy, observations
 
 OPENSSL = shutil.which("openssl")
 pytestmark = pytest.mark.skipif(

@@ -19,9 +19,8 @@ import pytest
 from safepolicy.export.artifact import load_policy
 from safepolicy.server._generated import grpc_predict_v2_pb2 as pb
 from safepolicy.server._generated import grpc_predict_v2_pb2_grpc
-from safepolicy.server.app import ServerThread
 from safepolicy.server.settings import ServerSettings
-from safepolicy.server.testing import make_policy, observations
+from safepolicy.server.testing import ServerThread, make_policy, observations
 
 TRITON_SCRIPT = r"""
 import json, sys
