@@ -41,6 +41,7 @@ from safepolicy.server.outcomes import OutcomeTracker
 from safepolicy.server.policies import PolicyStore, ReloadReport
 from safepolicy.server.policy_service import PolicyServicer
 from safepolicy.server.providers import resolve_providers
+from safepolicy.server.rest import RestServer, server_ssl_context
 from safepolicy.server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -70,10 +71,12 @@ class PolicyServer:
         self.health = health_aio.HealthServicer()
         self.port: int | None = None
         self.metrics_port: int | None = None
+        self.http_port: int | None = None
         self._token = settings.token()
         self._tls = settings.read_tls()
         self._server: grpc.aio.Server | None = None
         self._metrics_http: Any = None
+        self._rest: RestServer | None = None
         self._poller: asyncio.Task[None] | None = None
         self._reload_lock: asyncio.Lock | None = None
         self._stopping: asyncio.Task[None] | None = None
@@ -127,10 +130,20 @@ class PolicyServer:
             self._metrics_http = start_metrics_server(
                 self.metrics, self.settings.metrics_port, self.settings.metrics_host)
             self.metrics_port = int(self._metrics_http.server_port)
+        if self.settings.http_port is not None:
+            self._rest = RestServer(self.plane, token=self._token,
+                                    max_body_bytes=self.settings.max_message_bytes)
+            ssl_context = None if self._tls is None else server_ssl_context(
+                str(self.settings.tls_cert_file), str(self.settings.tls_key_file),
+                None if self.settings.tls_client_ca_file is None
+                else str(self.settings.tls_client_ca_file))
+            self.http_port = await self._rest.start(self.settings.host, self.settings.http_port,
+                                                    ssl_context)
         if self.settings.poll_interval_s > 0:
             self._poller = asyncio.create_task(self._poll(), name="repository-poller")
-        log.info("serving %s on %s (metrics on %s), onnxruntime providers %s", self.settings.repo,
-                 port, self.metrics_port, ",".join(self.store.providers))
+        log.info("serving %s on %s (HTTP on %s, metrics on %s), onnxruntime providers %s",
+                 self.settings.repo, port, self.http_port, self.metrics_port,
+                 ",".join(self.store.providers))
         return port
 
     async def _poll(self) -> None:
@@ -186,6 +199,8 @@ class PolicyServer:
             self._poller.cancel()
         if self._server is not None:
             await self._server.stop(grace)
+        if self._rest is not None:
+            await self._rest.stop()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
