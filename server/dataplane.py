@@ -21,7 +21,6 @@ import asyncio
 import functools
 from collections.abc import Sequence
 from time import perf_counter
-from typing import Any
 
 import numpy as np
 
@@ -29,7 +28,7 @@ from safepolicy.export.artifact import PolicyOutputs
 from safepolicy.server.batching import MicroBatcher
 from safepolicy.server.calls import Call
 from safepolicy.server.errors import DeadlineExceeded, ShuttingDown
-from safepolicy.server.metrics import ServerMetrics
+from safepolicy.server.metrics import InFlight, ServerMetrics
 from safepolicy.server.policies import LoadedVersion, PolicyStore
 from safepolicy.server.settings import ServerSettings
 from safepolicy.server.tensors import decode_float32
@@ -51,7 +50,6 @@ class DataPlane:
                 self._run_batch, max_rows=settings.batch_max_size,
                 max_delay_s=settings.batch_max_delay_ms / 1000.0,
                 max_queue_rows=settings.batch_max_queue)
-        self._in_flight: dict[str, Any] = {}
         # failed calls by (policy, version), for the Open Inference Protocol's statistics
         self.failures: dict[tuple[str, int], int] = {}
 
@@ -107,7 +105,7 @@ class DataPlane:
             raise DeadlineExceeded("the call's deadline passed before inference started")
         deterministic = not sample
         if self.runs_inline(observations, sample):
-            self.metrics.child(self.metrics.batch_size, loaded.name).observe(observations.shape[0])
+            self.metrics.batch_size_of(loaded.name).observe(observations.shape[0])
             return self.store.run(loaded, observations, deterministic=deterministic, seed=seed)
         if self.batcher is not None and deterministic:
             try:
@@ -116,7 +114,7 @@ class DataPlane:
             except TimeoutError as error:
                 raise DeadlineExceeded("the call's deadline passed while waiting for a "
                                        "micro-batch") from error
-        self.metrics.child(self.metrics.batch_size, loaded.name).observe(observations.shape[0])
+        self.metrics.batch_size_of(loaded.name).observe(observations.shape[0])
         return await asyncio.get_running_loop().run_in_executor(None, functools.partial(
             self.store.run, loaded, observations, deterministic=deterministic, seed=seed))
 
@@ -129,7 +127,7 @@ class DataPlane:
             None, self.store.outputs, loaded, observations)
 
     def _run_batch(self, loaded: LoadedVersion, observations: np.ndarray) -> np.ndarray:
-        self.metrics.child(self.metrics.batch_size, loaded.name).observe(observations.shape[0])
+        self.metrics.batch_size_of(loaded.name).observe(observations.shape[0])
         return self.store.run(loaded, observations, deterministic=True)
 
     # ---- what the call scope reports ----
@@ -160,9 +158,6 @@ class DataPlane:
         return (sum(b.count for b in bound), sum(b.rows for b in bound),
                 sum(b.seconds for b in bound), max((b.last_ms for b in bound), default=0))
 
-    def in_flight(self, method: str) -> Any:
-        """The in-flight gauge child of ``method``."""
-        gauge = self._in_flight.get(method)
-        if gauge is None:
-            gauge = self._in_flight[method] = self.metrics.child(self.metrics.in_flight, method)
-        return gauge
+    def in_flight(self, method: str) -> InFlight:
+        """The in-flight gauge of ``method``."""
+        return self.metrics.in_flight_of(method)
