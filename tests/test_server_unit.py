@@ -164,7 +164,7 @@ def test_server_modules_import_downwards_only() -> None:
     """No import cycle among server modules (app <-> oip was one), and the test harness is
     imported by no production module."""
     graph = _server_imports()
-    assert "oip" in graph["app"] and "dataplane" in graph["oip"]  # the walk sees real edges
+    assert "oip" in graph["app"]  # the walk sees real edges
     visiting: list[str] = []
     done: set[str] = set()
 
