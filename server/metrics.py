@@ -11,8 +11,7 @@ every call writes (requests, request duration, in-flight, batch size) go one ste
 they are plain Python numbers (:class:`RunningHistogram`, :class:`BoundCall`) updated on the
 event loop and turned into Prometheus families only when scraped (:class:`CallCollector`).
 prometheus_client's own Counter, Gauge and Histogram take a lock and walk their buckets on
-every update, about five times the cost of plain numbers for the four updates of one Act
-call (in-process timing; the end-to-end effect is in the README's serving section). Every
+every update (the README's serving section has what replacing them gained). Every
 update of them happens on the event loop thread; the scrape runs on the metrics thread and
 copies each dict before walking it.
 """
