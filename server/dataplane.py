@@ -79,9 +79,12 @@ class DataPlane:
         self.check_accepting()
         loaded = self.resolve(call, name, version)
         observations, single = self.observations(call, loaded, shape, data)
-        actions = await self.run(loaded, observations, sample=sample, seed=seed,
-                                 time_remaining=time_remaining)
-        return actions, single
+        # the per-step path stays synchronous: no coroutine of its own for inline batches
+        if self.runs_inline(observations, sample):
+            return self.run_inline(loaded, observations, sample=sample, seed=seed,
+                                   time_remaining=time_remaining), single
+        return await self.run_elsewhere(loaded, observations, sample=sample, seed=seed,
+                                        time_remaining=time_remaining), single
 
     def observations(self, call: Call, loaded: LoadedVersion, shape: Sequence[int],
                      data: bytes) -> tuple[np.ndarray, bool]:
@@ -101,13 +104,26 @@ class DataPlane:
     async def run(self, loaded: LoadedVersion, observations: np.ndarray, *, sample: bool,
                   seed: int | None, time_remaining: float | None) -> np.ndarray:
         """Actions for checked observations, by the cheapest route that keeps the loop free."""
-        if time_remaining is not None and time_remaining <= 0:
-            raise DeadlineExceeded("the call's deadline passed before inference started")
-        deterministic = not sample
         if self.runs_inline(observations, sample):
-            self.metrics.batch_size_of(loaded.name).observe(observations.shape[0])
-            return self.store.run(loaded, observations, deterministic=deterministic, seed=seed)
-        if self.batcher is not None and deterministic:
+            return self.run_inline(loaded, observations, sample=sample, seed=seed,
+                                   time_remaining=time_remaining)
+        return await self.run_elsewhere(loaded, observations, sample=sample, seed=seed,
+                                        time_remaining=time_remaining)
+
+    def run_inline(self, loaded: LoadedVersion, observations: np.ndarray, *, sample: bool,
+                   seed: int | None, time_remaining: float | None) -> np.ndarray:
+        """Actions computed now, on the event loop (small batches, see :meth:`runs_inline`)."""
+        _check_deadline(time_remaining)
+        self.metrics.batch_size_of(loaded.name).observe(observations.shape[0])
+        return self.store.run(loaded, observations, deterministic=not sample, seed=seed)
+
+    async def run_elsewhere(self, loaded: LoadedVersion, observations: np.ndarray, *,
+                            sample: bool, seed: int | None, time_remaining: float | None,
+                            ) -> np.ndarray:
+        """Actions from the micro-batcher (deterministic requests, batching on) or from a
+        worker thread (everything else that does not run inline)."""
+        _check_deadline(time_remaining)
+        if self.batcher is not None and not sample:
             try:
                 return await asyncio.wait_for(self.batcher.submit(loaded, observations),
                                               time_remaining)
@@ -116,7 +132,7 @@ class DataPlane:
                                        "micro-batch") from error
         self.metrics.batch_size_of(loaded.name).observe(observations.shape[0])
         return await asyncio.get_running_loop().run_in_executor(None, functools.partial(
-            self.store.run, loaded, observations, deterministic=deterministic, seed=seed))
+            self.store.run, loaded, observations, deterministic=not sample, seed=seed))
 
     async def run_outputs(self, loaded: LoadedVersion, observations: np.ndarray,
                           ) -> PolicyOutputs:
@@ -161,3 +177,8 @@ class DataPlane:
     def in_flight(self, method: str) -> InFlight:
         """The in-flight gauge of ``method``."""
         return self.metrics.in_flight_of(method)
+
+
+def _check_deadline(time_remaining: float | None) -> None:
+    if time_remaining is not None and time_remaining <= 0:
+        raise DeadlineExceeded("the call's deadline passed before inference started")
