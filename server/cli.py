@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--port", type=int)
     add("--metrics-port", type=int)
     add("--metrics-host")
+    add("--http-port", type=int)
     add("--workers", type=int)
     add("--version-policy", choices=["latest", "all"])
     add("--pins", metavar="NAME=V[,V];...")

@@ -36,6 +36,7 @@ from safepolicy.export.artifact import (
     ObservationError,
     OnnxPolicy,
     PolicyMetadata,
+    PolicyOutputs,
     load_policy,
     read_audit_verdict,
     read_metadata,
@@ -172,6 +173,12 @@ class PolicyStore:
                 f"server with --version-policy all or --pin {name}={version}")
         return loaded
 
+    def versions_of(self, loaded: LoadedVersion) -> list[int]:
+        """The loaded versions of ``loaded``'s policy, sorted (``loaded``'s own at least, if a
+        reload swapped the snapshot since it was resolved)."""
+        entry = self._snapshot.get(loaded.name)
+        return sorted(entry.versions) if entry and entry.versions else [loaded.version]
+
     # ---- acting ----
 
     def check_observations(self, loaded: LoadedVersion, observations: np.ndarray) -> np.ndarray:
@@ -207,6 +214,19 @@ class PolicyStore:
             log.exception("inference failed on %s", loaded.label)
             raise InferenceFailed(
                 f"policy {loaded.label} failed to compute actions ({type(error).__name__}); "
+                "the server log has details") from error
+
+    def outputs(self, loaded: LoadedVersion, observations: np.ndarray) -> PolicyOutputs:
+        """The graph's three outputs (deterministic action, pre-tanh mean and log-std) for
+        observations that came through :meth:`check_observations`."""
+        try:
+            return loaded.policy.outputs(observations)
+        except ObservationError as error:
+            raise InvalidObservations(f"policy {loaded.label}: {error}") from error
+        except Exception as error:  # onnxruntime raises untyped errors
+            log.exception("inference failed on %s", loaded.label)
+            raise InferenceFailed(
+                f"policy {loaded.label} failed to compute its outputs ({type(error).__name__}); "
                 "the server log has details") from error
 
     def act(self, name: str, version: int | None, observations: np.ndarray, *,

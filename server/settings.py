@@ -37,6 +37,9 @@ class ServerSettings(BaseSettings):
         9464, ge=0, le=65535, description="Prometheus /metrics port (0 picks a free one; with "
         "several workers, worker i uses metrics_port + i)")
     metrics_host: str = Field("0.0.0.0", description="address of the metrics endpoint")
+    http_port: int | None = Field(
+        None, ge=0, le=65535, description="Open Inference Protocol over HTTP/REST on this port "
+        "(same address, process and event loop as gRPC; 0 picks a free one; unset: off)")
     workers: int = Field(1, ge=1, le=64, description="server processes sharing the port "
                          "(SO_REUSEPORT) for multi-core throughput")
     version_policy: Literal["latest", "all"] = Field(
@@ -116,6 +119,9 @@ class ServerSettings(BaseSettings):
                              "in auth_token_file, not both")
         if self.workers > 1 and self.port == 0:
             raise ValueError("several workers share one fixed port; give --port")
+        if self.workers > 1 and self.http_port is not None:
+            raise ValueError("--http-port serves from one process; use it with --workers 1 "
+                             "(or put the workers behind one HTTP load balancer each)")
         return self
 
     def token(self) -> str | None:
