@@ -157,6 +157,8 @@ def preflight(settings: ServerSettings, worker_index: int | None) -> None:
         for offset in range(count):
             check_free(settings.metrics_host, settings.metrics_port + offset, "metrics",
                        "--metrics-port")
+    if settings.http_port:
+        check_free(settings.host, settings.http_port, "HTTP", "--http-port")
 
 
 def run_workers(argv: list[str], settings: ServerSettings) -> int:

@@ -35,16 +35,6 @@ SERVER_NAME = "safepolicy"
 EXTENSIONS = ("model_repository", "statistics", "model_configuration")
 
 
-def server_version() -> str:
-    """The installed safepolicy version (``0+unknown`` when run from a source tree)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("safepolicy")
-    except PackageNotFoundError:
-        return "0+unknown"
-
-
 def parse_version(text: str) -> int | None:
     """A model version string as the policy's integer version; empty: the serving one."""
     if not text:

@@ -30,9 +30,9 @@ from safepolicy.server.inference_protocol import (
     model_statistics,
     parse_version,
     repository_index,
-    server_version,
 )
 from safepolicy.server.tensors import encode_float32
+from safepolicy.version import package_version
 
 # Triton's DataType enum value of TYPE_FP32 (model_config.proto)
 DATA_TYPES = {"TYPE_FP32": pb.TYPE_FP32}
@@ -71,7 +71,7 @@ class InferenceServicer(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
         self.store = plane.store
-        self._version = server_version()
+        self._version = package_version()
 
     @unary("ServerLive")
     async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext,

@@ -52,9 +52,9 @@ from safepolicy.server.inference_protocol import (
     model_statistics,
     parse_version,
     repository_index,
-    server_version,
 )
 from safepolicy.server.tensors import FLOAT32
+from safepolicy.version import package_version
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ class RestServer:
         self.plane = plane
         self.max_body_bytes = max_body_bytes
         self._expected = f"Bearer {token}".encode() if token else None
-        self._version = server_version()
+        self._version = package_version()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
