@@ -1,7 +1,8 @@
 """The Open Inference Protocol over HTTP/REST (``--http-port``), against a live server.
 
-tritonclient.http is not installed here (its geventhttpclient dependency is missing), so the
-client is the standard library's ``http.client``, speaking the protocol's JSON as curl would.
+Most tests speak the protocol's JSON with the standard library's ``http.client``, as curl
+would; ``test_tritonclient_http_works_unchanged`` runs tritonclient.http (a client nobody here
+wrote) in a subprocess, so gevent never shares a process with the server's event loop.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import http.client
 import json
 import logging
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -55,6 +58,68 @@ def call(server: ServerThread, method: str, path: str, body: Any = None,
 def infer_body(obs: np.ndarray, **extra: Any) -> dict[str, Any]:
     return {"inputs": [{"name": "obs", "shape": list(obs.shape), "datatype": "FP32",
                         "data": obs.tolist()}], **extra}
+
+
+TRITON_HTTP_SCRIPT = r"""
+import json, sys
+import numpy as np
+import tritonclient.http as th
+from tritonclient.utils import InferenceServerException
+
+url, obs = sys.argv[1], np.array(json.loads(sys.argv[2]), dtype=np.float32)
+client = th.InferenceServerClient(url)
+
+def status(call):
+    try:
+        call()
+        return "OK"
+    except InferenceServerException as error:
+        return error.status()
+
+def tensor(array, name="obs", binary=False):
+    item = th.InferInput(name, list(array.shape), "FP32")
+    item.set_data_from_numpy(array, binary_data=binary)
+    return item
+
+json_result = client.infer("ballrun", [tensor(obs)],
+                           outputs=[th.InferRequestedOutput("action", binary_data=False)])
+print(json.dumps({
+    "live": client.is_server_live(),
+    "ready": client.is_server_ready(),
+    "model_ready": client.is_model_ready("ballrun"),
+    "server_metadata": client.get_server_metadata(),
+    "metadata": client.get_model_metadata("ballrun"),
+    "config": client.get_model_config("ballrun"),
+    "actions": json_result.as_numpy("action").tolist(),
+    "binary_in_actions": client.infer(
+        "ballrun", [tensor(obs, binary=True)],
+        outputs=[th.InferRequestedOutput("action", binary_data=False)]).as_numpy("action").tolist(),
+    "unknown_model": status(lambda: client.infer("nope", [tensor(obs)])),
+    "bad_shape": status(lambda: client.infer("ballrun", [tensor(np.zeros((1, 3), np.float32))])),
+    "stats": client.get_inference_statistics("ballrun"),
+}))
+"""
+
+
+def test_tritonclient_http_works_unchanged(served: tuple[ServerThread, Path]) -> None:
+    server, version_dir = served
+    obs = observations(3, OBS_DIM)
+    result = subprocess.run([sys.executable, "-c", TRITON_HTTP_SCRIPT,
+                             f"127.0.0.1:{server.server.http_port}", json.dumps(obs.tolist())],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    reply = json.loads(result.stdout)
+    assert reply["live"] and reply["ready"] and reply["model_ready"]
+    assert reply["server_metadata"]["name"] == "safepolicy"
+    assert reply["metadata"]["name"] == "ballrun" and reply["metadata"]["versions"] == ["1"]
+    assert reply["config"]["platform"] == "onnxruntime_onnx"
+    expected = load_policy(version_dir)(obs)
+    np.testing.assert_allclose(np.array(reply["actions"]), expected, atol=1e-6)
+    np.testing.assert_allclose(np.array(reply["binary_in_actions"]), expected, atol=1e-6)
+    assert reply["unknown_model"] == "404" and reply["bad_shape"] == "400"
+    (model_stats,) = reply["stats"]["model_stats"]
+    assert model_stats["name"] == "ballrun" and model_stats["inference_stats"]["success"][
+        "count"] >= 2
 
 
 def test_health_metadata_ready_config_and_index(served: tuple[ServerThread, Path]) -> None:
