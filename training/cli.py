@@ -64,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print_config(args.algorithm)
         return 0
-    missing = [flag for flag, value in (("--task", args.task), ("--dataset", args.dataset),
-                                        ("--cost-limit", args.cost_limit), ("--out", args.out))
-               if value is None]
+    # --dataset is checked by the loop: an online algorithm (sac-lag) runs without one
+    missing = [flag for flag, value in (("--task", args.task), ("--cost-limit", args.cost_limit),
+                                        ("--out", args.out)) if value is None]
     if missing:
         parser.error(f"missing {', '.join(missing)}")
     overrides: dict[str, str] = {}

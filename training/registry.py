@@ -20,6 +20,7 @@ REGISTRY: dict[str, str] = {
     "o3srl": "safepolicy.training.algorithms.o3srl:SPEC",
     "td3bc-lag": "safepolicy.training.algorithms.baselines:TD3BC_LAG_SPEC",
     "bc-safe": "safepolicy.training.algorithms.baselines:BC_SAFE_SPEC",
+    "sac-lag": "safepolicy.training.algorithms.sac_lag:SPEC",
 }
 
 
@@ -51,6 +52,8 @@ class AlgorithmSpec:
     stages: Callable[[Any, RunConfig], list[Stage]] = single_stage
     # {task: {dotted field: value}}, layered under --config and --set
     task_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # False for an online algorithm that can run without --dataset (context.buffer is None)
+    needs_dataset: bool = True
 
 
 def algorithm_names() -> list[str]:
