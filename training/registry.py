@@ -21,6 +21,7 @@ REGISTRY: dict[str, str] = {
     "td3bc-lag": "safepolicy.training.algorithms.baselines:TD3BC_LAG_SPEC",
     "bc-safe": "safepolicy.training.algorithms.baselines:BC_SAFE_SPEC",
     "sac-lag": "safepolicy.training.algorithms.sac_lag:SPEC",
+    "cpq": "safepolicy.training.algorithms.cpq:SPEC",
 }
 
 
