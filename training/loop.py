@@ -55,6 +55,7 @@ from safepolicy.training.networks import SquashedGaussianActor
 from safepolicy.training.registry import (
     AlgorithmSpec,
     Stage,
+    StageSource,
     UnknownAlgorithmError,
     algorithm_spec,
     checked_stages,
@@ -318,9 +319,11 @@ def stage_bounds(stages: list[Stage]) -> list[tuple[Stage, int, int]]:
     return bounds
 
 
-def load_reused_stage(reuse: Mapping[str, Path], stages: list[Stage], resolved: dict[str, Any],
-                      device: torch.device) -> tuple[str, dict[str, Any], int] | None:
-    """The stage checkpoint named by ``--reuse-stage``: (stage, state, global step after it)."""
+def load_reused_stage(reuse: Mapping[str, Path], spec: AlgorithmSpec, stages: list[Stage],
+                      resolved: dict[str, Any], device: torch.device,
+                      ) -> tuple[str, dict[str, Any], int, StageSource | None] | None:
+    """The stage checkpoint named by ``--reuse-stage``: (stage, state, global step after it,
+    the other algorithm it came from when ``spec.stage_sources`` allows one, else None)."""
     if not reuse:
         return None
     if len(reuse) > 1:
@@ -331,9 +334,12 @@ def load_reused_stage(reuse: Mapping[str, Path], stages: list[Stage], resolved: 
     if stage_name not in ends:
         raise TrainingError(f"--reuse-stage {stage_name}: {resolved['algorithm']} has no stage "
                             f"{stage_name!r}; its stages are {', '.join(ends)}")
+    other = spec.stage_sources.get(stage_name)
     path = Path(source)
     if path.is_dir():
-        path = stage_checkpoint_path(path, stage_name)
+        path = stage_checkpoint_path(Path(source), stage_name)
+        if not path.is_file() and other is not None:
+            path = stage_checkpoint_path(Path(source), other.stage)
     if not path.is_file():
         raise TrainingError(f"--reuse-stage {stage_name}={source}: no stage checkpoint at "
                             f"{path}; name a run directory that finished that stage or its "
@@ -347,15 +353,21 @@ def load_reused_stage(reuse: Mapping[str, Path], stages: list[Stage], resolved: 
         raise TrainingError(f"--reuse-stage {stage_name}={source}: {path} is not a run "
                             "checkpoint of this version")
     saved = state["config"]
+    foreign = other if other is not None and saved.get("algorithm") == other.algorithm else None
     for key in ("algorithm", "task", "dataset_sha256"):
+        if key == "algorithm" and foreign is not None:
+            continue
         if saved.get(key) != resolved[key]:
+            allowed = f" (or {other.algorithm})" if other is not None else ""
             raise TrainingError(f"--reuse-stage {stage_name}={source}: that run's {key} is "
-                                f"{saved.get(key)!r}, this run's is {resolved[key]!r}; a stage "
-                                "can only be reused by the same algorithm on the same data")
-    if state.get("stage") != stage_name:
+                                f"{saved.get(key)!r}, this run's is {resolved[key]!r}{allowed}; "
+                                "a stage can only be reused by the same algorithm on the same "
+                                "data")
+    expected_stage = foreign.stage if foreign is not None else stage_name
+    if state.get("stage") != expected_stage:
         raise TrainingError(f"--reuse-stage {stage_name}={source}: {path} was written at the "
-                            f"end of stage {state.get('stage')!r}, not {stage_name!r}")
-    return stage_name, state, ends[stage_name]
+                            f"end of stage {state.get('stage')!r}, not {expected_stage!r}")
+    return stage_name, state, ends[stage_name], foreign
 
 
 def train(request: TrainRequest) -> Path:
@@ -413,13 +425,16 @@ def train(request: TrainRequest) -> Path:
         torch.set_rng_state(state["rng"]["torch"])
         start_step = int(state["step"])
     else:
-        reused = load_reused_stage(request.reuse_stages, stages, resolved, device)
+        reused = load_reused_stage(request.reuse_stages, spec, stages, resolved, device)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.json", json.dumps(resolved, indent=2))
         (out / "scalars.csv").unlink(missing_ok=True)
         if reused is not None:
-            _, state, start_step = reused
-            algorithm.load_state_dict(state["algorithm"])
+            _, state, start_step, foreign = reused
+            if foreign is not None:  # another algorithm's stage, e.g. a `train cpq` run's
+                foreign.load(algorithm, state["algorithm"])
+            else:
+                algorithm.load_state_dict(state["algorithm"])
             if state["config"]["seed"] == request.seed:  # same stream as the reused run
                 generator.set_state(state["rng"]["generator"])
                 torch.set_rng_state(state["rng"]["torch"])

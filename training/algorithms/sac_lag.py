@@ -83,8 +83,9 @@ from safepolicy.training.replay import EnvironmentCollector, MixedSampler, Repla
 MultiplierName = Literal["apid", "pid", "dual-ascent"]
 
 
-class SACLagConfig(Config):
-    """SAC-Lag: online SAC on Q_r - lambda Q_c, lambda from the episodes' measured cost."""
+class OnlineConfig(Config):
+    """What the online learner and the SAC-Lag update read (shared with Marvel's online stage,
+    which sets its own defaults)."""
 
     num_envs: int = param(4, "vectorised environments stepped together", "FSRL: 20", gt=0)
     warmup_steps: int = param(2_000, "first environment transitions with uniform random "
@@ -98,16 +99,10 @@ class SACLagConfig(Config):
                              gt=0.0)
     temperature_lr: float = param(3e-4, "entropy temperature learning rate", "FSRL: 3e-4",
                                   gt=0.0)
-    initial_temperature: float = param(0.005, "entropy temperature alpha at the start",
-                                       "FSRL: 0.005", gt=0.0)
     learn_temperature: bool = param(True, "adapt alpha towards the entropy target -|A|",
                                     "FSRL auto_alpha: true")
     tau: float = param(0.05, "target critics' Polyak rate", "FSRL: 0.05; Marvel: 5e-3",
                        gt=0.0, le=1.0)
-    reward_critics: int = param(2, "reward critics (min of them in targets and the actor)",
-                                "SAC: 2", gt=0)
-    cost_critics: int = param(2, "cost critics (max of them in targets and the actor)",
-                              "FSRL: 2", gt=0)
     rescale_actor_loss: bool = param(True, "divide the actor loss by 1 + lambda",
                                      "FSRL rescaling: true")
     multiplier: MultiplierName = param("apid", "Lagrange update: apid (Marvel's adaptive "
@@ -127,7 +122,18 @@ class SACLagConfig(Config):
     lambda_max: float = param(1000.0, "upper bound of lambda", gt=0.0)
 
 
-def build_multiplier(config: SACLagConfig) -> Multiplier:
+class SACLagConfig(OnlineConfig):
+    """SAC-Lag from scratch: online SAC on Q_r - lambda Q_c, lambda from the episodes' cost."""
+
+    reward_critics: int = param(2, "reward critics (min of them in targets and the actor)",
+                                "SAC: 2", gt=0)
+    cost_critics: int = param(2, "cost critics (max of them in targets and the actor)",
+                              "FSRL: 2", gt=0)
+    initial_temperature: float = param(0.005, "entropy temperature alpha at the start",
+                                       "FSRL: 0.005", gt=0.0)
+
+
+def build_multiplier(config: OnlineConfig) -> Multiplier:
     """The Lagrange multiplier the config names, started at ``initial_lambda``."""
     gains = PIDGains(config.kp, config.ki, config.kd)
     if config.multiplier == "apid":
@@ -171,8 +177,9 @@ def lagrangian_actor_loss(reward_q: torch.Tensor, cost_q: torch.Tensor, log_prob
 class SACLagUpdate:
     """SAC-Lag's networks, optimisers and one gradient update on a minibatch."""
 
-    def __init__(self, config: SACLagConfig, context: TrainingContext,
-                 actor: SquashedGaussianActor, critics: CriticEnsemble) -> None:
+    def __init__(self, config: OnlineConfig, context: TrainingContext,
+                 actor: SquashedGaussianActor, critics: CriticEnsemble,
+                 initial_temperature: float) -> None:
         if set(critics.groups) != {"reward", "cost"}:
             raise ValueError(f"SAC-Lag needs critic groups 'reward' and 'cost', got "
                              f"{', '.join(critics.groups)}")
@@ -182,7 +189,7 @@ class SACLagUpdate:
         self.actor_optimizer = adam(actor.parameters(), lr=config.actor_lr)
         self.critic_optimizer = adam(critics.parameters(), lr=config.critic_lr)
         self.log_temperature = nn.Parameter(torch.tensor(
-            math.log(config.initial_temperature), device=context.device))
+            math.log(initial_temperature), device=context.device))
         self.temperature_optimizer = adam([self.log_temperature], lr=config.temperature_lr)
         self.target_entropy = -float(context.action_dim)
         self.reductions = ["min" if name == "reward" else "max" for name in critics.groups]
@@ -271,14 +278,12 @@ class OnlineLearner:
     """Online SAC-Lag: steps the environments, keeps the replay, updates the multiplier from
     finished episodes and runs the owed gradient updates on a (possibly mixed) minibatch."""
 
-    def __init__(self, config: SACLagConfig, context: TrainingContext, update: SACLagUpdate,
-                 offline: OfflineBuffer | None = None, online_fraction: float = 1.0,
-                 warmup_steps: int | None = None) -> None:
+    def __init__(self, config: OnlineConfig, context: TrainingContext, update: SACLagUpdate,
+                 offline: OfflineBuffer | None = None, online_fraction: float = 1.0) -> None:
         if context.task is None:
             raise ValueError("an online algorithm needs the task's environment; the training "
                              "context has no task")
         self.config, self.context, self.update = config, context, update
-        self.warmup_steps = config.warmup_steps if warmup_steps is None else warmup_steps
         self.replay = ReplayBuffer(config.replay_capacity, context.obs_dim, context.action_dim,
                                    context.device, reward_scale=context.reward_scale)
         self.sampler = MixedSampler(offline, self.replay, online_fraction)
@@ -302,7 +307,7 @@ class OnlineLearner:
     def step(self) -> Logs:
         """One vector step in the environments, then the gradient updates it is owed."""
         collector = self.collector
-        warming_up = collector.env_steps < self.warmup_steps
+        warming_up = collector.env_steps < self.config.warmup_steps
         actor = self.random_actor if warming_up else self.update.actor
         finished = collector.collect(actor, 1, self.replay, self.context.generator)
         logs: dict[str, float | torch.Tensor] = {}
@@ -353,8 +358,8 @@ class SACLag:
         actor = context.new_actor()
         critics = context.new_critics({"reward": config.reward_critics,
                                        "cost": config.cost_critics})
-        self.learner = OnlineLearner(config, context, SACLagUpdate(config, context, actor,
-                                                                   critics))
+        update = SACLagUpdate(config, context, actor, critics, config.initial_temperature)
+        self.learner = OnlineLearner(config, context, update)
 
     @property
     def actor(self) -> SquashedGaussianActor:
