@@ -136,8 +136,9 @@ def plot(summary: dict, path: Path) -> None:
     figure, axis = plt.subplots(figsize=(7.5, 5))
     algorithms = sorted({algorithm for _, algorithm, _ in summary})
     tasks = sorted({task for task, _, _ in summary})
-    colours = dict(zip(algorithms, ["tab:blue", "tab:orange", "tab:green", "tab:red"],
-                       strict=False))
+    palette = [f"tab:{name}" for name in ("blue", "orange", "green", "red", "purple", "brown",
+                                          "pink", "olive", "cyan", "gray")]
+    colours = {algorithm: palette[i % len(palette)] for i, algorithm in enumerate(algorithms)}
     markers = dict(zip(tasks, ["o", "s", "^", "D"], strict=False))
     for (task, algorithm, limit), cell in sorted(summary.items()):
         axis.errorbar(cell["cost_mean"], cell["reward_mean"], xerr=cell["cost_std"],
@@ -163,7 +164,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=["BallRun", "CarCircle"])
-    parser.add_argument("--algorithms", nargs="+", default=["o3srl", "bc-safe", "td3bc-lag"])
+    from safepolicy.training.registry import algorithm_names
+
+    parser.add_argument("--algorithms", nargs="+", default=["o3srl", "bc-safe", "td3bc-lag"],
+                        choices=algorithm_names(), help="any registered algorithm")
     parser.add_argument("--cost-limits", nargs="+", type=float, default=[5.0, 10.0, 20.0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--steps", type=int, default=10_000)

@@ -161,7 +161,8 @@ class EnsembleLinear(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, inputs: torch.Tensor, members: list[int] | None = None) -> torch.Tensor:
+    def forward(self, inputs: torch.Tensor, members: list[int] | slice | None = None,
+                ) -> torch.Tensor:
         if members is None:
             return torch.baddbmm(self.bias, inputs, self.weight)
         return torch.baddbmm(self.bias[members], inputs, self.weight[members])
@@ -208,10 +209,15 @@ class CriticEnsemble(nn.Module):
         inputs = torch.cat([self.normalizer(observations), actions], dim=-1)
         count = self.ensemble_size if members is None else len(members)
         hidden = inputs.unsqueeze(0).expand(count, -1, -1)
+        # a run of consecutive members (a group) is a view of the stacked weights: no gather
+        # of the weights forward, no scatter of their gradients backward
+        chosen: list[int] | slice | None = members
+        if members and members == list(range(members[0], members[0] + len(members))):
+            chosen = slice(members[0], members[0] + len(members))
         with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=self.mixed_bf16):
             for layer in self.layers[:-1]:
-                hidden = F.relu(layer(hidden, members))
-        return self.layers[-1](hidden.float(), members).squeeze(-1)
+                hidden = F.relu(layer(hidden, chosen))
+        return self.layers[-1](hidden.float(), chosen).squeeze(-1)
 
     @property
     def group_sizes(self) -> list[int]:
