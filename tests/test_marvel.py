@@ -12,6 +12,7 @@ import torch
 from safepolicy.collect import main as collect_main
 from safepolicy.training.algorithms.marvel import ONLINE, Marvel, MarvelConfig
 from safepolicy.training.loop import TrainingError, TrainRequest, train
+from safepolicy.training.multipliers import DualAscent
 
 SMALL = {"run.hidden_sizes": "32,32", "run.batch_size": "64", "run.eval_episodes": "0",
          "run.log_every": "20", "run.checkpoint_every": "1000", "cpq.vae_hidden_sizes": "32,32",
@@ -53,24 +54,31 @@ def rows(run_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def test_offline_then_online_finetune_logs_the_cumulative_cost(ballrun_dataset: Path,
-                                                               tmp_path: Path) -> None:
-    run_dir = train(request(ballrun_dataset, tmp_path / "marvel"))
+def test_offline_vpa_then_online_finetune_logs_the_cumulative_cost(ballrun_dataset: Path,
+                                                                   tmp_path: Path) -> None:
+    run_dir = train(request(ballrun_dataset, tmp_path / "marvel", overrides={
+        **SMALL, "online_steps": "210", "vpa": "true", "alignment.steps": "20"}))
     log = rows(run_dir)
-    assert {row["stage"] for row in log} == {"offline", "online"}
+    assert [row["stage"] for row in log if row["step"] in ("40.0", "60.0", "80.0")] == [
+        "offline", "vpa", "online"]
     online = [row for row in log if row["stage"] == "online"]
     cumulative = [float(row["online/cumulative_cost"]) for row in online
                   if row["online/cumulative_cost"]]
     env_steps = [float(row["online/env_steps"]) for row in online if row["online/env_steps"]]
     assert env_steps == [200.0, 400.0]  # 2 envs, 100-step episodes, 210 vector steps
     assert len(cumulative) == 2 and cumulative[0] <= cumulative[1]
-    # the online stage finetunes CPQ's actor: it moved after the offline stage's checkpoint
-    offline = torch.load(run_dir / "checkpoints" / "stage-offline.pt", weights_only=False)
-    final = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
-    before = offline["algorithm"]["cpq"]["actor"]["trunk.0.weight"]
-    after = final["algorithm"]["online"]["update"]["actor"]["trunk.0.weight"]
+    # VPA moves the critics and keeps the offline actor; the online stage finetunes that actor
+    offline, aligned, final = (
+        torch.load(run_dir / "checkpoints" / f"{name}.pt", weights_only=False)["algorithm"]
+        for name in ("stage-offline", "stage-vpa", "last"))
+    before = offline["cpq"]["actor"]["trunk.0.weight"]
+    assert torch.equal(before, aligned["cpq"]["actor"]["trunk.0.weight"])
+    critic_weight = "layers.0.weight"
+    assert not torch.equal(offline["cpq"]["critic"][critic_weight],
+                           aligned["cpq"]["critic"][critic_weight])
+    after = final["online"]["update"]["actor"]["trunk.0.weight"]
     assert not torch.equal(before, after)
-    assert torch.equal(after, final["algorithm"]["cpq"]["actor"]["trunk.0.weight"])
+    assert torch.equal(after, final["cpq"]["actor"]["trunk.0.weight"])
 
 
 def test_the_online_stage_starts_from_cpqs_targets_and_temperature(ballrun_dataset: Path,
@@ -83,8 +91,9 @@ def test_the_online_stage_starts_from_cpqs_targets_and_temperature(ballrun_datas
     run = RunConfig(hidden_sizes=[16], batch_size=32)
     context = build_context(load_dataset(ballrun_dataset), get_task("BallRun"), run, 20.0,
                             torch.device("cpu"), seed=0)
-    marvel = Marvel(MarvelConfig(vpa=False, cpq={"vae_hidden_sizes": [16], "sample_actions": 2}),
-                    context)
+    marvel = Marvel(MarvelConfig(cpq={"vae_hidden_sizes": [16], "sample_actions": 2},
+                                 multiplier="dual-ascent"), context)
+    assert isinstance(marvel.learner.multiplier, DualAscent)  # the ablation's switch
     for _ in range(5):
         marvel.step("offline")
     assert marvel.update.actor is marvel.cpq.actor and marvel.update.critics is marvel.cpq.critic

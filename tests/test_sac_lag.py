@@ -14,6 +14,7 @@ from safepolicy.export.artifact import load_policy
 from safepolicy.export.onnx_export import export_run
 from safepolicy.tasks import get_task
 from safepolicy.training.algorithms.sac_lag import (
+    SACLag,
     SACLagConfig,
     UniformRandomActor,
     build_multiplier,
@@ -22,6 +23,7 @@ from safepolicy.training.algorithms.sac_lag import (
 from safepolicy.training.checkpoint import load_actor
 from safepolicy.training.cli import main as train_main
 from safepolicy.training.config import RunConfig
+from safepolicy.training.data import Batch
 from safepolicy.training.loop import ScalarLog, TrainingError, TrainRequest, build_context, train
 from safepolicy.training.multipliers import AdaptivePIDMultiplier, DualAscent, PIDMultiplier
 
@@ -148,3 +150,20 @@ def test_the_actor_loss_trades_reward_against_lambda_times_cost() -> None:
     assert penalised.item() == pytest.approx(-0.1 - 1.0)
     rescaled = lagrangian_actor_loss(reward_q, cost_q, log_prob, temperature, 1.0, rescale=True)
     assert rescaled.item() == pytest.approx(penalised.item() / 2.0)
+
+
+def test_reward_and_cost_critics_step_at_their_own_learning_rates() -> None:
+    context = build_context(None, get_task("BallRun"), RunConfig(hidden_sizes=[16]), 20.0,
+                            torch.device("cpu"), seed=0)
+    config = SACLagConfig(critic_lr=1e-3, cost_critic_lr=1e-4)
+    update = SACLag(config, context).learner.update
+    batch = Batch(observations=torch.randn(32, 7), actions=torch.rand(32, 2) * 2 - 1,
+                  rewards=torch.randn(32), costs=torch.rand(32),
+                  next_observations=torch.randn(32, 7), terminals=torch.zeros(32))
+    before = update.critics.layers[0].weight.detach().clone()
+    update.update(batch, lagrange_multiplier=0.0)
+    moved = (update.critics.layers[0].weight.detach() - before).abs()
+    reward_step = moved[update.critics.members("reward")].mean()
+    cost_step = moved[update.critics.members("cost")].mean()
+    # Adam's first step is about lr per weight: the cost group's is a tenth of the reward's
+    assert cost_step / reward_step == pytest.approx(0.1, rel=0.05)

@@ -6,7 +6,8 @@ Stages, in the paper's order (its Appendix A):
    ``--reuse-stage offline=RUN_DIR`` starts from an earlier ``train cpq`` run on the same
    dataset (its ``checkpoints/stage-cpq.pt``), or from another Marvel run's offline stage;
 2. ``vpa``: value pre-alignment (vpa.py), fitted-Q evaluation of the frozen CPQ policy on
-   the dataset from the pretrained Q and Qc, ``vpa_steps`` updates; left out with
+   the dataset from the pretrained Q and Qc (in place, targets included), ``alignment.steps``
+   updates (``--set alignment.NAME=VALUE`` for its settings); left out with
    ``--set vpa=false`` (the paper's "Warm Start" and "aPID only" ablations);
 3. ``online``: SAC-Lag finetuning of CPQ's actor and the (aligned) critics in the task's
    vectorised environments, sac_lag.py's update and online learner (one shared code path),
@@ -19,8 +20,6 @@ optimisers start fresh (Marvel's online learning rates differ from the offline o
 The table's settings (paper Table 6) are the defaults of the online fields below.
 
 Departures, and why:
-- One critic learning rate for reward and cost (5e-5; the paper's Q 3e-5 and Qc 8e-5): they
-  are one fused ensemble with one optimiser (sac_lag.py).
 - The multiplier updates once per vector step in which episodes finished, from their mean
   episode cost (sac_lag.py explains the cadence), with FSRL's PID gains as aPID's initial
   gains; the paper's gains (1e-4, 1e-5, 1e-5) are per training iteration, a cadence whose
@@ -42,11 +41,13 @@ from safepolicy.training.algorithms.base import Logs, TrainingContext
 from safepolicy.training.algorithms.cpq import CPQ, CPQConfig
 from safepolicy.training.algorithms.cpq import STAGE as CPQ_STAGE
 from safepolicy.training.algorithms.sac_lag import OnlineConfig, OnlineLearner, SACLagUpdate
+from safepolicy.training.algorithms.vpa import STAGE as VPA
+from safepolicy.training.algorithms.vpa import ValuePreAlignment, VPAConfig
 from safepolicy.training.config import param
 from safepolicy.training.networks import SquashedGaussianActor
 from safepolicy.training.registry import AlgorithmSpec, Stage, StageSource
 
-OFFLINE, VPA, ONLINE = "offline", "vpa", "online"
+OFFLINE, ONLINE = "offline", "online"
 
 
 class MarvelConfig(OnlineConfig):
@@ -56,17 +57,19 @@ class MarvelConfig(OnlineConfig):
                                "public code: 5e5; OSRL CPQ: 1e5", gt=0)
     vpa: bool = param(True, "align Q and Qc to the offline policy before finetuning "
                       "(false: Warm Start)", "Marvel: true")
-    vpa_steps: int = param(5_000, "value pre-alignment updates", "Marvel: about 5000", gt=0)
     online_steps: int = param(500, "online finetuning length in vector environment steps "
                               "(--online-steps)", "Marvel: 100-500 online steps", gt=0)
     online_fraction: float = param(1.0, "share of each online minibatch from the online "
                                    "replay (the rest from the dataset)", "Marvel: 1", ge=0.0,
                                    le=1.0)
     cpq: CPQConfig = Field(default_factory=CPQConfig)
+    alignment: VPAConfig = Field(default_factory=VPAConfig)  # the vpa stage's settings
     # the online stage's settings, Marvel's Table 6 where it gives one
     actor_lr: float = param(5e-5, "finetuning actor learning rate", "Marvel: 5e-5", gt=0.0)
-    critic_lr: float = param(5e-5, "finetuning critics' learning rate (reward and cost)",
-                             "Marvel: Q 3e-5, Qc 8e-5", gt=0.0)
+    critic_lr: float = param(3e-5, "finetuning reward critics' learning rate",
+                             "Marvel: 3e-5", gt=0.0)
+    cost_critic_lr: float | None = param(8e-5, "finetuning cost critics' learning rate",
+                                         "Marvel: 8e-5", gt=0.0)
     tau: float = param(5e-3, "target critics' Polyak rate", "Marvel: 5e-3", gt=0.0, le=1.0)
     warmup_steps: int = param(0, "first online transitions with uniform random actions",
                               "Marvel: none (the offline policy acts from the start)", ge=0)
@@ -78,10 +81,10 @@ class Marvel:
 
     def __init__(self, config: MarvelConfig, context: TrainingContext) -> None:
         self.config, self.context = config, context
-        if config.vpa:
-            raise ValueError("marvel: value pre-alignment (training/algorithms/vpa.py) is not "
-                             "in this build yet; run with --set vpa=false")
         self.cpq = CPQ(config.cpq, context)  # needs the dataset: a clear error without one
+        # VPA updates CPQ's critics and their targets in place, the actor frozen
+        self.alignment = ValuePreAlignment(config.alignment, context, self.cpq.actor,
+                                           self.cpq.critic, self.cpq.target_critic)
         # the online update shares CPQ's actor and critics (the same modules, finetuned)
         self.update = SACLagUpdate(config, context, self.cpq.actor, self.cpq.critic,
                                    initial_temperature=config.cpq.initial_temperature)
@@ -103,13 +106,17 @@ class Marvel:
     def step(self, stage: str) -> Logs:
         if stage == OFFLINE:
             return self.cpq.step(stage)
+        if stage == VPA:
+            return self.alignment.step()
         return self.learner.step()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"cpq": self.cpq.state_dict(), "online": self.learner.state_dict()}
+        return {"cpq": self.cpq.state_dict(), "vpa": self.alignment.state_dict(),
+                "online": self.learner.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.cpq.load_state_dict(state["cpq"])
+        self.alignment.load_state_dict(state["vpa"])
         self.learner.load_state_dict(state["online"])
 
 
@@ -128,7 +135,7 @@ def marvel_stages(config: MarvelConfig, run: Any) -> list[Stage]:
     """offline, vpa (unless vpa=false), online."""
     stages = [Stage(OFFLINE, config.offline_steps)]
     if config.vpa:
-        stages.append(Stage(VPA, config.vpa_steps))
+        stages.append(Stage(VPA, config.alignment.steps))
     return [*stages, Stage(ONLINE, config.online_steps)]
 
 

@@ -23,8 +23,8 @@ One update, in the paper's order (Marvel Eq. 4-5 with the Lagrangian actor; Haar
 update credit) are shared with Marvel's online stage (marvel.py).
 
 Departures, and why:
-- Reward and cost critics are one fused ensemble with one optimiser, so they share one
-  learning rate (FSRL also uses one critic rate; Marvel's table lists Q and Qc rates apart).
+- Reward and cost critics are one fused ensemble with one Adam; their own learning rates
+  (``critic_lr``, ``cost_critic_lr``) are applied by scaling each group's step.
 - The cost target has no entropy term: the entropy bonus is part of the reward objective
   (as in safety-starter-agents' SAC-Lag); the cost group is reduced by max (pessimistic for
   a signal to keep low), the reward group by min (clipped double Q).
@@ -56,6 +56,7 @@ from safepolicy.training.algorithms.base import (
     load_component_states,
     soft_update,
 )
+from safepolicy.training.algorithms.vpa import rescale_group_steps
 from safepolicy.training.config import Config, param
 from safepolicy.training.data import Batch, OfflineBuffer
 from safepolicy.training.losses import (
@@ -95,8 +96,9 @@ class OnlineConfig(Config):
     replay_capacity: int = param(100_000, "online replay buffer size (transitions)",
                                  "FSRL: 1e5; Marvel: 1e6", gt=0)
     actor_lr: float = param(5e-4, "actor learning rate", "FSRL: 5e-4", gt=0.0)
-    critic_lr: float = param(1e-3, "reward and cost critics' learning rate", "FSRL: 1e-3",
-                             gt=0.0)
+    critic_lr: float = param(1e-3, "reward critics' learning rate", "FSRL: 1e-3", gt=0.0)
+    cost_critic_lr: float | None = param(None, "cost critics' learning rate (none: "
+                                         "critic_lr)", "FSRL: critic_lr", gt=0.0)
     temperature_lr: float = param(3e-4, "entropy temperature learning rate", "FSRL: 3e-4",
                                   gt=0.0)
     learn_temperature: bool = param(True, "adapt alpha towards the entropy target -|A|",
@@ -187,7 +189,12 @@ class SACLagUpdate:
         self.actor, self.critics = actor, critics
         self.target_critics = copy.deepcopy(critics).requires_grad_(False)
         self.actor_optimizer = adam(actor.parameters(), lr=config.actor_lr)
-        self.critic_optimizer = adam(critics.parameters(), lr=config.critic_lr)
+        # one Adam over the fused ensemble at the larger rate; each group's step is then
+        # scaled to its own rate (vpa.py's rescale_group_steps: exact for Adam)
+        cost_lr = config.critic_lr if config.cost_critic_lr is None else config.cost_critic_lr
+        top_lr = max(config.critic_lr, cost_lr)
+        self.critic_optimizer = adam(critics.parameters(), lr=top_lr)
+        self.group_step_scales = {"reward": config.critic_lr / top_lr, "cost": cost_lr / top_lr}
         self.log_temperature = nn.Parameter(torch.tensor(
             math.log(initial_temperature), device=context.device))
         self.temperature_optimizer = adam([self.log_temperature], lr=config.temperature_lr)
@@ -213,9 +220,13 @@ class SACLagUpdate:
         """Critics, actor, temperature, targets (one step each); returns detached logs."""
         temperature = self.log_temperature.exp().detach()
         critic_loss = self.critic_loss(batch, temperature)
+        rescale = any(scale != 1.0 for scale in self.group_step_scales.values())
+        before = [p.detach().clone() for p in self.critics.parameters()] if rescale else []
         self.critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.backward()
         self.critic_optimizer.step()
+        if rescale:
+            rescale_group_steps(self.critics, before, self.group_step_scales)
 
         actions, log_prob = sample_unit_actions(self.actor, batch.observations,
                                                 self.context.generator)
