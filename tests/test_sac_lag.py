@@ -167,3 +167,16 @@ def test_reward_and_cost_critics_step_at_their_own_learning_rates() -> None:
     cost_step = moved[update.critics.members("cost")].mean()
     # Adam's first step is about lr per weight: the cost group's is a tenth of the reward's
     assert cost_step / reward_step == pytest.approx(0.1, rel=0.05)
+
+
+def test_the_same_seed_gives_the_same_actor(tmp_path: Path) -> None:
+    def actor_output(run_dir: Path) -> torch.Tensor:
+        actor, _ = load_actor(run_dir)
+        with torch.no_grad():
+            return actor(torch.linspace(-1, 1, 5 * 7).reshape(5, 7))
+
+    first = train(request(tmp_path / "a", steps=120))
+    second = train(request(tmp_path / "b", steps=120))
+    other_seed = train(request(tmp_path / "c", steps=120, seed=2))
+    assert torch.equal(actor_output(first), actor_output(second))
+    assert not torch.equal(actor_output(first), actor_output(other_seed))
