@@ -27,12 +27,15 @@ Departures, and why:
 - The online replay can be mixed with the dataset (``online_fraction`` < 1), which the
   paper uses only for its "SAC with an offline replay buffer" baseline; the default is online
   rows only, as Marvel finetunes.
+- Online, the cost critics combine by their minimum (``cost_reduction``), as CPQ's and VPA's
+  targets did, so finetuning does not start by moving the cost values' fixed point
+  (SAC-Lag from scratch uses the maximum).
 - The rest as in cpq.py and sac_lag.py (their own departure lists).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -74,6 +77,8 @@ class MarvelConfig(OnlineConfig):
     warmup_steps: int = param(0, "first online transitions with uniform random actions",
                               "Marvel: none (the offline policy acts from the start)", ge=0)
     replay_capacity: int = param(1_000_000, "online replay buffer size", "Marvel: 1e6", gt=0)
+    cost_reduction: Literal["max", "min", "mean"] = param(
+        "min", "how the cost critics combine online", "CPQ's and VPA's targets: min")
 
 
 class Marvel:

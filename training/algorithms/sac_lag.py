@@ -15,7 +15,7 @@ episodes finish, the multiplier takes one update from their mean episode cost ag
 One update, in the paper's order (Marvel Eq. 4-5 with the Lagrangian actor; Haarnoja 2018):
 1. critics, one fused ensemble with groups "reward" and "cost": targets
    r + gamma (1 - d) (min_j Q_r'(s', a') - alpha log pi(a'|s')) and
-   c + gamma (1 - d) max_j Q_c'(s', a'), a' ~ pi(s');
+   c + gamma (1 - d) max_j Q_c'(s', a'), a' ~ pi(s') (``cost_reduction``: max by default);
 2. actor: E[alpha log pi(a|s) - (min Q_r - lambda max Q_c)] / (1 + lambda), a ~ pi(s);
 3. temperature: SAC's automatic alpha towards the entropy target -|A|;
 4. target critics: Polyak averaging at rate ``tau``.
@@ -26,8 +26,9 @@ Departures, and why:
 - Reward and cost critics are one fused ensemble with one Adam; their own learning rates
   (``critic_lr``, ``cost_critic_lr``) are applied by scaling each group's step.
 - The cost target has no entropy term: the entropy bonus is part of the reward objective
-  (as in safety-starter-agents' SAC-Lag); the cost group is reduced by max (pessimistic for
-  a signal to keep low), the reward group by min (clipped double Q).
+  (as in safety-starter-agents' SAC-Lag); the cost group is reduced by ``cost_reduction``,
+  max by default (pessimistic for a signal to keep low), the reward group by min (clipped
+  double Q).
 - The multiplier updates once per vector step in which episodes finished, from their mean
   cost (FSRL's cadence: once per collect), not once per gradient update, so the paper's
   per-iteration aPID gains (1e-4, 1e-5, 1e-5) do not transfer; the defaults are FSRL's PID
@@ -105,6 +106,9 @@ class OnlineConfig(Config):
                                     "FSRL auto_alpha: true")
     tau: float = param(0.05, "target critics' Polyak rate", "FSRL: 0.05; Marvel: 5e-3",
                        gt=0.0, le=1.0)
+    cost_reduction: Literal["max", "min", "mean"] = param(
+        "max", "how the cost critics combine in targets and the actor (max: pessimistic)",
+        "not stated; reward critics: min (clipped double Q)")
     rescale_actor_loss: bool = param(True, "divide the actor loss by 1 + lambda",
                                      "FSRL rescaling: true")
     multiplier: MultiplierName = param("apid", "Lagrange update: apid (Marvel's adaptive "
@@ -156,7 +160,7 @@ def sample_unit_actions(actor: SquashedGaussianActor, observations: torch.Tensor
     """Reparameterised actions in [-1, 1] (the critics' units) and their log-probabilities,
     with the noise drawn from ``generator`` (CPU) so a run replays exactly."""
     mean, log_std = actor.distribution(observations)
-    noise = torch.randn(mean.shape, generator=generator).to(mean.device)
+    noise = torch.randn(mean.shape, generator=generator).to(mean.device, non_blocking=True)
     pre_squash = mean + log_std.exp() * noise
     return torch.tanh(pre_squash), squashed_gaussian_log_prob(pre_squash, mean, log_std)
 
@@ -199,7 +203,8 @@ class SACLagUpdate:
             math.log(initial_temperature), device=context.device))
         self.temperature_optimizer = adam([self.log_temperature], lr=config.temperature_lr)
         self.target_entropy = -float(context.action_dim)
-        self.reductions = ["min" if name == "reward" else "max" for name in critics.groups]
+        self.reductions = ["min" if name == "reward" else config.cost_reduction
+                           for name in critics.groups]
 
     def critic_loss(self, batch: Batch, temperature: torch.Tensor) -> torch.Tensor:
         """Soft TD error of every reward and cost critic against the target critics."""
@@ -234,7 +239,7 @@ class SACLagUpdate:
         q = self.critics(batch.observations, actions)
         self.critics.requires_grad_(True)
         reward_q = reduce_members(self.critics.group(q, "reward"), "min")
-        cost_q = reduce_members(self.critics.group(q, "cost"), "max")
+        cost_q = reduce_members(self.critics.group(q, "cost"), self.config.cost_reduction)
         actor_loss = lagrangian_actor_loss(reward_q, cost_q, log_prob, temperature,
                                            lagrange_multiplier, self.config.rescale_actor_loss)
         self.actor_optimizer.zero_grad(set_to_none=True)
