@@ -124,3 +124,30 @@ def test_marvel_needs_a_dataset(tmp_path: Path) -> None:
     with pytest.raises(TrainingError, match="marvel learns from a dataset"):
         train(TrainRequest(algorithm="marvel", task="BallRun", dataset=None, cost_limit=20.0,
                            out=tmp_path / "run", progress=False))
+
+
+def test_a_run_killed_mid_finetune_resumes(ballrun_dataset: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from safepolicy.training.loop import ScalarLog
+
+    overrides = {**SMALL, "online_steps": "210", "run.checkpoint_every": "50"}
+    calls = {"n": 0}
+    original_add = ScalarLog.add
+
+    def dying_add(self: ScalarLog, values: dict) -> None:
+        calls["n"] += 1
+        if calls["n"] == 120:  # in the online stage (steps 41-250), after the step-100 save
+            raise KeyboardInterrupt
+        original_add(self, values)
+
+    monkeypatch.setattr(ScalarLog, "add", dying_add)
+    with pytest.raises(KeyboardInterrupt):
+        train(request(ballrun_dataset, tmp_path / "run", overrides=overrides))
+    monkeypatch.setattr(ScalarLog, "add", original_add)
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)
+    assert saved["step"] == 100 and saved["algorithm"]["online"]["replay"]["size"] == 120
+    resumed = train(request(ballrun_dataset, tmp_path / "run", overrides=overrides,
+                            resume=True))
+    final = torch.load(resumed / "checkpoints" / "last.pt", weights_only=False)["algorithm"]
+    assert final["online"]["collector"]["env_steps"] == 2 * 210
+    assert final["online"]["replay"]["size"] == 2 * 210
