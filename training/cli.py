@@ -13,25 +13,30 @@ from safepolicy.training.config import RunConfig, describe
 from safepolicy.training.registry import algorithm_names, algorithm_spec
 
 # torch, the gyms and h5py are imported in main() after parsing: `train --help` stays fast
-REQUIRED = ("--task", "--dataset", "--cost-limit", "--out")
+REQUIRED = ("--task", "--cost-limit", "--out")  # --dataset: offline algorithms only
 
 
 def build_parser(require_run_flags: bool = True) -> argparse.ArgumentParser:
     """The options of ``safepolicy train``; ``--print-config`` alone needs none of REQUIRED."""
     parser = argparse.ArgumentParser(
         prog="safepolicy train", formatter_class=HelpFormatter,
-        description="Train a policy offline from a DSRL-format dataset. Ends in RUN_DIR/actor.pt.")
+        description="Train a policy from a DSRL-format dataset (offline), online in the task's "
+                    "environment (sac-lag), or both (marvel). Ends in RUN_DIR/actor.pt.")
     parser.add_argument("algorithm", choices=algorithm_names())
     run = parser.add_argument_group("required arguments")
     run.add_argument("--task", required=require_run_flags,
                      help="task name, e.g. BallRun (see `safepolicy tasks`)")
-    run.add_argument("--dataset", type=Path, required=require_run_flags, metavar="FILE.h5",
-                     help="DSRL-format HDF5 file")
+    parser.add_argument("--dataset", type=Path, metavar="FILE.h5",
+                        help="DSRL-format HDF5 file (every offline algorithm needs one; sac-lag "
+                        "learns online without)")
     run.add_argument("--cost-limit", type=float, required=require_run_flags, metavar="KAPPA",
                      help="episode cost budget kappa")
     run.add_argument("--out", type=Path, required=require_run_flags, metavar="RUN_DIR",
                      help="run directory to create (or resume)")
     parser.add_argument("--steps", type=int, help="gradient updates (default: the config's)")
+    parser.add_argument("--online-steps", type=int,
+                        help="online finetuning length in vector env steps (marvel; the same as "
+                             "--set online_steps=N)")
     parser.add_argument("--seed", type=int, default=0, help="seed of everything random")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--resume", action="store_true",
@@ -96,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         if not sep:
             parser.error(f"--set expects NAME=VALUE, got {item!r}")
         overrides[name.strip()] = value.strip()
+    if args.online_steps is not None:
+        overrides["online_steps"] = str(args.online_steps)
     reuse_stages: dict[str, Path] = {}
     for item in args.reuse_stages:
         name, sep, value = item.partition("=")

@@ -286,6 +286,11 @@ class AdaptivePIDMultiplier(PIDMultiplier):
     - The derivative is clipped at 0 as in Stooke et al.'s PID (the paper's Eq. 12 does not
       show the clip); before ``delay`` updates exist it uses the oldest smoothed cost held.
     - Gains adapt once the buffer holds at least 2 smoothed costs (s needs two values).
+    - The integral state accumulates K_i e (in lambda units, as OmniSafe's PID Lagrangian whose
+      EMA/delay structure the paper's Appendix F describes), so adapting K_i changes how fast
+      I moves, not I itself. Stooke et al.'s K_i * sum(e) is the same for fixed gains; with
+      adapted gains it rescales the whole accumulated integral and overshot more in the
+      lagged test process (tests/test_apid.py: 4.56 vs 3.17 on seed 0).
     """
 
     def __init__(self, gains: PIDGains, max_value: float = math.inf,
