@@ -115,7 +115,11 @@ def collect(
         raise CollectError("--zoo-switch must be in [0, 1] and --zoo-noise non-negative")
     settings = zoo_settings(spec, options)  # fail before building the environment
     behavior = behavior or default_behavior(settings is not None)
-    parse_behavior_mix(behavior)
+    if parse_behavior_mix(behavior).get("zoo", 0.0) > 0 and settings is None:
+        raise BehaviorError(
+            f"the mix {behavior!r} plays zoo agents but {spec.name} has none in "
+            f"{options.zoo_dir or default_zoo_dir()}; train some with benchmarks/train_zoo.py "
+            "or use scripted, cautious and random")
     rng = np.random.default_rng(seed)
     reset_seeds = rng.integers(0, 2**31 - 1, size=episodes)
     columns: dict[str, list[Any]] = {key: [] for key in DSRL_KEYS}
