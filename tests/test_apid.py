@@ -90,13 +90,48 @@ def test_settles_a_lagged_noisy_cost_process_at_the_limit(seed: int) -> None:
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "measured: with the paper's rule the gains grow while the cost is over the limit, so the "
-    "first undershoot is larger than plain PID's (seed 0: aPID 3.17 vs PID 1.53)"))
+    "finding stands (see the docstring): under the paper's rule the gains only grow while the "
+    "cost is over the limit, so aPID's lambda runs ahead of PID's and the first undershoot is "
+    "larger (seed 0: aPID 3.17 vs PID 1.53; seed 1: 3.41 vs 1.89)"))
 @pytest.mark.parametrize("seed", [0, 1])
 def test_overshoots_less_than_plain_pid_with_the_same_initial_gains(seed: int) -> None:
+    """Issue 12's claim, checked on a step response; it fails, and not from a scaling bug.
+
+    Checked against the paper (Section 3.2, Appendix F, Table 6): the implementation's law,
+    EMAs, lagged derivative, anti-windup and gain schedule are the stated ones, and the
+    paper's gains (1e-4, 1e-5, 1e-5) are per controller update (one per training iteration),
+    as this process applies them. Writing the
+    integral as Stooke et al.'s K_i * sum(e) instead of sum(K_i e) makes it worse (seed 0:
+    4.56). The cause is the schedule itself: before the cost first reaches the limit it is
+    over the limit at every update, so K_p and K_i grow (never shrink) and aPID's lambda is
+    at least PID's all the way to the crossing; in a lagged process a larger lambda there
+    means a larger undershoot after it. This test's gains (0.02, 0.01, 0.01) are 200-1000x
+    the paper's and put the loop in a fast, under-damped regime; at the paper's scale plain
+    PID is over-damped and never reaches the limit (next test). In no regime tried did aPID
+    undershoot less (process lag 3, 50, 200 updates at this test's gains: 3.17 vs 1.53,
+    18.50 vs 14.29, 19.89 vs 17.65 on seed 0). The paper's ablation (Fig. 3) compares cost
+    fluctuations during finetuning, not a step response.
+    """
     apid_costs = lagged_cost_process(AdaptivePIDMultiplier(initial_gains()), seed)
     pid_costs = lagged_cost_process(PIDMultiplier(initial_gains()), seed)
     assert overshoot(apid_costs) < overshoot(pid_costs)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_at_the_papers_gains_apid_settles_where_plain_pid_has_not_arrived(seed: int) -> None:
+    """Marvel's Table 6 gains: PID's integral alone is too slow to reach the limit in 10k
+    updates; aPID's schedule (gains up to 10x while over the limit) settles at it with a
+    small undershoot. Measured: aPID undershoot 0.06 (seed 0) and 0.03 (seed 1), last-1000
+    mean 19.96 and 20.02; PID never below 22.9."""
+    paper_gains = PIDGains(proportional=1e-4, integral=1e-5, derivative=1e-5)
+    apid_costs = lagged_cost_process(AdaptivePIDMultiplier(paper_gains), seed, steps=10_000)
+    pid_costs = lagged_cost_process(
+        PIDMultiplier(PIDGains(paper_gains.proportional, paper_gains.integral,
+                               paper_gains.derivative)), seed, steps=10_000)
+    assert pid_costs.min() > LIMIT + 2.0
+    assert apid_costs.min() <= LIMIT
+    assert abs(float(apid_costs[-1_000:].mean()) - LIMIT) < 0.5
+    assert overshoot(apid_costs) < 0.5
 
 
 def test_state_dict_round_trip_continues_identically() -> None:

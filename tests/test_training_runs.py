@@ -37,7 +37,7 @@ def actor_output(run_dir: Path) -> torch.Tensor:
         return actor(torch.linspace(-1, 1, 7 * 5).reshape(5, 7))
 
 
-@pytest.mark.parametrize("algorithm", ["o3srl", "td3bc-lag", "bc-safe"])
+@pytest.mark.parametrize("algorithm", ["o3srl", "td3bc-lag", "bc-safe", "cpq"])
 def test_same_seed_gives_the_same_actor(ballrun_dataset: Path, tmp_path: Path,
                                         algorithm: str) -> None:
     first = train(request(ballrun_dataset, tmp_path / "a", algorithm))

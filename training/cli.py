@@ -23,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cost-limit", type=float, help="episode cost budget kappa")
     parser.add_argument("--out", type=Path, help="run directory to create (or resume)")
     parser.add_argument("--steps", type=int, help="gradient updates (default: the config's)")
+    parser.add_argument("--online-steps", type=int,
+                        help="online finetuning length in vector env steps (marvel; the same as "
+                             "--set online_steps=N)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--resume", action="store_true",
@@ -64,9 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print_config(args.algorithm)
         return 0
-    missing = [flag for flag, value in (("--task", args.task), ("--dataset", args.dataset),
-                                        ("--cost-limit", args.cost_limit), ("--out", args.out))
-               if value is None]
+    # --dataset is checked by the loop: an online algorithm (sac-lag) runs without one
+    missing = [flag for flag, value in (("--task", args.task), ("--cost-limit", args.cost_limit),
+                                        ("--out", args.out)) if value is None]
     if missing:
         parser.error(f"missing {', '.join(missing)}")
     overrides: dict[str, str] = {}
@@ -75,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         if not sep:
             parser.error(f"--set expects NAME=VALUE, got {item!r}")
         overrides[name.strip()] = value.strip()
+    if args.online_steps is not None:
+        overrides["online_steps"] = str(args.online_steps)
     reuse_stages: dict[str, Path] = {}
     for item in args.reuse_stages:
         name, sep, value = item.partition("=")

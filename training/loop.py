@@ -55,6 +55,7 @@ from safepolicy.training.networks import SquashedGaussianActor
 from safepolicy.training.registry import (
     AlgorithmSpec,
     Stage,
+    StageSource,
     UnknownAlgorithmError,
     algorithm_spec,
     checked_stages,
@@ -73,7 +74,7 @@ class TrainRequest:
 
     algorithm: str
     task: str
-    dataset: Path
+    dataset: Path | None  # None: an online algorithm that needs no data (spec.needs_dataset)
     cost_limit: float
     out: Path
     seed: int = 0
@@ -160,11 +161,23 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return flatten(settings)
 
 
+def task_dimensions(spec: TaskSpec) -> tuple[int, int, list[float], list[float]]:
+    """Observation and action sizes and the action bounds of the task's env."""
+    from safepolicy.tasks import make_env
+
+    env = make_env(spec)
+    try:
+        observation_space, action_space = env.observation_space, env.action_space
+        assert isinstance(action_space, gym.spaces.Box)  # every registered task is continuous
+        return (int(np.prod(observation_space.shape or ())), int(np.prod(action_space.shape)),
+                action_space.low.astype(float).tolist(), action_space.high.astype(float).tolist())
+    finally:
+        env.close()
+
+
 def check_dataset_matches_task(dataset: Dataset, spec: TaskSpec) -> tuple[list[float], list[float]]:
     """The task's action bounds, after checking the dataset was recorded for this task (when
     it says) and its dimensions agree with the task's env."""
-    from safepolicy.tasks import make_env
-
     recorded = dataset.attrs.get("task")
     if isinstance(recorded, bytes):
         recorded = recorded.decode()
@@ -173,16 +186,7 @@ def check_dataset_matches_task(dataset: Dataset, spec: TaskSpec) -> tuple[list[f
             f"{dataset.path}: the dataset was recorded for task {recorded!r}, not {spec.name!r}; "
             f"pass --task {recorded} or the dataset collected for {spec.name}")
 
-    env = make_env(spec)
-    try:
-        observation_space, action_space = env.observation_space, env.action_space
-        assert isinstance(action_space, gym.spaces.Box)  # every registered task is continuous
-        obs_dim = int(np.prod(observation_space.shape or ()))
-        action_dim = int(np.prod(action_space.shape))
-        low = action_space.low.astype(float).tolist()
-        high = action_space.high.astype(float).tolist()
-    finally:
-        env.close()
+    obs_dim, action_dim, low, high = task_dimensions(spec)
     if dataset.obs_dim != obs_dim or dataset.action_dim != action_dim:
         raise TrainingError(
             f"{dataset.path}: observations/actions are {dataset.obs_dim}/{dataset.action_dim}-"
@@ -271,18 +275,24 @@ def _rng_state(generator: torch.Generator) -> dict[str, Any]:
     return {"generator": generator.get_state(), "torch": torch.get_rng_state()}
 
 
-def build_context(dataset: Dataset, spec: TaskSpec, run_config: RunConfig, cost_limit: float,
-                  device: torch.device, seed: int, total_steps: int | None = None,
-                  ) -> TrainingContext:
+def build_context(dataset: Dataset | None, spec: TaskSpec, run_config: RunConfig,
+                  cost_limit: float, device: torch.device, seed: int,
+                  total_steps: int | None = None) -> TrainingContext:
     """The problem an algorithm is given: ``dataset`` (checked against ``spec``'s env) on
-    ``device``, with the run's sizes and a minibatch generator seeded with ``seed``."""
+    ``device``, with the run's sizes and a minibatch generator seeded with ``seed``. Without a
+    dataset (an online algorithm) the sizes come from the task's env and ``buffer`` is None."""
     from safepolicy.training.data import OfflineBuffer
 
-    action_low, action_high = check_dataset_matches_task(dataset, spec)
-    buffer = OfflineBuffer(dataset, np.asarray(action_low), np.asarray(action_high), device,
-                           reward_scale=run_config.reward_scale)
+    buffer = None
+    if dataset is None:
+        obs_dim, action_dim, action_low, action_high = task_dimensions(spec)
+    else:
+        action_low, action_high = check_dataset_matches_task(dataset, spec)
+        obs_dim, action_dim = dataset.obs_dim, dataset.action_dim
+        buffer = OfflineBuffer(dataset, np.asarray(action_low), np.asarray(action_high), device,
+                               reward_scale=run_config.reward_scale)
     return TrainingContext(
-        buffer=buffer, obs_dim=dataset.obs_dim, action_dim=dataset.action_dim,
+        buffer=buffer, obs_dim=obs_dim, action_dim=action_dim,
         action_low=action_low, action_high=action_high, hidden_sizes=run_config.hidden_sizes,
         gamma=run_config.gamma, batch_size=run_config.batch_size, cost_limit=cost_limit,
         episode_length=spec.max_episode_steps,
@@ -291,7 +301,8 @@ def build_context(dataset: Dataset, spec: TaskSpec, run_config: RunConfig, cost_
         precision=run_config.precision, dataset=dataset,
         network_sizes={role: sizes for role, sizes in (
             ("actor", run_config.actor_hidden_sizes), ("critic", run_config.critic_hidden_sizes),
-            ("value", run_config.value_hidden_sizes)) if sizes})
+            ("value", run_config.value_hidden_sizes)) if sizes},
+        task=spec, reward_scale=run_config.reward_scale)
 
 
 def stage_checkpoint_path(run_dir: Path, stage: str) -> Path:
@@ -308,9 +319,11 @@ def stage_bounds(stages: list[Stage]) -> list[tuple[Stage, int, int]]:
     return bounds
 
 
-def load_reused_stage(reuse: Mapping[str, Path], stages: list[Stage], resolved: dict[str, Any],
-                      device: torch.device) -> tuple[str, dict[str, Any], int] | None:
-    """The stage checkpoint named by ``--reuse-stage``: (stage, state, global step after it)."""
+def load_reused_stage(reuse: Mapping[str, Path], spec: AlgorithmSpec, stages: list[Stage],
+                      resolved: dict[str, Any], device: torch.device,
+                      ) -> tuple[str, dict[str, Any], int, StageSource | None] | None:
+    """The stage checkpoint named by ``--reuse-stage``: (stage, state, global step after it,
+    the other algorithm it came from when ``spec.stage_sources`` allows one, else None)."""
     if not reuse:
         return None
     if len(reuse) > 1:
@@ -321,9 +334,12 @@ def load_reused_stage(reuse: Mapping[str, Path], stages: list[Stage], resolved: 
     if stage_name not in ends:
         raise TrainingError(f"--reuse-stage {stage_name}: {resolved['algorithm']} has no stage "
                             f"{stage_name!r}; its stages are {', '.join(ends)}")
+    other = spec.stage_sources.get(stage_name)
     path = Path(source)
     if path.is_dir():
-        path = stage_checkpoint_path(path, stage_name)
+        path = stage_checkpoint_path(Path(source), stage_name)
+        if not path.is_file() and other is not None:
+            path = stage_checkpoint_path(Path(source), other.stage)
     if not path.is_file():
         raise TrainingError(f"--reuse-stage {stage_name}={source}: no stage checkpoint at "
                             f"{path}; name a run directory that finished that stage or its "
@@ -337,15 +353,21 @@ def load_reused_stage(reuse: Mapping[str, Path], stages: list[Stage], resolved: 
         raise TrainingError(f"--reuse-stage {stage_name}={source}: {path} is not a run "
                             "checkpoint of this version")
     saved = state["config"]
+    foreign = other if other is not None and saved.get("algorithm") == other.algorithm else None
     for key in ("algorithm", "task", "dataset_sha256"):
+        if key == "algorithm" and foreign is not None:
+            continue
         if saved.get(key) != resolved[key]:
+            allowed = f" (or {other.algorithm})" if other is not None else ""
             raise TrainingError(f"--reuse-stage {stage_name}={source}: that run's {key} is "
-                                f"{saved.get(key)!r}, this run's is {resolved[key]!r}; a stage "
-                                "can only be reused by the same algorithm on the same data")
-    if state.get("stage") != stage_name:
+                                f"{saved.get(key)!r}, this run's is {resolved[key]!r}{allowed}; "
+                                "a stage can only be reused by the same algorithm on the same "
+                                "data")
+    expected_stage = foreign.stage if foreign is not None else stage_name
+    if state.get("stage") != expected_stage:
         raise TrainingError(f"--reuse-stage {stage_name}={source}: {path} was written at the "
-                            f"end of stage {state.get('stage')!r}, not {stage_name!r}")
-    return stage_name, state, ends[stage_name]
+                            f"end of stage {state.get('stage')!r}, not {expected_stage!r}")
+    return stage_name, state, ends[stage_name], foreign
 
 
 def train(request: TrainRequest) -> Path:
@@ -357,7 +379,9 @@ def train(request: TrainRequest) -> Path:
     except ValueError as error:
         raise TrainingError(str(error)) from None
     total_steps = sum(stage.steps for stage in stages)
-    dataset = load_dataset(request.dataset)
+    if request.dataset is None and spec.needs_dataset:
+        raise TrainingError(f"{request.algorithm} learns from a dataset; pass --dataset FILE.h5")
+    dataset = None if request.dataset is None else load_dataset(request.dataset)
     device = resolve_device(request.device)
     context = build_context(dataset, task, run_config, request.cost_limit, device, request.seed,
                             total_steps=total_steps)
@@ -371,11 +395,12 @@ def train(request: TrainRequest) -> Path:
     torch.manual_seed(request.seed)
     algorithm: Algorithm = spec.build(algorithm_config, context)
 
-    dataset_hash = file_sha256(request.dataset)
+    dataset_hash = None if request.dataset is None else file_sha256(request.dataset)
     resolved: dict[str, Any] = {
         "algorithm": request.algorithm, "task": task.name, "env_id": task.env_id,
         "cost_limit": request.cost_limit, "seed": request.seed, "device": str(device),
-        "dataset": str(request.dataset), "dataset_sha256": dataset_hash,
+        "dataset": None if request.dataset is None else str(request.dataset),
+        "dataset_sha256": dataset_hash,
         "run": run_config.model_dump(), "algorithm_config": algorithm_config.model_dump(),
         "stages": {stage.name: stage.steps for stage in stages},
         "reused_stages": {name: str(path) for name, path in request.reuse_stages.items()},
@@ -400,13 +425,16 @@ def train(request: TrainRequest) -> Path:
         torch.set_rng_state(state["rng"]["torch"])
         start_step = int(state["step"])
     else:
-        reused = load_reused_stage(request.reuse_stages, stages, resolved, device)
+        reused = load_reused_stage(request.reuse_stages, spec, stages, resolved, device)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.json", json.dumps(resolved, indent=2))
         (out / "scalars.csv").unlink(missing_ok=True)
         if reused is not None:
-            _, state, start_step = reused
-            algorithm.load_state_dict(state["algorithm"])
+            _, state, start_step, foreign = reused
+            if foreign is not None:  # another algorithm's stage, e.g. a `train cpq` run's
+                foreign.load(algorithm, state["algorithm"])
+            else:
+                algorithm.load_state_dict(state["algorithm"])
             if state["config"]["seed"] == request.seed:  # same stream as the reused run
                 generator.set_state(state["rng"]["generator"])
                 torch.set_rng_state(state["rng"]["torch"])
@@ -461,7 +489,8 @@ def train(request: TrainRequest) -> Path:
         cost_limit=request.cost_limit, seed=request.seed,
         config={"run": resolved["run"], "algorithm": resolved["algorithm_config"],
                 "stages": resolved["stages"], "reused_stages": resolved["reused_stages"]},
-        dataset_path=str(Path(request.dataset).resolve()), dataset_sha256=dataset_hash,
+        dataset_path=None if request.dataset is None else str(Path(request.dataset).resolve()),
+        dataset_sha256=dataset_hash,
         code_version=code_version(), evaluation=evaluation)
     save_actor(out, actor.cpu(), metadata)
     return out

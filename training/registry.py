@@ -20,6 +20,9 @@ REGISTRY: dict[str, str] = {
     "o3srl": "safepolicy.training.algorithms.o3srl:SPEC",
     "td3bc-lag": "safepolicy.training.algorithms.baselines:TD3BC_LAG_SPEC",
     "bc-safe": "safepolicy.training.algorithms.baselines:BC_SAFE_SPEC",
+    "sac-lag": "safepolicy.training.algorithms.sac_lag:SPEC",
+    "cpq": "safepolicy.training.algorithms.cpq:SPEC",
+    "marvel": "safepolicy.training.algorithms.marvel:SPEC",
 }
 
 
@@ -41,6 +44,16 @@ def single_stage(config: Any, run_config: RunConfig) -> list[Stage]:
 
 
 @dataclass(frozen=True)
+class StageSource:
+    """Another algorithm's end-of-stage checkpoint that can stand in for one of this
+    algorithm's stages (e.g. Marvel's ``offline`` stage from a ``train cpq`` run)."""
+
+    algorithm: str  # the other algorithm's registry name
+    stage: str  # its stage whose checkpoint is read
+    load: Callable[[Any, dict[str, Any]], None]  # (this algorithm, that run's algorithm state)
+
+
+@dataclass(frozen=True)
 class AlgorithmSpec:
     """What the loop needs to know about one algorithm."""
 
@@ -51,6 +64,10 @@ class AlgorithmSpec:
     stages: Callable[[Any, RunConfig], list[Stage]] = single_stage
     # {task: {dotted field: value}}, layered under --config and --set
     task_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # False for an online algorithm that can run without --dataset (context.buffer is None)
+    needs_dataset: bool = True
+    # {this algorithm's stage: another algorithm's stage checkpoint --reuse-stage accepts}
+    stage_sources: dict[str, StageSource] = field(default_factory=dict)
 
 
 def algorithm_names() -> list[str]:

@@ -53,11 +53,17 @@ class ConditionalVAE(nn.Module):
                                   dtype=states.dtype).clamp(-0.5, 0.5)
         return self.max_action * torch.tanh(self.decoder(torch.cat([states, latents], -1)))
 
-    def forward(self, states: torch.Tensor, actions: torch.Tensor
+    def forward(self, states: torch.Tensor, actions: torch.Tensor,
+                noise: torch.Tensor | None = None,
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Reconstruction through a reparameterised latent, with the posterior's mean, log std."""
+        """Reconstruction through a reparameterised latent, with the posterior's mean, log std.
+
+        ``noise`` (standard normal, [batch, latent]) lets a caller draw it from its own
+        generator (replayable runs); without it, it comes from torch's global generator.
+        """
         mean, log_std = self.encode(states, actions)
-        latents = mean + torch.exp(log_std) * torch.randn_like(mean)
+        noise = torch.randn_like(mean) if noise is None else noise
+        latents = mean + torch.exp(log_std) * noise
         return self.decode(states, latents), mean, log_std
 
     def reconstruction_error(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
@@ -67,8 +73,9 @@ class ConditionalVAE(nn.Module):
 
 
 def elbo_loss(vae: ConditionalVAE, states: torch.Tensor, actions: torch.Tensor,
-              kl_weight: float = 0.5) -> torch.Tensor:
-    """Negative ELBO: mean reconstruction MSE + kl_weight * mean KL to the prior."""
-    reconstruction, mean, log_std = vae(states, actions)
+              kl_weight: float = 0.5, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Negative ELBO: mean reconstruction MSE + kl_weight * mean KL to the prior (``noise``:
+    the reparameterisation's standard normal draws, as in ``ConditionalVAE.forward``)."""
+    reconstruction, mean, log_std = vae(states, actions, noise)
     reconstruction_loss = (reconstruction - actions).pow(2).sum(-1).mean()
     return reconstruction_loss + kl_weight * gaussian_kl_to_standard_normal(mean, log_std).mean()

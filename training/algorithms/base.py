@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from safepolicy.datasets import Dataset
+from safepolicy.tasks import TaskSpec
 from safepolicy.training.data import OfflineBuffer
 from safepolicy.training.networks import (
     CriticEnsemble,
@@ -49,6 +50,10 @@ class TrainingContext:
     # observation statistics when there is no dataset (e.g. measured in the environment);
     # None with no dataset: identity normalisation
     observation_statistics: tuple[torch.Tensor, torch.Tensor] | None = None
+    # the task whose environment an online algorithm steps (None in toy contexts), and the
+    # factor rewards are multiplied by before learning (online replay applies it on add)
+    task: TaskSpec | None = None
+    reward_scale: float = 1.0
 
     @property
     def offline(self) -> OfflineBuffer:
