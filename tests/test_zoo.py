@@ -1,8 +1,8 @@
 """The behaviour zoo: agents saved, loaded and played by collect; the mixture; the density filter.
 
-The zoo agent is a real trained actor: a few hundred updates of bc-safe on a tiny collected
-BallRun dataset (the fastest task), exported with the exporter and evaluated in the real
-environment by ``safepolicy.zoo.add_agent``.
+The zoo agent is a real trained actor, as benchmarks/train_zoo.py makes them: SAC-Lag online for
+400 environment transitions (60 updates) on BallRun (the fastest task), exported with the
+exporter and evaluated in the real environment by ``safepolicy.zoo.add_agent``.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ TASK = "BallRun"
 
 @pytest.fixture(scope="module")
 def zoo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A zoo with two BallRun agents, ``slow`` and ``fast`` (the same short bc-safe run)."""
+    """A zoo with two BallRun agents, ``slow`` and ``fast`` (the same short SAC-Lag run)."""
     import torch
 
     from safepolicy.training.cli import main as train_main
@@ -45,16 +45,14 @@ def zoo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny network: more threads only fight over the shared cores
     root = tmp_path_factory.mktemp("zoo")
-    data = root / "tiny.h5"
-    save(collect(TASK, 5, seed=0, behavior="scripted", progress=False), data)
     run = root / "run"
-    command = ["bc-safe", "--task", TASK, "--dataset", str(data), "--cost-limit", "20",
-               "--out", str(run), "--steps", "300", "--set", "run.eval_episodes=0",
-               "--set", "run.hidden_sizes=64,64", "--set", "run.batch_size=64", "--no-progress"]
+    command = ["sac-lag", "--task", TASK, "--cost-limit", "20", "--steps", "100",
+               "--out", str(run), "--set", "warmup_steps=100", "--set", "run.eval_episodes=0",
+               "--set", "run.hidden_sizes=64,64", "--no-progress"]
     assert train_main(command) == 0
     for name in ("slow", "fast"):
         add_agent(run, root / "zoo", TASK, name, command="safepolicy train " + " ".join(command),
-                  algorithm="bc-safe", cost_limit=20.0, train_env_steps=0, train_wall_s=1.0,
+                  algorithm="sac-lag", cost_limit=20.0, train_env_steps=400, train_wall_s=1.0,
                   eval_episodes=2)
     torch.set_num_threads(threads)
     return root / "zoo"
@@ -65,7 +63,7 @@ def test_agent_is_saved_with_its_card_and_loads(zoo_dir: Path) -> None:
     assert [agent.name for agent in agents] == ["fast", "slow"]
     card = read_card(agents[0].version_dir)
     assert card is not None and card.task == TASK and card.eval_episodes == 2
-    assert card.command.startswith("safepolicy train bc-safe")
+    assert card.command.startswith("safepolicy train sac-lag")
     assert np.isfinite(card.eval_return_mean) and card.eval_cost_mean >= 0
     # the exporter's format: readable by the torch-free loader, a few hundred KB at most
     assert (agents[0].version_dir / "policy.onnx").stat().st_size < 1_000_000
