@@ -104,6 +104,27 @@ def num_envs_of(settings: list[str]) -> int:
     return 4  # sac-lag's default
 
 
+def seconds_per_transition(task: str, args: argparse.Namespace) -> float:
+    """SAC-Lag's wall time per transition on ``task`` (environment step plus its share of the
+    updates), from two short runs whose difference cancels the process start-up."""
+    times = []
+    transitions = []
+    for steps in (100, 600):
+        run_dir = args.runs_dir / "calibrate" / task / str(steps)
+        if run_dir.exists():
+            import shutil
+
+            shutil.rmtree(run_dir)
+        command = train_command(AgentPlan(task, None), run_dir, steps, 0,
+                                [*args.set, "warmup_steps=0"], resume=False)
+        started = time.perf_counter()
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+        times.append(time.perf_counter() - started)
+        transitions.append(steps * num_envs_of(args.set))
+    return max((times[1] - times[0]) / (transitions[1] - transitions[0]), 1e-5)
+
+
 def train_agent(plan: AgentPlan, args: argparse.Namespace) -> None:
     from safepolicy.zoo import add_agent, carded_versions
 
@@ -112,7 +133,20 @@ def train_agent(plan: AgentPlan, args: argparse.Namespace) -> None:
         return
     run_dir = args.runs_dir / plan.task / plan.name
     num_envs = num_envs_of(args.set)
-    steps = max(1, args.env_steps // num_envs)
+    env_steps = args.env_steps
+    if args.budget_s is not None:
+        # the budget fixes the env steps once, so a resumed run aims at the same total
+        rate_file = run_dir.parent / "seconds_per_transition.json"
+        if rate_file.exists():
+            rate = float(json.loads(rate_file.read_text())["seconds_per_transition"])
+        else:
+            rate = seconds_per_transition(plan.task, args)
+            rate_file.parent.mkdir(parents=True, exist_ok=True)
+            rate_file.write_text(json.dumps({"seconds_per_transition": rate}) + "\n")
+        env_steps = int(args.budget_s / rate)
+        print(f"{plan.task} {plan.name}: {1e3 * rate:.2f} ms per transition -> {env_steps} "
+              f"env steps in {args.budget_s:.0f} s", flush=True)
+    steps = max(1, env_steps // num_envs)
     command = train_command(plan, run_dir, steps, args.seed, args.set,
                             resume=run_dir.exists() and not (run_dir / "actor.pt").exists())
     wall = 0.0
@@ -135,12 +169,23 @@ def train_agent(plan: AgentPlan, args: argparse.Namespace) -> None:
           f"return {card.eval_return_mean:.1f} (normalised {card.eval_normalized_reward:.2f}) "
           f"cost {card.eval_cost_mean:.1f}", flush=True)
     if args.commit:
-        agent_dir = args.zoo / plan.task / plan.name
-        subprocess.run(["git", "add", str(agent_dir)], check=True, cwd=ROOT)
-        subprocess.run(["git", "commit", "-q", "-m",
-                        f"zoo: {plan.task} {plan.name} ({card.train_env_steps} env steps, "
-                        f"{wall:.0f} s; eval return {card.eval_return_mean:.1f}, cost "
-                        f"{card.eval_cost_mean:.1f})"], check=True, cwd=ROOT)
+        message = (f"zoo: {plan.task} {plan.name} ({card.train_env_steps} env steps, "
+                   f"{wall:.0f} s; eval return {card.eval_return_mean:.1f}, cost "
+                   f"{card.eval_cost_mean:.1f})")
+        commit_paths([args.zoo / plan.task / plan.name], message)
+
+
+def commit_paths(paths: list[Path], message: str) -> None:
+    """``git add`` and commit only ``paths``; retried, since another commit may hold the index
+    lock, and never fatal (the files stay for a later commit)."""
+    for attempt in range(5):
+        added = subprocess.run(["git", "add", *map(str, paths)], cwd=ROOT)
+        committed = subprocess.run(["git", "commit", "-q", "-m", message, "--",
+                                    *map(str, paths)], cwd=ROOT)
+        if added.returncode == 0 and committed.returncode == 0:
+            return
+        time.sleep(2 + 3 * attempt)
+    print(f"could not commit {', '.join(map(str, paths))}; commit it by hand", flush=True)
 
 
 def measure_cost(tasks: list[str], args: argparse.Namespace) -> None:
@@ -169,47 +214,58 @@ def measure_cost(tasks: list[str], args: argparse.Namespace) -> None:
               flush=True)
 
 
-def report(tasks: list[str], args: argparse.Namespace) -> None:
-    """Collect from the zoo per task and tabulate the issue's bar."""
+def report_row(task: str, args: argparse.Namespace) -> str:
+    """Collect from the task's zoo; the markdown row of the issue's bar for it."""
     from safepolicy.collect import DEFAULT_EPISODES, ZooOptions, collect, save
     from safepolicy.dataset_cli import plot_reward_cost
-    from safepolicy.zoo import has_zoo
+    from safepolicy.zoo import carded_versions
 
-    rows = []
+    spec = get_task(task)
+    agents = carded_versions(args.zoo, task)
+    if not agents:
+        return f"| {task} | no zoo agents | | | | |"
+    episodes = args.episodes or DEFAULT_EPISODES[spec.family]
     out_dir: Path = args.out
     out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    dataset = collect(spec, episodes, seed=args.seed, progress=False, zoo=ZooOptions(args.zoo))
+    wall = time.perf_counter() - started
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    save(dataset, args.data_dir / f"{task}.h5")
+    plot_reward_cost(dataset, out_dir / f"{task}.png", spec)
+    returns, costs = dataset.episode_returns_and_costs()
+    normalised = np.array([spec.normalized_reward(r) for r in returns])
+    cells = []
+    for limit in spec.default_cost_limits:
+        within = costs <= limit
+        best = normalised[within].max() if within.any() else float("nan")
+        cells.append(f"{limit:g}: {best:.2f} / {within.mean():.0%}")
+    above = float(np.mean(costs > max(spec.default_cost_limits)))
+    mid_best = normalised[costs <= middle_limit(spec)]
+    bar = bool(mid_best.size and mid_best.max() >= 0.3)
+    return (f"| {task} | {', '.join(sorted(agents))} | {episodes} ({wall:.0f} s) | "
+            f"{' · '.join(cells)} | {above:.0%} | {'yes' if bar else 'no'} |")
+
+
+REPORT_HEADER = [
+    "| task | zoo agents | episodes (collect time) | per listed limit: best normalised reward "
+    "within it / fraction of episodes within it | above the largest limit | best within the "
+    "middle limit >= 0.3 |",
+    "|---|---|---|---|---|---|",
+]
+
+
+def report(tasks: list[str], args: argparse.Namespace) -> None:
+    """Collect from the zoo per task and update the table in ``--out/report.md``."""
+    rows_file = args.out / "rows.json"
+    rows = json.loads(rows_file.read_text()) if rows_file.exists() else {}
     for task in tasks:
-        spec = get_task(task)
-        if not has_zoo(task, args.zoo):
-            rows.append(f"| {task} | no zoo agents | | | |")
-            continue
-        episodes = args.episodes or DEFAULT_EPISODES[spec.family]
-        started = time.perf_counter()
-        dataset = collect(spec, episodes, seed=args.seed, progress=False,
-                          zoo=ZooOptions(args.zoo))
-        wall = time.perf_counter() - started
-        save(dataset, out_dir / f"{task}.h5")
-        plot_reward_cost(dataset, out_dir / f"{task}.png", spec)
-        returns, costs = dataset.episode_returns_and_costs()
-        normalised = np.array([spec.normalized_reward(r) for r in returns])
-        cells = []
-        for limit in spec.default_cost_limits:
-            within = costs <= limit
-            best = normalised[within].max() if within.any() else float("nan")
-            cells.append(f"{best:.2f} / {within.mean():.0%}")
-        above = float(np.mean(costs > max(spec.default_cost_limits)))
-        mid_best = normalised[costs <= middle_limit(spec)]
-        bar = bool(mid_best.size and mid_best.max() >= 0.3)
-        rows.append(f"| {task} | {episodes} | {' · '.join(cells)} | {above:.0%} | "
-                    f"{'yes' if bar else 'no'} ({wall:.0f} s) |")
-        print(rows[-1], flush=True)
-    table = "\n".join([
-        "| task | episodes | best normalised reward within limit / fraction within, per "
-        "listed limit (Bullet 5·10·20·40, SG 20·40·80) | above the largest | best within "
-        "middle limit >= 0.3 (collect time) |",
-        "|---|---|---|---|---|", *rows])
-    (out_dir / "report.md").write_text(table + "\n")
-    print(table)
+        rows[task] = report_row(task, args)
+        print(rows[task], flush=True)
+        args.out.mkdir(parents=True, exist_ok=True)
+        rows_file.write_text(json.dumps(rows, indent=1) + "\n")
+        table = "\n".join([*REPORT_HEADER, *rows.values()])
+        (args.out / "report.md").write_text(table + "\n")
 
 
 def main() -> int:
@@ -221,6 +277,12 @@ def main() -> int:
                         "listed limit and none)")
     parser.add_argument("--env-steps", type=int, default=20_000,
                         help="environment transitions per agent (the CPU budget)")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="CPU budget per agent in seconds: sets the env steps from a short "
+                        "calibration run per task (overrides --env-steps)")
+    parser.add_argument("--report-each", action="store_true",
+                        help="after each task's agents, collect from its zoo and update the "
+                        "report (see --report)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], help="sac-lag setting NAME=VALUE")
     parser.add_argument("--zoo", type=Path, default=ROOT / "zoo")
@@ -230,7 +292,10 @@ def main() -> int:
     parser.add_argument("--measure-cost", action="store_true")
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--episodes", type=int, default=None, help="--report: episodes per task")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "zoo")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "zoo",
+                        help="report table and plots")
+    parser.add_argument("--data-dir", type=Path, default=ROOT / "data" / "zoo",
+                        help="--report: where the collected datasets go")
     args = parser.parse_args()
     tasks = args.tasks or tasks_without_a_controller()
     if args.measure_cost:
@@ -246,6 +311,12 @@ def main() -> int:
             limits = [None if text == "none" else float(text) for text in args.limits]
         for limit in limits:
             train_agent(AgentPlan(task, limit), args)
+        if args.report_each:
+            report([task], args)
+            if args.commit:
+                commit_paths([args.out / name for name in
+                              ("rows.json", "report.md", f"{task}.png")],
+                             f"benchmarks/results/zoo: {task} collected from its zoo")
     return 0
 
 
