@@ -125,6 +125,13 @@ def seconds_per_transition(task: str, args: argparse.Namespace) -> float:
     return max((times[1] - times[0]) / (transitions[1] - transitions[0]), 1e-5)
 
 
+def resolved_device() -> str:
+    """What ``--device auto`` picks on this machine."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def train_agent(plan: AgentPlan, args: argparse.Namespace) -> None:
     from safepolicy.zoo import add_agent, carded_versions
 
@@ -164,7 +171,7 @@ def train_agent(plan: AgentPlan, args: argparse.Namespace) -> None:
     card = add_agent(run_dir, args.zoo, plan.task, plan.name, command=shlex.join(shown),
                      algorithm="sac-lag", cost_limit=plan.cost_limit,
                      train_env_steps=steps * num_envs, train_wall_s=wall,
-                     train_device="auto", eval_episodes=args.eval_episodes)
+                     train_device=resolved_device(), eval_episodes=args.eval_episodes)
     print(f"{plan.task} {plan.name}: {card.train_env_steps} env steps in {wall:.0f} s; eval "
           f"return {card.eval_return_mean:.1f} (normalised {card.eval_normalized_reward:.2f}) "
           f"cost {card.eval_cost_mean:.1f}", flush=True)
