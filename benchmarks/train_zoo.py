@@ -197,6 +197,27 @@ def commit_paths(paths: list[Path], message: str) -> None:
     print(f"could not commit {', '.join(map(str, paths))}; commit it by hand", flush=True)
 
 
+def measure_env_steps(tasks: list[str], transitions: int = 2000) -> None:
+    """Microseconds per transition of the tasks' vector envs (1 and 4 copies) with uniform
+    random actions, the rollout module's wrappers included."""
+    from safepolicy.rollout import make_vector_env
+
+    for task in tasks:
+        for num_envs in (1, 4):
+            envs = make_vector_env(get_task(task), list(range(1000)), num_envs)
+            envs.reset()
+            rng = np.random.default_rng(0)
+            shape = (num_envs, *(envs.single_action_space.shape or ()))
+            steps = transitions // num_envs
+            started = time.perf_counter()
+            for _ in range(steps):
+                envs.step(rng.uniform(-1, 1, shape).astype(np.float32))
+            elapsed = time.perf_counter() - started
+            envs.close()
+            print(f"{task} num_envs={num_envs}: {1e6 * elapsed / (steps * num_envs):.0f} "
+                  "us/transition", flush=True)
+
+
 def measure_cost(tasks: list[str], args: argparse.Namespace) -> None:
     """Seconds per transition of stepping the environments and of SAC-Lag's updates."""
     steps = max(1, args.env_steps // num_envs_of(args.set))
@@ -299,6 +320,8 @@ def main() -> int:
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--commit", action="store_true", help="git commit each agent")
     parser.add_argument("--measure-cost", action="store_true")
+    parser.add_argument("--measure-env", action="store_true",
+                        help="time the tasks' environment steps alone (random actions)")
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--episodes", type=int, default=None, help="--report: episodes per task")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "zoo",
@@ -307,6 +330,9 @@ def main() -> int:
                         help="--report: where the collected datasets go")
     args = parser.parse_args()
     tasks = args.tasks or tasks_without_a_controller()
+    if args.measure_env:
+        measure_env_steps(tasks)
+        return 0
     if args.measure_cost:
         measure_cost(tasks, args)
         return 0
