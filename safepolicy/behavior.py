@@ -14,8 +14,10 @@ scripted controllers whose every episode draws an :class:`EpisodeStyle`:
 
 A behaviour *mix* (``"scripted=0.6,cautious=0.3,random=0.1"``) says how often each kind of
 episode occurs: ``scripted`` draws all three uniformly, ``cautious`` never opens an aggressive
-window, ``random`` plays temporally correlated random actions. Tasks without a scripted
-controller fall back to random actions for every kind.
+window, ``random`` plays temporally correlated random actions, ``zoo`` plays trained agents
+from the task's behaviour zoo (``safepolicy.zoo``, :class:`ZooController`). Tasks without a
+scripted controller fall back to random actions for ``scripted`` and ``cautious``; a task with
+a zoo is played by it by default (:func:`default_behavior`).
 
 The scripted controllers read the observation layouts of the installed gyms:
 Bullet-Safety-Gym's Ball (``0.1 x, 0.1 y, 0.2 vx, 0.2 vy, ...``) and RaceCar
@@ -38,9 +40,12 @@ import numpy as np
 from safepolicy.errors import SafepolicyError
 from safepolicy.gymcompat import gym
 from safepolicy.tasks import TaskSpec
+from safepolicy.zoo import ZooAgent
 
-BEHAVIOR_KINDS = ("scripted", "cautious", "random")
+BEHAVIOR_KINDS = ("scripted", "cautious", "random", "zoo")
 DEFAULT_BEHAVIOR = "scripted=0.65,cautious=0.3,random=0.05"
+# a few random episodes keep the cheap corner of the reward-cost plane covered
+ZOO_BEHAVIOR = "zoo=0.95,random=0.05"
 
 
 class BehaviorError(SafepolicyError, ValueError):
@@ -55,6 +60,11 @@ class EpisodeStyle:
     effort: float
     aggressiveness: float
     noise: float
+
+
+def default_behavior(has_zoo: bool) -> str:
+    """The mix a task is collected with unless ``--behavior`` says otherwise."""
+    return ZOO_BEHAVIOR if has_zoo else DEFAULT_BEHAVIOR
 
 
 def parse_behavior_mix(text: str) -> dict[str, float]:
@@ -452,17 +462,87 @@ def make_controller(spec: TaskSpec, env: gym.Env) -> Controller | None:
     return None
 
 
+@dataclass(frozen=True)
+class ZooSettings:
+    """How zoo episodes are played (see :class:`ZooController`)."""
+
+    agents: tuple[ZooAgent, ...]
+    weights: dict[str, float]  # agent name -> probability, summing to 1
+    max_noise: float = 0.3  # an episode's action-noise std is drawn from U(0, max_noise)
+    switch_probability: float = 0.3  # chance that an episode switches agent once
+
+
+class ZooController(Controller):
+    """Play the task's zoo agents: per episode one agent drawn by weight, with probability
+    ``switch_probability`` replaced at a uniformly drawn step by another agent drawn by weight
+    (a mode switch: DSRL's episodes also change character mid-way), deterministic actions
+    (the episode's Gaussian noise is added by :class:`BehaviorMix`)."""
+
+    def __init__(self, spec: TaskSpec, action_space: gym.spaces.Box,
+                 settings: ZooSettings, obs_dim: int) -> None:
+        super().__init__(spec, action_space)
+        if not settings.agents:
+            raise BehaviorError(f"task {spec.name} has no zoo agents to play")
+        for agent in settings.agents:
+            policy = agent.policy
+            if policy.obs_dim != obs_dim or policy.action_dim != action_space.shape[0]:
+                raise BehaviorError(
+                    f"zoo agent {agent.version_dir} maps {policy.obs_dim} observations to "
+                    f"{policy.action_dim} actions; {spec.name} has {obs_dim} and "
+                    f"{action_space.shape[0]}: it belongs to another task")
+        self.settings = settings
+        self.agents = {agent.name: agent for agent in settings.agents}
+        self.names = [name for name in self.agents if settings.weights.get(name, 0.0) > 0]
+        if not self.names:
+            raise BehaviorError("no zoo agent has a positive weight")
+        self.probabilities = np.array([settings.weights[name] for name in self.names])
+        self.probabilities /= self.probabilities.sum()
+        self.first = self.second = self.names[0]
+        self.switch_step = spec.max_episode_steps
+
+    def _draw(self, rng: np.random.Generator, exclude: str | None = None) -> str:
+        p = self.probabilities.copy()
+        if exclude is not None:
+            p[self.names.index(exclude)] = 0.0
+            p /= p.sum()
+        return self.names[int(rng.choice(len(self.names), p=p))]
+
+    def begin_episode(self, style: EpisodeStyle, rng: np.random.Generator) -> None:
+        super().begin_episode(style, rng)
+        self.first = self.second = self._draw(rng)
+        self.switch_step = self.spec.max_episode_steps
+        if len(self.names) > 1 and rng.uniform() < self.settings.switch_probability:
+            self.switch_step = int(rng.integers(1, self.spec.max_episode_steps))
+            self.second = self._draw(rng, exclude=self.first)
+
+    def act(self, observation: np.ndarray, step: int, rng: np.random.Generator) -> np.ndarray:
+        name = self.first if step < self.switch_step else self.second
+        batch = np.ascontiguousarray(observation, dtype=np.float32)[None]
+        return self.agents[name].policy(batch)[0]
+
+
 class BehaviorMix:
     """Per episode, draw a style from the mix and act with the task's controller plus noise."""
 
-    def __init__(self, spec: TaskSpec, env: gym.Env, mix: str = DEFAULT_BEHAVIOR) -> None:
+    def __init__(self, spec: TaskSpec, env: gym.Env, mix: str = DEFAULT_BEHAVIOR,
+                 zoo: ZooSettings | None = None) -> None:
         self.spec = spec
         self.weights = parse_behavior_mix(mix)
         self.action_space = _box(env)
         self.random = RandomController(spec, self.action_space)
         self.scripted = make_controller(spec, env)
+        self.zoo: ZooController | None = None
+        if self.weights.get("zoo", 0.0) > 0:
+            if zoo is None or not zoo.agents:
+                raise BehaviorError(
+                    f"the mix {mix!r} plays zoo agents but {spec.name} has none; train some "
+                    "with benchmarks/train_zoo.py or use scripted, cautious and random")
+            obs_shape = env.observation_space.shape or (0,)
+            self.zoo = ZooController(spec, self.action_space, zoo, int(np.prod(obs_shape)))
         self.controller: Controller = self.random
         self.style = EpisodeStyle("random", 0.5, 0.0, 0.0)
+        # episodes begun per kind, and per first zoo agent ("zoo:NAME"), for the attributes
+        self.episode_counts: dict[str, int] = {}
 
     @property
     def has_scripted_controller(self) -> bool:
@@ -479,11 +559,21 @@ class BehaviorMix:
             style = EpisodeStyle(kind, effort, aggressiveness, float(rng.uniform(0.0, 0.3)))
         elif kind == "cautious":
             style = EpisodeStyle(kind, effort, 0.0, float(rng.uniform(0.0, 0.1)))
+        elif kind == "zoo" and self.zoo is not None:
+            noise = float(rng.uniform(0.0, self.zoo.settings.max_noise))
+            style = EpisodeStyle(kind, effort, 0.0, noise)
         else:
             style = EpisodeStyle(kind, effort, 0.0, 0.0)
-        self.controller = self.scripted if kind != "random" and self.scripted else self.random
+        if kind == "zoo" and self.zoo is not None:
+            self.controller = self.zoo
+        elif kind != "random" and self.scripted:
+            self.controller = self.scripted
+        else:
+            self.controller = self.random
         self.controller.begin_episode(style, rng)
         self.style = style
+        counted = f"zoo:{self.zoo.first}" if self.controller is self.zoo and self.zoo else kind
+        self.episode_counts[counted] = self.episode_counts.get(counted, 0) + 1
         return style
 
     def act(self, observation: np.ndarray, step: int, rng: np.random.Generator) -> np.ndarray:
@@ -497,7 +587,17 @@ class BehaviorMix:
 
     def describe(self) -> dict[str, Any]:
         """What to record in the dataset's attributes."""
-        return {
+        description: dict[str, Any] = {
             "mix": self.weights,
             "controller": type(self.scripted).__name__ if self.scripted else "RandomController",
+            "episode_counts": dict(sorted(self.episode_counts.items())),
         }
+        if self.zoo is not None:
+            settings = self.zoo.settings
+            description["zoo"] = {
+                "weights": settings.weights,
+                "max_noise": settings.max_noise,
+                "switch_probability": settings.switch_probability,
+                "agents": {agent.name: str(agent.version_dir) for agent in settings.agents},
+            }
+        return description
