@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_training_runs import SMALL, ballrun_dataset  # noqa: F401
+from test_training_runs import SMALL
 
 from safepolicy.training.cli import main
 from safepolicy.training.config import ConfigError, RunConfig, set_field
@@ -43,7 +43,7 @@ def one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
     ("td3bc.alpah=2", "unknown setting 'td3bc.alpah'; known here: actor_lr, alpha,"),
 ])
 def test_bad_set_values_name_the_field_and_its_range(
-        ballrun_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],  # noqa: F811
+        ballrun_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
         setting: str, expected: str) -> None:
     error = one_line_error(capsys, train_cli(ballrun_dataset, tmp_path / "run", "--set", setting))
     assert expected in error
@@ -52,21 +52,21 @@ def test_bad_set_values_name_the_field_and_its_range(
 
 @pytest.mark.parametrize("limit", ["-1", "nan", "inf"])
 def test_cost_limit_must_be_finite_and_non_negative(
-        ballrun_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],  # noqa: F811
+        ballrun_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
         limit: str) -> None:
     error = one_line_error(capsys, train_cli(ballrun_dataset, tmp_path / "run", cost_limit=limit))
     assert "--cost-limit must be a finite number >= 0" in error
 
 
 def test_a_dataset_of_another_task_is_refused(
-        ballrun_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],  # noqa: F811
+        ballrun_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
         ) -> None:
     error = one_line_error(capsys, train_cli(ballrun_dataset, tmp_path / "run", task="CarCircle"))
     assert "recorded for task 'BallRun', not 'CarCircle'; pass --task BallRun" in error
 
 
 def test_config_file_sets_values_and_is_checked_like_set(
-        ballrun_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],  # noqa: F811
+        ballrun_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
         ) -> None:
     good = tmp_path / "good.yaml"
     good.write_text("num_arms: 3\ntd3bc:\n  alpha: 2.0\nrun:\n  eval_episodes: 0\n")
@@ -87,7 +87,7 @@ def test_config_file_sets_values_and_is_checked_like_set(
 
 
 def test_resume_with_changed_settings_names_the_differing_keys(
-        ballrun_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],  # noqa: F811
+        ballrun_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
         ) -> None:
     run = tmp_path / "run"
     assert main(train_cli(ballrun_dataset, run)) == 0

@@ -9,7 +9,6 @@ import pytest
 import torch
 from training_toys import TOY_EPISODE_LENGTH, toy_context
 
-from safepolicy.collect import main as collect_main
 from safepolicy.datasets import Dataset
 from safepolicy.export.artifact import load_policy
 from safepolicy.export.onnx_export import export_run
@@ -86,13 +85,6 @@ def test_the_threshold_is_osrls_discounted_per_step_share() -> None:
     assert cost_threshold(10.0, 0.99, 100) == pytest.approx(10 * (1 - 0.99**100) / (0.01 * 100))
     assert cost_threshold(10.0, 1.0, 100) == 10.0
 
-
-@pytest.fixture(scope="module")
-def ballrun_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "BallRun.h5"
-    assert collect_main(["--task", "BallRun", "--episodes", "4", "--out", str(path),
-                         "--quiet"]) == 0
-    return path
 
 
 def request(dataset: Path, out: Path, **changes: object) -> TrainRequest:

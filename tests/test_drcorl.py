@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_training_runs import actor_output, ballrun_dataset, request  # noqa: F401
+from test_training_runs import actor_output, request
 from training_toys import TOY_EPISODE_LENGTH, episode_cost_of, speed_cost_dataset, toy_context
 
 from safepolicy.datasets import Dataset
@@ -271,7 +271,7 @@ def drcorl_request(dataset: Path, out: Path, **changes: object):  # type: ignore
 
 
 def test_train_drcorl_is_deterministic_resumes_mid_stage_and_exports(
-        ballrun_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+        ballrun_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     whole = train(drcorl_request(ballrun_dataset, tmp_path / "whole"))
     again = train(drcorl_request(ballrun_dataset, tmp_path / "again"))
     assert torch.equal(actor_output(whole), actor_output(again))
@@ -306,7 +306,7 @@ def test_train_drcorl_is_deterministic_resumes_mid_stage_and_exports(
     assert policy.metadata.algorithm == "drcorl"
 
 
-def test_the_critics_stage_serves_another_cost_limit(ballrun_dataset: Path,  # noqa: F811
+def test_the_critics_stage_serves_another_cost_limit(ballrun_dataset: Path,
                                                      tmp_path: Path) -> None:
     limit10 = train(drcorl_request(ballrun_dataset, tmp_path / "limit10"))
     same = train(drcorl_request(ballrun_dataset, tmp_path / "same",

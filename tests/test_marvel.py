@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from safepolicy.collect import main as collect_main
 from safepolicy.training.algorithms.marvel import ONLINE, Marvel, MarvelConfig
 from safepolicy.training.loop import TrainingError, TrainRequest, train
 from safepolicy.training.multipliers import DualAscent
@@ -27,13 +26,6 @@ def one_thread() -> Iterator[None]:
     yield
     torch.set_num_threads(threads)
 
-
-@pytest.fixture(scope="module")
-def ballrun_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "BallRun.h5"
-    assert collect_main(["--task", "BallRun", "--episodes", "6", "--out", str(path),
-                         "--quiet"]) == 0
-    return path
 
 
 def request(dataset: Path, out: Path, algorithm: str = "marvel", **changes: object,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_training_runs import actor_output, ballrun_dataset, request  # noqa: F401
+from test_training_runs import actor_output, request
 from training_toys import at_log_row, interrupt
 
 from safepolicy.training import registry
@@ -61,7 +61,7 @@ def record_stage_starts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def test_stages_run_in_order_and_checkpoint_at_each_end(
-        ballrun_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+        ballrun_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     started = record_stage_starts(monkeypatch)
     run = train(toy_request(ballrun_dataset, tmp_path / "run"))
     assert started == ["behaviour", "policy"]
@@ -74,7 +74,7 @@ def test_stages_run_in_order_and_checkpoint_at_each_end(
 
 
 def test_a_run_killed_mid_stage_resumes_to_the_same_result(
-        ballrun_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+        ballrun_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     whole = train(toy_request(ballrun_dataset, tmp_path / "whole"))
     at_log_row(monkeypatch, 47, interrupt)  # in the policy stage, after the step-40 checkpoint
     with pytest.raises(KeyboardInterrupt):
@@ -88,7 +88,7 @@ def test_a_run_killed_mid_stage_resumes_to_the_same_result(
     assert started == []  # "policy" had begun before the kill; it is not set up twice
 
 
-def test_a_stage_checkpoint_is_reused_by_another_run(ballrun_dataset: Path,  # noqa: F811
+def test_a_stage_checkpoint_is_reused_by_another_run(ballrun_dataset: Path,
                                                       tmp_path: Path) -> None:
     whole = train(toy_request(ballrun_dataset, tmp_path / "whole"))
     same = train(toy_request(ballrun_dataset, tmp_path / "same",
@@ -105,7 +105,7 @@ def test_a_stage_checkpoint_is_reused_by_another_run(ballrun_dataset: Path,  # n
         assert torch.equal(reused["algorithm"]["behaviour"][key], tensor), key
 
 
-def test_bad_reuse_and_changed_resume_are_refused_clearly(ballrun_dataset: Path,  # noqa: F811
+def test_bad_reuse_and_changed_resume_are_refused_clearly(ballrun_dataset: Path,
                                                           tmp_path: Path) -> None:
     whole = train(toy_request(ballrun_dataset, tmp_path / "whole"))
     with pytest.raises(TrainingError, match="no stage 'critics'; its stages are behaviour, "):

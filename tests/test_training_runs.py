@@ -8,20 +8,12 @@ import pytest
 import torch
 from training_toys import at_log_row, interrupt
 
-from safepolicy.collect import main as collect_main
 from safepolicy.training.checkpoint import load_actor
 from safepolicy.training.loop import TrainingError, TrainRequest, train
 
 SMALL = {"run.hidden_sizes": "32,32", "run.batch_size": "64", "run.eval_episodes": "0",
          "run.checkpoint_every": "20", "run.log_every": "10"}
 
-
-@pytest.fixture(scope="module")
-def ballrun_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "BallRun.h5"
-    assert collect_main(["--task", "BallRun", "--episodes", "6", "--out", str(path),
-                         "--quiet"]) == 0
-    return path
 
 
 def request(dataset: Path, out: Path, algorithm: str = "o3srl", **changes: object) -> TrainRequest:
