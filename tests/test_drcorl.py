@@ -2,6 +2,7 @@
 extraction's regularisation, and `train drcorl` through the loop (resume, stage reuse, export)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -223,6 +224,9 @@ def test_the_log_std_head_learns_only_with_a_learned_std(policy_std: str) -> Non
     assert not torch.equal(output.weight[mean_rows], before[mean_rows])
     moved = not torch.equal(output.weight[log_std_rows], before[log_std_rows])
     assert moved == (policy_std == "learned")
+    if policy_std == "fixed":  # what is exported samples with the std it was trained with
+        _, log_std = algorithm.actor.distribution(torch.as_tensor(data.observations[:32]))
+        assert torch.allclose(log_std, torch.full_like(log_std, math.log(0.2)))
 
 
 def test_temperature_schedules() -> None:

@@ -92,6 +92,15 @@ class SquashedGaussianActor(nn.Module):
             "action_high": self.action_high.tolist(),
         }
 
+    @torch.no_grad()
+    def set_constant_log_std(self, log_std: float) -> None:
+        """Make the log-std head output ``log_std`` for every observation (zero weights, that
+        bias). An algorithm that trains with a fixed std and never reads the head leaves it
+        there (no gradient reaches those rows), so the exported policy carries that std."""
+        last = [module for module in self.trunk.modules() if isinstance(module, nn.Linear)][-1]
+        last.weight[self.action_dim:].zero_()
+        last.bias[self.action_dim:].fill_(log_std)
+
     def distribution(self, observations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pre-squash mean and clamped log-std for raw observations."""
         mean, log_std = self.trunk(self.normalizer(observations)).chunk(2, dim=-1)

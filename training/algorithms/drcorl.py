@@ -222,6 +222,8 @@ class DRCORL:
         self.value = context.new_value(outputs=2)  # IQL reward value, in-sample cost value
         self.value_optimizer = adam(self.value.parameters(), lr=config.critic_lr)
         self.actor_net = context.new_actor()
+        if config.policy_std == "fixed":  # the exported policy then samples with that std
+            self.actor_net.set_constant_log_std(math.log(config.fixed_std))
         self.actor_optimizer = adam(self.actor_net.parameters(), lr=config.actor_lr)
         self.bands = SlackBands(config.slack_start, config.slack_start, config.policy_steps)
         self.policy_step = 0
