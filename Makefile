@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: venv test test-all lint demo protos lock k8s clean
+.PHONY: venv test test-all lint lint-check format-check typecheck format demo protos lock k8s clean
 
 venv: $(STAMP)
 
@@ -17,15 +17,28 @@ $(STAMP): requirements/lock.txt pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# the default run: everything not marked slow (under 5 minutes on a 2-core machine)
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# everything, the slow tests included (the O3SRL toy, the demo, live-server properties, ...)
 test-all: venv
 	$(BIN)/python -m pytest
 
-lint: venv
+# what .ci/run checks besides the tests; `make format` rewrites files to the format config
+lint: lint-check format-check typecheck
+
+lint-check: venv
 	$(BIN)/ruff check .
+
+format-check: venv
+	$(BIN)/ruff format --check .
+
+typecheck: venv
 	$(BIN)/mypy safepolicy
+
+format: venv
+	$(BIN)/ruff format .
 
 demo: venv
 	$(BIN)/safepolicy demo --workdir demo-output

@@ -2,8 +2,11 @@
 
     safepolicy audit --policy MODEL_REPO/NAME/V --episodes 100 --out REPORT_DIR
     safepolicy audit --server HOST:PORT --name NAME --episodes 100 --out REPORT_DIR
-    safepolicy audit compare REPORT_DIR... [--out FILE]
+    safepolicy audit compare REPORT_DIR... [--out FILE.md] [--plot FILE.png]
     safepolicy audit watch --repo MODEL_REPO --interval 3600 --metrics-port 9108 --out REPORTS
+
+An audit of an exported policy also writes MODEL_REPO/NAME/VERSION/audit.json, the verdict that
+``safepolicy serve --require-audit`` reads.
 
 Exit status: 0 when the audit ran and PASSED, 1 when it ran and FAILED, 2 when it could not
 run (bad input, unreachable server or Pushgateway).
@@ -16,6 +19,8 @@ import sys
 from pathlib import Path
 
 from safepolicy.audit.runner import AuditError, AuditSettings, AuditTarget
+from safepolicy.cli import HelpFormatter, add_quiet_flag, report_error
+from safepolicy.errors import SafepolicyError
 from safepolicy.fileio import atomic_write_text
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
@@ -32,19 +37,22 @@ def _common(parser: argparse.ArgumentParser, episodes_required: bool) -> None:
     parser.add_argument("--episodes", type=_positive_int, required=episodes_required,
                         default=None if episodes_required else 100,
                         help="episodes to play (episode i is reset with seed S + i)")
-    parser.add_argument("--seed", type=int, default=0, help="first reset seed (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="first reset seed")
     parser.add_argument("--envs", type=_positive_int, default=4,
-                        help="environments stepped together with batched inference (default 4)")
+                        help="environments stepped together with batched inference")
     parser.add_argument("--confidence", type=float, default=0.95,
-                        help="confidence of the upper bound on expected cost (default 0.95)")
+                        help="confidence of the upper bound on expected cost")
     parser.add_argument("--cvar-alpha", type=float, default=0.1,
-                        help="CVaR tail fraction (default 0.1: the worst 10%% of episodes)")
+                        help="CVaR tail fraction (0.1: the worst 10%% of episodes)")
     parser.add_argument("--resamples", type=int, default=4000, help="bootstrap resamples")
 
 
 def audit_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="safepolicy audit",
+        prog="safepolicy audit", formatter_class=HelpFormatter,
+        epilog="An audit of --policy also writes MODEL_REPO/NAME/VERSION/audit.json, which "
+               "`safepolicy serve --require-audit` reads. Exit status: 0 PASS, 1 FAIL, "
+               "2 could not run.",
         description="Replay a policy in its safety gym and decide whether it keeps its cost "
                     "budget: PASS iff the one-sided upper confidence bound on expected episode "
                     "cost is at most the cost limit. Also: `safepolicy audit compare ...`, "
@@ -61,7 +69,7 @@ def audit_parser() -> argparse.ArgumentParser:
                         help="episode cost limit (default: the policy's training limit)")
     _common(parser, episodes_required=True)
     parser.add_argument("--pushgateway", help="push the results to this Pushgateway URL")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_quiet_flag(parser)
     parser.add_argument("--out", type=Path, required=True, help="report directory to write")
     return parser
 
@@ -88,14 +96,14 @@ def run_audit_command(argv: list[str]) -> int:
     settings = AuditSettings(
         episodes=args.episodes, task=args.task, cost_limit=args.cost_limit, seed=args.seed,
         num_envs=args.envs, confidence=args.confidence, cvar_alpha=args.cvar_alpha,
-        bootstrap_resamples=args.resamples, progress=not args.no_progress,
+        bootstrap_resamples=args.resamples, progress=not args.quiet,
     )
     try:
         settings.validate()
         target = _open(args)
         report = audit_policy(target, settings, args.out)
-    except AuditError as error:
-        print(f"safepolicy audit: error: {error}", file=sys.stderr)
+    except SafepolicyError as error:
+        report_error("safepolicy audit", error)
         return EXIT_ERROR
     s = report.statistics
     print(f"{report.verdict}: {report.policy.name} v{report.policy.version} on {report.task}: "
@@ -109,30 +117,43 @@ def run_audit_command(argv: list[str]) -> int:
         try:
             push_report(report, args.pushgateway)
         except PushError as error:
-            print(f"safepolicy audit: error: {error}", file=sys.stderr)
+            report_error("safepolicy audit", error)
             return EXIT_ERROR
     return EXIT_PASS if report.verdict == "PASS" else EXIT_FAIL
 
 
 def compare_command(argv: list[str]) -> int:
-    from safepolicy.audit.compare import compare_markdown
-    from safepolicy.audit.report import ReportError, load_report
+    from safepolicy.audit.compare import compare_markdown, compare_plot
+    from safepolicy.audit.report import load_report
 
-    parser = argparse.ArgumentParser(prog="safepolicy audit compare",
-                                     description="Put several audit reports side by side.")
+    parser = argparse.ArgumentParser(
+        prog="safepolicy audit compare", formatter_class=HelpFormatter,
+        description="Put several audit reports side by side: a Markdown table and a picture "
+                    "(normalised reward, and cost bound and mean against each limit).")
     parser.add_argument("reports", nargs="+", type=Path, help="REPORT_DIR or report.json")
-    parser.add_argument("--out", type=Path, help="write the Markdown table here, not stdout")
+    parser.add_argument("--out", type=Path, metavar="FILE.md",
+                        help="write the Markdown table here, not stdout")
+    parser.add_argument("--plot", type=Path, metavar="FILE.png",
+                        help="draw the comparison here (default: beside --out, as FILE.png)")
     args = parser.parse_args(argv)
+    plot = args.plot or (args.out.with_suffix(".png") if args.out else None)
+    labels = [str(path) for path in args.reports]
     try:
         reports = [load_report(path) for path in args.reports]
-    except ReportError as error:
-        print(f"safepolicy audit compare: error: {error}", file=sys.stderr)
+        text = compare_markdown(reports, labels)
+        if plot is not None:
+            compare_plot(reports, labels, plot)
+        if args.out:
+            atomic_write_text(args.out, text)
+    except (SafepolicyError, OSError) as error:
+        report_error("safepolicy audit compare", error)
         return EXIT_ERROR
-    text = compare_markdown(reports, [str(path) for path in args.reports])
     if args.out:
-        atomic_write_text(args.out, text)
+        print(f"wrote {args.out}" + (f" and {plot}" if plot else ""))
     else:
         print(text, end="")
+        if plot is not None:
+            print(f"wrote {plot}", file=sys.stderr)
     return 0
 
 
@@ -140,15 +161,17 @@ def watch_command(argv: list[str]) -> int:
     from safepolicy.audit.watch import watch
 
     parser = argparse.ArgumentParser(
-        prog="safepolicy audit watch",
+        prog="safepolicy audit watch", formatter_class=HelpFormatter,
         description="Re-audit the latest version of every policy in a model repository on a "
                     "schedule and expose the results on /metrics for Prometheus.")
     parser.add_argument("--repo", type=Path, required=True, help="MODEL_REPO")
     parser.add_argument("--interval", type=float, required=True, help="seconds between rounds")
     parser.add_argument("--metrics-port", type=int, required=True, help="port for /metrics")
-    parser.add_argument("--metrics-address", default="0.0.0.0", help="address for /metrics")
+    parser.add_argument("--metrics-host", default="0.0.0.0", help="address for /metrics")
+    # the old spelling; `safepolicy serve` calls the same thing --metrics-host
+    parser.add_argument("--metrics-address", dest="metrics_host", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=Path("audit-reports"),
-                        help="reports go to OUT/NAME/VERSION (default ./audit-reports)")
+                        help="reports go to OUT/NAME/VERSION")
     parser.add_argument("--all-versions", action="store_true",
                         help="audit every version, not just the latest of each policy")
     parser.add_argument("--rounds", type=_positive_int, help="stop after this many rounds")
@@ -162,9 +185,9 @@ def watch_command(argv: list[str]) -> int:
     try:
         settings.validate()
         watch(args.repo, args.out, settings, args.interval, args.metrics_port,
-              args.metrics_address, rounds=args.rounds, all_versions=args.all_versions)
-    except (AuditError, ValueError, OSError) as error:
-        print(f"safepolicy audit watch: error: {error}", file=sys.stderr)
+              args.metrics_host, rounds=args.rounds, all_versions=args.all_versions)
+    except (SafepolicyError, ValueError, OSError) as error:
+        report_error("safepolicy audit watch", error)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 0

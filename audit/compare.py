@@ -1,8 +1,10 @@
-"""``safepolicy audit compare``: several audit reports side by side as a Markdown table."""
+"""``safepolicy audit compare``: several audit reports side by side, as a table and a picture."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 from safepolicy.audit.report import AuditReport
 
@@ -32,3 +34,11 @@ def compare_markdown(reports: Sequence[AuditReport], labels: Sequence[str] | Non
     if len({r.cost_limit for r in reports}) > 1:
         notes.append("Note: the reports judge against different cost limits.")
     return "\n".join(["# Audit comparison", "", *lines, "", *notes]).rstrip() + "\n"
+
+
+def compare_plot(reports: Sequence[AuditReport], labels: Sequence[str],
+                 out_png: str | os.PathLike[str]) -> Path:
+    """The comparison as a PNG: normalised reward, and cost bound and mean over each limit."""
+    from safepolicy.plots import plot_audit_comparison
+
+    return plot_audit_comparison(reports, labels, out_png)

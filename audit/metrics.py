@@ -32,13 +32,14 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from safepolicy.audit.report import AuditReport
+from safepolicy.errors import SafepolicyError
 
 PREFIX = "safepolicy_audit_"
 LABELS = ("policy", "version", "task")
 PUSH_JOB = "safepolicy_audit"
 
 
-class PushError(Exception):
+class PushError(SafepolicyError):
     """The Pushgateway could not be reached or refused the push."""
 
 

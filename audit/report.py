@@ -21,6 +21,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from safepolicy.errors import SafepolicyError
 from safepolicy.fileio import atomic_write_text
 
 REPORT_SCHEMA_VERSION = 1
@@ -29,7 +30,7 @@ MARKDOWN_FILENAME = "report.md"
 PLOT_FILENAMES = ("cost_distribution.png", "reward_vs_cost.png", "cumulative_cost.png")
 
 
-class ReportError(ValueError):
+class ReportError(SafepolicyError, ValueError):
     """A report directory or file that cannot be read as an audit report."""
 
 
@@ -55,7 +56,9 @@ class Summary(_Model):
     mean_interval: Interval
 
 
-class EpisodeResult(_Model):
+class AuditedEpisode(_Model):
+    """One episode the audit played: a row of ``episode_results`` in report.json."""
+
     seed: int
     episode_return: float
     episode_cost: float
@@ -127,7 +130,7 @@ class AuditReport(_Model):
     method: str
     warnings: list[str] = Field(default_factory=list)
     statistics: Statistics
-    episode_results: list[EpisodeResult]
+    episode_results: list[AuditedEpisode]
     wall_seconds: float
     env_steps_per_second: float
     audit_code_version: str
@@ -253,6 +256,8 @@ def _plots(report: AuditReport, cost_traces: list[np.ndarray] | None, directory:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from safepolicy.plots import save_figure
+
     costs = np.array([e.episode_cost for e in report.episode_results])
     returns = np.array([e.episode_return for e in report.episode_results])
     limit = report.cost_limit
@@ -269,7 +274,7 @@ def _plots(report: AuditReport, cost_traces: list[np.ndarray] | None, directory:
              title=f"{report.policy.name}: episode costs ({report.verdict})")
     axes.legend()
     figure.tight_layout()
-    figure.savefig(directory / PLOT_FILENAMES[0], dpi=100)
+    save_figure(figure, directory / PLOT_FILENAMES[0])
     plt.close(figure)
 
     figure, axes = plt.subplots(figsize=(6.4, 4.0))
@@ -281,7 +286,7 @@ def _plots(report: AuditReport, cost_traces: list[np.ndarray] | None, directory:
              title="reward against cost per episode")
     axes.legend()
     figure.tight_layout()
-    figure.savefig(directory / PLOT_FILENAMES[1], dpi=100)
+    save_figure(figure, directory / PLOT_FILENAMES[1])
     plt.close(figure)
 
     figure, axes = plt.subplots(figsize=(6.4, 4.0))
@@ -295,7 +300,7 @@ def _plots(report: AuditReport, cost_traces: list[np.ndarray] | None, directory:
     axes.set(xlabel="step", ylabel="cumulative cost", title="cumulative cost over each episode")
     axes.legend()
     figure.tight_layout()
-    figure.savefig(directory / PLOT_FILENAMES[2], dpi=100)
+    save_figure(figure, directory / PLOT_FILENAMES[2])
     plt.close(figure)
 
 

@@ -9,7 +9,6 @@ callable plus what is known about it), :func:`run_audit` replays a target and re
 from __future__ import annotations
 
 import math
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,8 +19,8 @@ import numpy as np
 
 from safepolicy.audit import stats
 from safepolicy.audit.report import (
+    AuditedEpisode,
     AuditReport,
-    EpisodeResult,
     Lineage,
     PolicySource,
     Statistics,
@@ -30,11 +29,13 @@ from safepolicy.audit.report import (
     utc_now,
     write_report,
 )
+from safepolicy.errors import SafepolicyError
+from safepolicy.version import code_version
 
 MIN_RECOMMENDED_EPISODES = 30
 
 
-class AuditError(Exception):
+class AuditError(SafepolicyError):
     """An audit that cannot run as asked; the message says what is wrong and what to do."""
 
 
@@ -167,33 +168,6 @@ def open_server(address: str, name: str, version: int | None = None,
     )
 
 
-def _env_dims(task: Any) -> tuple[int, int]:
-    from safepolicy.tasks import make_env
-
-    env = make_env(task)
-    try:
-        observation_shape = env.observation_space.shape or (0,)
-        action_shape = env.action_space.shape or (0,)
-        return int(observation_shape[0]), int(action_shape[0])
-    finally:
-        env.close()
-
-
-def audit_code_version() -> str:
-    """The git commit of this checkout, or the installed package version."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
-                              capture_output=True, check=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            return version("safepolicy")
-        except PackageNotFoundError:
-            return "unknown"
-
-
 def _summary(values: np.ndarray, confidence: float, resamples: int, seed: int) -> Summary:
     interval = stats.bootstrap_interval(values, stats.mean, confidence, "two-sided", resamples,
                                         seed)
@@ -206,7 +180,7 @@ def run_audit(target: AuditTarget, settings: AuditSettings,
               ) -> tuple[AuditReport, list[np.ndarray]]:
     """Replay ``target`` as ``settings`` ask; the report and each episode's cumulative costs."""
     from safepolicy.rollout import rollout_episodes
-    from safepolicy.tasks import UnknownTaskError, get_task
+    from safepolicy.tasks import UnknownTaskError, env_spaces, get_task
 
     settings.validate()
     task_name = settings.task or target.task
@@ -219,7 +193,8 @@ def run_audit(target: AuditTarget, settings: AuditSettings,
     cost_limit = settings.cost_limit if settings.cost_limit is not None else target.cost_limit
     if cost_limit is None:
         raise AuditError("no cost limit: the policy's metadata has none; pass --cost-limit")
-    obs_dim, action_dim = _env_dims(spec)
+    spaces = env_spaces(spec)
+    obs_dim, action_dim = spaces.obs_dim, spaces.action_dim
     if (obs_dim, action_dim) != (target.obs_dim, target.action_dim):
         raise AuditError(
             f"policy {target.source.name!r} takes {target.obs_dim} observations and gives "
@@ -289,7 +264,7 @@ def run_audit(target: AuditTarget, settings: AuditSettings,
         warnings=warnings,
         statistics=statistics,
         episode_results=[
-            EpisodeResult(seed=r.seed, episode_return=r.episode_return,
+            AuditedEpisode(seed=r.seed, episode_return=r.episode_return,
                           episode_cost=r.episode_cost, length=r.length, terminated=r.terminated,
                           normalized_reward=float(nr), normalized_cost=float(nc),
                           violated=bool(r.episode_cost > cost_limit))
@@ -297,7 +272,7 @@ def run_audit(target: AuditTarget, settings: AuditSettings,
         ],
         wall_seconds=wall,
         env_steps_per_second=float(lengths.sum() / wall) if wall > 0 else 0.0,
-        audit_code_version=audit_code_version(),
+        audit_code_version=code_version(),
     )
     traces = [r.cost_trace for r in records if r.cost_trace is not None]
     return report, traces

@@ -67,14 +67,39 @@ def h5_arrays(path: Path) -> dict[str, np.ndarray]:
 
 
 def timed(step: object, warmup: int, steps: int) -> dict[str, float]:
-    """Updates per second of ``step()`` over ``steps`` calls after ``warmup`` calls."""
+    """Updates per second of ``step()`` over ``steps`` calls after ``warmup`` calls, and the
+    matmul FLOPs of one update (``torch.utils.flop_counter``, forward and backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     for _ in range(warmup):
         step()  # type: ignore[operator]
+    with FlopCounterMode(display=False) as counter:
+        step()  # type: ignore[operator]
+    gflop = counter.get_total_flops() / 1e9
     started = time.perf_counter()
     for _ in range(steps):
         step()  # type: ignore[operator]
     wall = time.perf_counter() - started
-    return {"updates_per_s": steps / wall, "wall_s": wall, "steps": steps}
+    return {"updates_per_s": steps / wall, "wall_s": wall, "steps": steps,
+            "gflop_per_update": gflop, "gflop_per_s": gflop * steps / wall}
+
+
+def worker_matmul(threads: int) -> dict[str, float]:
+    """The CPU's matmul rate at the VAE's largest shape (5120x400 @ 400x400), fp32 and bf16."""
+    import torch
+
+    torch.set_num_threads(threads)
+    rates = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        left, right = torch.randn(5120, 400).to(dtype), torch.randn(400, 400).to(dtype)
+        for _ in range(5):
+            left @ right
+        started = time.perf_counter()
+        for _ in range(50):
+            left @ right
+        rates[f"{name}_gflop_per_s"] = 50 * 2 * 5120 * 400 * 400 / (
+            time.perf_counter() - started) / 1e9
+    return rates
 
 
 def worker_ours(arrays: dict[str, np.ndarray], threads: int, precision: str, warmup: int,
@@ -176,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transitions", type=int, default=100_000)
     parser.add_argument("--dataset", type=Path, help="a DSRL .h5 file instead of synthetic data")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cpq_speed.json"))
-    parser.add_argument("--worker", choices=["ours", "osrl"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["ours", "osrl", "matmul"], help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -185,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         with np.load(args.data) as loaded:
             arrays = {key: loaded[key] for key in loaded.files}
         threads = args.threads[0]
-        if args.worker == "ours":
+        if args.worker == "matmul":
+            result = worker_matmul(threads)
+        elif args.worker == "ours":
             result = worker_ours(arrays, threads, args.precision, args.warmup, args.steps)
         else:
             result = worker_osrl(arrays, threads, args.osrl_workers, args.warmup,
@@ -203,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         np.savez(data, **arrays)
         common = ["--data", str(data), "--warmup", str(args.warmup)]
         for threads in args.threads:
-            row: dict = {"threads": threads}
+            row: dict = {"threads": threads, "matmul": run_worker(sys.executable, [
+                "--worker", "matmul", *common, "--threads", str(threads)], threads)}
             if args.osrl_python:
                 row["osrl"] = run_worker(args.osrl_python, [
                     "--worker", "osrl", *common, "--threads", str(threads), "--osrl-steps",

@@ -12,6 +12,13 @@ Default size (fits about an hour on the 2-core CPU):
 Paper-size settings are a flag away (the last --set restores the paper's target rate):
     python benchmarks/quality.py --steps 100000 --seeds 0 1 2 --eval-episodes 20 --precision fp32 \
         --set td3bc.tau=0.005
+
+Any registered algorithm can be named (training/registry.py). A staged algorithm takes its step
+counts from its own config (``--set behaviour_steps=...``), not from ``--steps``; with
+``--reuse-stage ALGORITHM=STAGE`` the first cost limit's run of each task and seed trains every
+stage and the other limits start after STAGE from its checkpoint (e.g. ``drcorl=critics``: one
+behaviour model and one set of pretrained critics per task). Each run's wall time per stage (from
+its scalars.csv) goes into its result; a reused stage is credited to the run that trained it.
 """
 
 from __future__ import annotations
@@ -53,9 +60,25 @@ def settings_for(algorithm: str, settings: list[str]) -> dict[str, str]:
             if name in known or name.startswith("run.")}
 
 
+def stage_seconds(run_dir: Path) -> dict[str, float]:
+    """Wall seconds of each stage this run trained, from its scalars.csv (rows carry the stage
+    and the seconds since the run's loop started)."""
+    import csv
+
+    ends: dict[str, float] = {}
+    with (run_dir / "scalars.csv").open() as handle:
+        for row in csv.DictReader(handle):
+            ends[row["stage"]] = float(row["wall_seconds"])
+    seconds, previous = {}, 0.0
+    for stage, end in ends.items():
+        seconds[stage] = round(end - previous, 1)
+        previous = end
+    return seconds
+
+
 def train_once(algorithm: str, task: str, dataset: Path, cost_limit: float, seed: int,
                steps: int, eval_episodes: int, precision: str, settings: list[str],
-               out: Path) -> dict:
+               out: Path, reuse: dict[str, Path] | None = None) -> dict:
     import torch
 
     from safepolicy.training.loop import TrainRequest, train
@@ -73,11 +96,15 @@ def train_once(algorithm: str, task: str, dataset: Path, cost_limit: float, seed
                            overrides={"run.eval_episodes": str(eval_episodes),
                                       "run.precision": precision,
                                       **settings_for(algorithm, settings)},
-                           progress=False))
+                           reuse_stages=reuse or {}, progress=False))
         (out / "train_seconds.txt").write_text(f"{time.perf_counter() - started:.1f}\n")
     result: dict = json.loads(evaluation.read_text())
     seconds = out / "train_seconds.txt"
     result["train_seconds"] = float(seconds.read_text()) if seconds.exists() else None
+    result["stage_seconds"] = stage_seconds(out)
+    if reuse:
+        (stage, source), = reuse.items()
+        result["reused_stage"] = {"stage": stage, "from": source.name}
     result.update(task=task, algorithm=algorithm, cost_limit=cost_limit, seed=seed)
     return result
 
@@ -161,13 +188,18 @@ def plot(summary: dict, path: Path) -> None:
 
 
 def main() -> int:
+    from safepolicy.training.registry import algorithm_names
+
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=["BallRun", "CarCircle"])
-    from safepolicy.training.registry import algorithm_names
-
     parser.add_argument("--algorithms", nargs="+", default=["o3srl", "bc-safe", "td3bc-lag"],
-                        choices=algorithm_names(), help="any registered algorithm")
+                        choices=algorithm_names(), metavar="ALGORITHM",
+                        help=f"registered algorithms: {', '.join(algorithm_names())}")
+    parser.add_argument("--reuse-stage", dest="reuse", action="append", default=[],
+                        metavar="ALGORITHM=STAGE",
+                        help="the first cost limit's run trains every stage, the other limits "
+                        "start after STAGE from it (repeatable, one per algorithm)")
     parser.add_argument("--cost-limits", nargs="+", type=float, default=[5.0, 10.0, 20.0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--steps", type=int, default=10_000)
@@ -182,6 +214,8 @@ def main() -> int:
     parser.add_argument("--dataset-episodes", type=int, default=200)
     parser.add_argument("--data-dir", type=Path, default=ROOT / "data")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality")
+    parser.add_argument("--runs-dir", type=Path, default=None,
+                        help="where the run directories go (default: OUT/runs)")
     parser.add_argument("--replot", action="store_true",
                         help="redraw quality.png from OUT/quality.json without training")
     args = parser.parse_args()
@@ -196,25 +230,43 @@ def main() -> int:
     for setting in args.settings:
         if "=" not in setting:
             parser.error(f"--set {setting!r}: expected NAME=VALUE, e.g. td3bc.tau=0.05")
-    jobs = [(algorithm, task, datasets[task], limit, seed, args.steps, args.eval_episodes,
-             args.precision, args.settings,
-             args.out / "runs" / f"{task}-{algorithm}-{limit:g}-s{seed}")
+    reuse = dict(item.split("=", 1) for item in args.reuse if "=" in item)
+    if len(reuse) != len(args.reuse):
+        parser.error("--reuse-stage expects ALGORITHM=STAGE, e.g. drcorl=critics")
+    runs_dir = args.runs_dir or args.out / "runs"
+
+    def job(algorithm: str, task: str, limit: float, seed: int) -> tuple:
+        first = args.cost_limits[0]
+        reused = ({reuse[algorithm]: runs_dir / f"{task}-{algorithm}-{first:g}-s{seed}"}
+                  if algorithm in reuse and limit != first else None)
+        return (algorithm, task, datasets[task], limit, seed, args.steps, args.eval_episodes,
+                args.precision, args.settings, runs_dir / f"{task}-{algorithm}-{limit:g}-s{seed}",
+                reused)
+
+    jobs = [job(algorithm, task, limit, seed)
             for task in args.tasks for limit in args.cost_limits
             for algorithm in args.algorithms for seed in args.seeds]
+    # runs that reuse another run's stage wait for the runs that train it
+    waves = [[j for j in jobs if j[-1] is None], [j for j in jobs if j[-1] is not None]]
     results: list[dict] = []
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    (args.out / "results").mkdir(parents=True, exist_ok=True)
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        for row in pool.map(train_once_star, jobs):
+        for row in (row for wave in waves for row in pool.map(train_once_star, wave)):
             results.append(row)
+            name = f"{row['task']}-{row['algorithm']}-{row['cost_limit']:g}-s{row['seed']}"
+            (args.out / "results" / f"{name}.json").write_text(json.dumps(row, indent=2))
             print(f"{row['task']} {row['algorithm']} kappa={row['cost_limit']:g} "
                   f"seed={row['seed']}: reward {row['normalized_reward']:.2f} "
-                  f"cost {row['normalized_cost']:.2f} ({row['train_seconds']} s)", flush=True)
+                  f"cost {row['normalized_cost']:.2f} ({row['train_seconds']} s; stages "
+                  f"{row['stage_seconds']})", flush=True)
             table = markdown_table(summarise(results), args.tasks, args.algorithms,
                                    args.cost_limits)
             (args.out / "quality.json").write_text(json.dumps(
                 {"settings": settings, "runs": results}, indent=2))
             (args.out / "quality.md").write_text(
-                f"Settings: {args.steps} gradient steps ({args.precision}), seeds {args.seeds}, "
+                f"Settings: {args.steps} gradient steps for one-stage algorithms (staged ones "
+                f"take theirs from --set), {args.precision}, seeds {args.seeds}, "
                 f"settings {' '.join(args.settings) or 'none'}, "
                 f"{args.eval_episodes} evaluation episodes on seeds 10000+, datasets of "
                 f"{args.dataset_episodes} episodes from `safepolicy collect --seed 0`.\n\n"

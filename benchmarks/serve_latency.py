@@ -1,15 +1,23 @@
-"""Serving latency and throughput of the policy server against a bare echo server.
+"""Serving latency and throughput of the policy server against two echo servers.
 
-Both servers are grpc.aio servers in their own processes, serving the same
-``safepolicy.v1.PolicyService`` messages; the echo answers Act/ActStream with a zero action
-of the right shape and does nothing else (no validation, inference or metrics). Runs
-alternate between the two, rounds are repeated and the median round is reported, so the
+All servers are grpc.aio servers in their own processes, serving the same
+``safepolicy.v1.PolicyService`` messages. The bare echo answers Act/ActStream with a zero
+action of the right shape and does nothing else (no validation, inference or metrics); the
+echo+onnxruntime server also runs one unchecked onnxruntime forward pass of the same policy
+per call, the least any server of this kind that really runs the model can cost. Runs
+alternate between the servers, rounds are repeated and the median round is reported, so the
 ratios hold on a busy machine even when the absolute figures drift.
 
     python benchmarks/serve_latency.py [--requests 2000] [--rounds 3] [--obs-dim 60]
+        [--compare LABEL=GITREF ...] [--variant LABEL="--flag value ..."]
 
-Targets (issue 5): Act p50 <= 1.15x echo, ActStream p50 <= 1.15x stream echo, 8-client
-throughput >= 0.9x echo.
+``--compare`` adds the server of another commit (exported with ``git archive``) to the same
+alternating rounds, so the effect of each change is measured under the same conditions;
+``--variant`` adds this tree's server started with extra ``serve`` flags.
+
+Targets (issue 16), for this tree's server: Act and ActStream p50 <= 1.05x the
+echo+onnxruntime server and <= 1.15x the bare echo; 8-client throughput >= 0.95x the
+echo+onnxruntime server.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -187,8 +195,29 @@ def measure(target: str, request: Any, count: int) -> dict[str, float]:
     }
 
 
-def start(command: list[str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+def start(command: list[str], root: Path = ROOT) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(command, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+
+
+def export_tree(ref: str, into: Path) -> Path:
+    """The source tree of git ``ref`` written under ``into`` (symlinks kept)."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def server_command(repo: Path, port: int, extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", "safepolicy.server", "--repo", str(repo), "--host",
+            "127.0.0.1", "--port", str(port), "--metrics-port", "0", "--poll-interval-s", "0",
+            "--log-level", "WARNING", *extra]
+
+
+TARGETS = {"act1": ("p50", 1.05, 1.15), "act8": ("rps", 0.95, None),
+           "stream": ("p50", 1.05, 1.15)}
+LABELS = {"act1": "Act, 1 client", "act8": "Act, 8 clients",
+          "stream": "ActStream, per message"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--action-dim", type=int, default=2)
     parser.add_argument("--repo", type=Path, help="existing repository holding policy 'bench' "
                         "(default: export an untrained 256x256 actor into a temporary one)")
+    parser.add_argument("--compare", action="append", default=[], metavar="LABEL=GITREF",
+                        help="also measure the server of this commit (repeatable)")
+    parser.add_argument("--variant", action="append", default=[], metavar="LABEL=FLAGS",
+                        help="also measure this tree's server with these extra flags")
     parser.add_argument("--serve-echo", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--echo-model", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -215,21 +248,33 @@ def main(argv: list[str] | None = None) -> int:
         repo = Path(scratch.name) / "repo"
         make_policy(repo, POLICY, 1, obs_dim=args.obs_dim, action_dim=args.action_dim,
                     hidden_sizes=(256, 256))
-    echo_port, inference_port, server_port = free_port(), free_port(), free_port()
+    # label -> (source tree, extra serve flags)
+    trees: dict[str, tuple[Path, list[str]]] = {}
+    for item in args.compare:
+        label, sep, ref = item.partition("=")
+        if not sep or not label or not ref:
+            parser.error(f"--compare {item!r}: give LABEL=GITREF")
+        trees[label] = (export_tree(ref, Path(scratch.name) / f"tree-{len(trees)}"), [])
+    for item in args.variant:
+        label, sep, flags = item.partition("=")
+        if not sep or not label:
+            parser.error(f"--variant {item!r}: give LABEL=FLAGS")
+        trees[label] = (ROOT, flags.split())
+    trees["safepolicy"] = (ROOT, [])
+    echo_port, inference_port = free_port(), free_port()
+    ports = {label: free_port() for label in trees}
     processes = [
         start([sys.executable, __file__, "--serve-echo", str(echo_port),
                "--action-dim", str(args.action_dim)]),
         start([sys.executable, __file__, "--serve-echo", str(inference_port),
                "--action-dim", str(args.action_dim), "--echo-model", str(repo / POLICY / "1")]),
-        start([sys.executable, "-m", "safepolicy.server", "--repo", str(repo), "--host",
-               "127.0.0.1",
-               "--port", str(server_port), "--metrics-port", "0", "--poll-interval-s", "0",
-               "--log-level", "WARNING"]),
+        *[start(server_command(repo, ports[label], extra), root)
+          for label, (root, extra) in trees.items()],
     ]
     try:
         targets = {"echo": f"127.0.0.1:{echo_port}",
                    "echo+onnxruntime": f"127.0.0.1:{inference_port}",
-                   "safepolicy": f"127.0.0.1:{server_port}"}
+                   **{label: f"127.0.0.1:{port}" for label, port in ports.items()}}
         for target in targets.values():
             wait_ready(target)
         request = act_request(POLICY, np.random.default_rng(0).normal(
@@ -251,39 +296,41 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"obs_dim={args.obs_dim} action_dim={args.action_dim} MLP 256x256, "
           f"{args.requests} calls x {args.rounds} alternating rounds (median round), "
-          f"{os.cpu_count()} CPUs\n")
-    print("| path | echo p50 / p99 (ms) | safepolicy p50 / p99 (ms) | echo req/s | "
-          "safepolicy req/s | ratio | target |")
-    print("|---|---|---|---|---|---|---|")
-    rows: list[tuple[str, str, Callable[[float, float], float], str]] = [
-        ("Act, 1 client", "act1", lambda s, e: s / e, "p50 <= 1.15x"),
-        ("Act, 8 clients", "act8", lambda s, e: s / e, "req/s >= 0.9x"),
-        ("ActStream, per message", "stream", lambda s, e: s / e, "p50 <= 1.15x"),
-    ]
-    verdicts = []
-    for label, key, ratio, target in rows:
-        if key == "act8":
-            value = ratio(median("safepolicy", f"{key}_rps"), median("echo", f"{key}_rps"))
-            ok = value >= 0.9
-        else:
-            value = ratio(median("safepolicy", f"{key}_p50"), median("echo", f"{key}_p50"))
-            ok = value <= 1.15
-        verdicts.append(ok)
-        print(f"| {label} | {median('echo', f'{key}_p50'):.3f} / {median('echo', f'{key}_p99'):.3f}"
-              f" | {median('safepolicy', f'{key}_p50'):.3f} / "
-              f"{median('safepolicy', f'{key}_p99'):.3f} | {median('echo', f'{key}_rps'):.0f} | "
-              f"{median('safepolicy', f'{key}_rps'):.0f} | {value:.3f}x | {target} "
-              f"{'met' if ok else 'MISSED'} |")
-    print("\nDiagnostic: the same, against an echo that also runs one onnxruntime forward pass "
-          "per call (the least a server that runs the model can cost):\n")
-    print("| path | echo+onnxruntime p50 (ms) | req/s | safepolicy / echo+onnxruntime |")
+          f"{os.cpu_count()} CPUs; compared: "
+          f"{', '.join(args.compare + args.variant) or 'none'}\n")
+    print("| path | echo p50 / p99 (ms) | echo+onnxruntime p50 / p99 (ms) | echo / "
+          "echo+onnxruntime req/s |")
     print("|---|---|---|---|")
-    for label, key, ratio, _ in rows:
-        metric = "rps" if key == "act8" else "p50"
-        value = ratio(median("safepolicy", f"{key}_{metric}"),
-                      median("echo+onnxruntime", f"{key}_{metric}"))
-        print(f"| {label} | {median('echo+onnxruntime', f'{key}_p50'):.3f} | "
-              f"{median('echo+onnxruntime', f'{key}_rps'):.0f} | {value:.3f}x |")
+    for key, label in LABELS.items():
+        print(f"| {label} | {median('echo', f'{key}_p50'):.3f} / "
+              f"{median('echo', f'{key}_p99'):.3f} | "
+              f"{median('echo+onnxruntime', f'{key}_p50'):.3f} / "
+              f"{median('echo+onnxruntime', f'{key}_p99'):.3f} | "
+              f"{median('echo', f'{key}_rps'):.0f} / "
+              f"{median('echo+onnxruntime', f'{key}_rps'):.0f} |")
+    print("\n| server | path | p50 / p99 (ms) | req/s | vs echo+onnxruntime | vs echo |")
+    print("|---|---|---|---|---|---|")
+    verdicts = []
+    for name in trees:
+        for key, label in LABELS.items():
+            metric, against_model, against_echo = TARGETS[key]
+            value = median(name, f"{key}_{metric}")
+            to_model = value / median("echo+onnxruntime", f"{key}_{metric}")
+            to_echo = value / median("echo", f"{key}_{metric}")
+            if metric == "p50":
+                ok = to_model <= against_model and (against_echo is None
+                                                    or to_echo <= against_echo)
+                wanted = f"p50 <= {against_model}x and <= {against_echo}x"
+            else:
+                ok = to_model >= against_model
+                wanted = f"req/s >= {against_model}x echo+onnxruntime"
+            verdict = ""
+            if name == "safepolicy":
+                verdicts.append(ok)
+                verdict = f" ({wanted}: {'met' if ok else 'MISSED'})"
+            print(f"| {name} | {label} | {median(name, f'{key}_p50'):.3f} / "
+                  f"{median(name, f'{key}_p99'):.3f} | {median(name, f'{key}_rps'):.0f} | "
+                  f"{to_model:.3f}x{verdict} | {to_echo:.3f}x |")
     return 0 if all(verdicts) else 1
 
 

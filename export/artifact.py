@@ -31,6 +31,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from safepolicy.errors import SafepolicyError
 from safepolicy.fileio import atomic_write_text
 
 METADATA_FILENAME = "metadata.json"
@@ -51,12 +52,46 @@ SIGNATURE = (
 )
 
 
-class ArtifactError(Exception):
+class ArtifactError(SafepolicyError):
     """A policy artifact or audit file that cannot be opened or used; the message says why."""
 
 
-class ObservationError(ValueError):
+class ObservationError(SafepolicyError, ValueError):
     """Observations a policy cannot act on (wrong shape, wrong type, NaN or infinity)."""
+
+
+def validate_observations(observations: Any, obs_dim: int, *,
+                          accept_vector: bool = False) -> np.ndarray:
+    """The one observation check (local policies and the server): a C-contiguous float32
+    ``[batch, obs_dim]`` array of finite values, or :class:`ObservationError` saying what is
+    wrong. ``accept_vector``: a single ``[obs_dim]`` observation becomes a batch of one (the
+    server's API allows it; a local caller gets the shape it passed, so it must say ``[None]``).
+    An empty batch passes; whether it is allowed is the caller's rule."""
+    try:
+        array = np.ascontiguousarray(observations, dtype=np.float32)
+    except (TypeError, ValueError) as error:
+        raise ObservationError(f"observations must be numeric, float32-convertible ({error})"
+                               ) from error
+    if accept_vector and array.ndim == 1:
+        array = array.reshape(1, -1)
+    if array.ndim != 2 or array.shape[1] != obs_dim:
+        allowed = f"[batch, {obs_dim}] or [{obs_dim}]" if accept_vector else f"[batch, {obs_dim}]"
+        hint = (" (for one observation pass observations[None])"
+                if array.ndim == 1 and not accept_vector else "")
+        raise ObservationError(f"observations must have shape {allowed}, got "
+                               f"{list(array.shape)}{hint}")
+    # x.x is finite exactly when every x is, unless the float32 sum of squares overflows
+    # (|x| above about 1e19): one BLAS dot (about 0.4 us against 1.2 us for
+    # isfinite().all() on a server request), and the exact check only when it is not finite
+    flat = array.reshape(-1)
+    if not math.isfinite(flat.dot(flat)):
+        finite = np.isfinite(array)
+        if not finite.all():
+            rows = np.flatnonzero(~finite.all(axis=1))
+            raise ObservationError(f"observations contain NaN or infinity in row(s) "
+                                   f"{rows[:10].tolist()}{' ...' if rows.size > 10 else ''}; "
+                                   "send finite values")
+    return array
 
 
 def utc_now() -> datetime:
@@ -253,22 +288,8 @@ class OnnxPolicy:
 
     def check_observations(self, observations: Any) -> np.ndarray:
         """Observations as a C-contiguous float32 ``[batch, obs_dim]`` array, or
-        :class:`ObservationError` saying what is wrong."""
-        try:
-            array = np.ascontiguousarray(observations, dtype=np.float32)
-        except (TypeError, ValueError) as error:
-            raise ObservationError(f"observations must be numeric, float32-convertible ({error})"
-                                   ) from error
-        if array.ndim != 2 or array.shape[1] != self.obs_dim:
-            hint = " (for one observation pass observations[None])" if array.ndim == 1 else ""
-            raise ObservationError(f"observations must have shape [batch, {self.obs_dim}], got "
-                                   f"{list(array.shape)}{hint}")
-        finite = np.isfinite(array)
-        if not finite.all():
-            rows = np.flatnonzero(~finite.all(axis=1))
-            raise ObservationError(f"observations contain NaN or infinity in row(s) "
-                                   f"{rows[:10].tolist()}{' ...' if rows.size > 10 else ''}")
-        return array
+        :class:`ObservationError` saying what is wrong (see :func:`validate_observations`)."""
+        return validate_observations(observations, self.obs_dim)
 
     def outputs(self, observations: Any) -> PolicyOutputs:
         """Run the graph: deterministic action and the pre-tanh mean and log-std."""

@@ -10,7 +10,8 @@ import argparse
 import logging
 import sys
 
-from safepolicy.export.artifact import ArtifactError
+from safepolicy.cli import HelpFormatter, report_error
+from safepolicy.errors import SafepolicyError
 
 
 def _version(text: str) -> int:
@@ -26,7 +27,7 @@ def _version(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The command-line options of ``safepolicy export``."""
     parser = argparse.ArgumentParser(
-        prog="safepolicy export",
+        prog="safepolicy export", formatter_class=HelpFormatter,
         description="Turn a trained actor (RUN_DIR/actor.pt) into a verified, versioned ONNX "
                     "policy artifact MODEL_REPO/NAME/VERSION/{policy.onnx, metadata.json}.")
     parser.add_argument("--run", required=True, metavar="RUN_DIR",
@@ -37,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", type=_version, default=None,
                         help="positive integer version (default: the next free one); "
                              "an existing version is never overwritten")
-    parser.add_argument("--quiet", action="store_true", help="print only the version directory")
+    parser.add_argument("--print-path", action="store_true",
+                        help="print only the version directory (for scripts)")
+    # the old spelling; --quiet means "hide the progress bar" in every other command
+    parser.add_argument("--quiet", dest="print_path", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
@@ -46,14 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # torch is imported here, not at module level, so `safepolicy export --help` stays fast
-    from safepolicy.export.onnx_export import ExportError, export_run, max_abs
+    from safepolicy.export.onnx_export import export_run, max_abs
 
     try:
         version_dir = export_run(args.run, args.repo, args.name, version=args.version)
-    except (ExportError, ArtifactError) as error:
-        print(f"safepolicy export: error: {error}", file=sys.stderr)
+    except SafepolicyError as error:
+        report_error("safepolicy export", error)
         return 1
-    if args.quiet:
+    if args.print_path:
         print(version_dir)
         return 0
     from safepolicy.export.artifact import read_metadata

@@ -38,6 +38,7 @@ import onnx
 import torch
 from torch import nn
 
+from safepolicy.errors import SafepolicyError
 from safepolicy.export.artifact import (
     INPUT_NAME,
     ONNX_FILENAME,
@@ -72,7 +73,7 @@ VERIFICATION_BATCH = 256
 VERIFICATION_SEED = 0
 
 
-class ExportError(Exception):
+class ExportError(SafepolicyError):
     """An export that cannot be done; the message names the input and says what to do."""
 
 

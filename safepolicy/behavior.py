@@ -33,16 +33,17 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 
+from safepolicy.errors import SafepolicyError
+from safepolicy.gymcompat import gym
 from safepolicy.tasks import TaskSpec
 
 BEHAVIOR_KINDS = ("scripted", "cautious", "random")
 DEFAULT_BEHAVIOR = "scripted=0.65,cautious=0.3,random=0.05"
 
 
-class BehaviorError(ValueError):
+class BehaviorError(SafepolicyError, ValueError):
     """A behaviour mix that cannot be parsed."""
 
 

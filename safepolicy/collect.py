@@ -20,15 +20,17 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from safepolicy.behavior import DEFAULT_BEHAVIOR, BehaviorError, BehaviorMix, parse_behavior_mix
-from safepolicy.datasets import Dataset, DatasetError, summarize, write_dataset
+from safepolicy.behavior import DEFAULT_BEHAVIOR, BehaviorMix, parse_behavior_mix
+from safepolicy.cli import HelpFormatter, add_quiet_flag, report_error
+from safepolicy.datasets import Dataset, summarize, write_dataset
+from safepolicy.errors import SafepolicyError
 from safepolicy.fileio import atomic_write_text
-from safepolicy.tasks import TaskSpec, UnknownTaskError, get_task, make_env
+from safepolicy.tasks import TaskSpec, get_task, make_env
 
 DEFAULT_EPISODES = {"bullet": 200, "safety_gymnasium": 100}
 
 
-class CollectError(ValueError):
+class CollectError(SafepolicyError, ValueError):
     """A collection request that cannot be carried out (bad output path, bad episode count)."""
 
 
@@ -146,7 +148,7 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="safepolicy collect",
+        prog="safepolicy collect", formatter_class=HelpFormatter,
         description="Roll out behaviour policies in a task's environment and write a "
         "DSRL-format HDF5 dataset (plus FILE.summary.json).",
     )
@@ -154,13 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, type=Path, help="output file, e.g. data/BallRun.h5")
     parser.add_argument("--episodes", type=_positive_int, default=None,
                         help="episodes to collect (default: 200 for Bullet tasks, 100 otherwise)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of everything random (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of everything random")
     parser.add_argument("--behavior", default=DEFAULT_BEHAVIOR,
-                        help=f"behaviour mix, kind=weight,... of scripted, cautious, random "
-                        f"(default {DEFAULT_BEHAVIOR!r})")
+                        help="behaviour mix, kind=weight,... of scripted, cautious, random")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace --out if it exists (refused by default)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet_flag(parser)
     return parser
 
 
@@ -179,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         dataset = collect(spec, episodes, args.seed, args.behavior, progress=not args.quiet)
         text = save(dataset, out)
-    except (UnknownTaskError, BehaviorError, CollectError, DatasetError) as error:
-        print(f"safepolicy collect: error: {error}", file=sys.stderr)
+    except SafepolicyError as error:
+        report_error("safepolicy collect", error)
         return 2
     except OSError as error:
         print(f"safepolicy collect: error: {args.out}: could not write the dataset ({error})",

@@ -9,15 +9,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from safepolicy.datasets import DatasetError, load_dataset, resolve_dataset, summarize
+from safepolicy.cli import HelpFormatter, report_error
+from safepolicy.datasets import load_dataset, resolve_dataset, summarize
+from safepolicy.errors import SafepolicyError
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="safepolicy dataset",
+        prog="safepolicy dataset", formatter_class=HelpFormatter,
         description="Validate a DSRL-format HDF5 dataset and print its summary.",
     )
-    parser.add_argument("file", help="a .h5/.hdf5 file, or a task name under DSRL_DATASET_DIR")
+    parser.add_argument("file", help="a .h5/.hdf5 file, or a task name whose DSRL download is in "
+                        "DSRL_DATASET_DIR (default ~/.dsrl/datasets, as dsrl)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     return parser
 
@@ -30,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(exit_.code or 0)
     try:
         dataset = load_dataset(resolve_dataset(args.file))
-    except DatasetError as error:
-        print(f"safepolicy dataset: error: {error}", file=sys.stderr)
+    except SafepolicyError as error:
+        report_error("safepolicy dataset", error)
         return 1
     summary = summarize(dataset)
     print(summary.model_dump_json(indent=2) if args.json else summary.to_text())

@@ -3,7 +3,8 @@
 The on-disk layout is DSRL's HDF5: top-level arrays ``observations, next_observations, actions,
 rewards, costs, terminals, timeouts`` with one row per transition, so the files this project
 writes load with dsrl's own ``OfflineEnv.get_dataset(h5path=...)`` and real DSRL files load here.
-Nothing is ever downloaded: a real DSRL file is found through ``DSRL_DATASET_DIR`` or a path.
+Nothing is ever downloaded: a real DSRL file is found by path, or by task name in dsrl's download
+directory (``DSRL_DATASET_DIR``, default ``~/.dsrl/datasets`` as in dsrl itself).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import h5py
 import numpy as np
 from pydantic import BaseModel
 
+from safepolicy.errors import SafepolicyError
 from safepolicy.fileio import atomic_write
 
 DSRL_KEYS = (
@@ -33,7 +35,7 @@ DSRL_KEYS = (
 COMMON_COST_LIMITS = (5.0, 10.0, 20.0, 40.0, 80.0)
 
 
-class DatasetError(ValueError):
+class DatasetError(SafepolicyError, ValueError):
     """A dataset file that cannot be used, with the file and the problem in the message."""
 
 
@@ -210,7 +212,7 @@ def load_dataset(path: str | os.PathLike[str]) -> Dataset:
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"{path}: no such dataset file; make one with `safepolicy collect` "
-                           "or point DSRL_DATASET_DIR at your DSRL downloads")
+                           "or pass the path of a DSRL download")
     if path.is_dir():
         raise DatasetError(f"{path}: is a directory, expected a DSRL .h5/.hdf5 file")
     try:
@@ -270,29 +272,37 @@ def write_dataset(path: str | os.PathLike[str], dataset: Dataset) -> Path:
     return atomic_write(path, fill)
 
 
-def dsrl_dataset_path(task: str) -> Path | None:
-    """Where a real DSRL download of ``task`` would sit under ``DSRL_DATASET_DIR``, if it does."""
-    directory = os.environ.get("DSRL_DATASET_DIR")
-    if not directory:
-        return None
-    from safepolicy.tasks import _dsrl_infos
+def dsrl_dataset_dir() -> Path:
+    """Where DSRL keeps its downloads: ``$DSRL_DATASET_DIR``, else ``~/.dsrl/datasets`` (dsrl's
+    own default, dsrl/offline_env.py)."""
+    return Path(os.environ.get("DSRL_DATASET_DIR") or "~/.dsrl/datasets").expanduser()
 
-    url = _dsrl_infos()["DATASET_URLS"].get(task)
+
+def dsrl_dataset_path(task: str) -> Path | None:
+    """Where a real DSRL download of ``task`` (any spelling ``get_task`` accepts) would sit under
+    :func:`dsrl_dataset_dir`, if it is there."""
+    from safepolicy.tasks import UnknownTaskError, _dsrl_infos, get_task
+
+    try:
+        name = get_task(task).name
+    except UnknownTaskError:
+        return None
+    url = _dsrl_infos()["DATASET_URLS"].get(name)
     if url is None:
         return None
-    candidate = Path(directory) / url.rsplit("/", 1)[-1]
+    candidate = dsrl_dataset_dir() / url.rsplit("/", 1)[-1]
     return candidate if candidate.exists() else None
 
 
 def resolve_dataset(path_or_task: str) -> Path:
-    """An explicit file path, or a task name whose real DSRL file is under DSRL_DATASET_DIR."""
+    """An explicit file path, or a task name whose real DSRL file is in :func:`dsrl_dataset_dir`."""
     candidate = Path(path_or_task)
     if candidate.suffix in {".h5", ".hdf5"} or candidate.exists():
         return candidate
     found = dsrl_dataset_path(path_or_task)
     if found is None:
         raise DatasetError(
-            f"{path_or_task}: not a dataset file, and no DSRL download for that task under "
-            "DSRL_DATASET_DIR; pass a .h5 path or run `safepolicy collect`"
+            f"{path_or_task}: not a dataset file, and no DSRL download for that task in "
+            f"{dsrl_dataset_dir()} (DSRL_DATASET_DIR); pass a .h5 path or run `safepolicy collect`"
         )
     return found

@@ -26,6 +26,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+from safepolicy.cli import RawDescriptionHelpFormatter, report_error
+from safepolicy.errors import SafepolicyError
+
 
 def _free_port() -> int:
     with socket.socket() as probe:
@@ -47,7 +50,7 @@ def _run(*args: str, ok_codes: tuple[int, ...] = (0,)) -> int:
     return code
 
 
-class DemoError(RuntimeError):
+class DemoError(SafepolicyError, RuntimeError):
     """A demo step that failed; the message names the step."""
 
 
@@ -72,12 +75,13 @@ def _wait_for_metrics(url: str, server: subprocess.Popen[bytes], timeout_s: floa
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``safepolicy demo``."""
     parser = argparse.ArgumentParser(prog="safepolicy demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", type=Path, default=Path("demo-output"))
-    parser.add_argument("--task", default="BallRun")
+                                     formatter_class=RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, default=Path("demo-output"),
+                        help="where the dataset, run, models and reports go")
+    parser.add_argument("--task", default="BallRun", help="task (see `safepolicy tasks`)")
     parser.add_argument("--algorithm", default="o3srl",
-                        help="training algorithm (default o3srl, the seed paper's method)")
-    parser.add_argument("--cost-limit", type=float, default=10.0)
+                        help="training algorithm (o3srl is the seed paper's method)")
+    parser.add_argument("--cost-limit", type=float, default=10.0, help="episode cost budget")
     parser.add_argument("--steps", type=int, default=1000, help="gradient updates")
     parser.add_argument("--episodes", type=int, default=100, help="dataset episodes")
     parser.add_argument("--audit-episodes", type=int, default=20,
@@ -88,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return run_demo(args)
-    except DemoError as error:
-        print(f"safepolicy demo: {error}", file=sys.stderr)
+    except SafepolicyError as error:
+        report_error("safepolicy demo", error)
         return 1
 
 
@@ -108,12 +112,12 @@ def run_demo(args: argparse.Namespace) -> int:
     if not (run / "actor.pt").exists():
         _run("train", args.algorithm, "--task", args.task, "--dataset", str(dataset),
              "--cost-limit", f"{args.cost_limit:g}", "--steps", str(args.steps), "--out",
-             str(run), "--resume", "--no-progress",
+             str(run), "--resume", "--quiet",
              *[part for override in overrides for part in ("--set", override)])
     _run("export", "--run", str(run), "--repo", str(repo), "--name", name)
     version = max(int(p.name) for p in (repo / name).iterdir() if p.name.isdigit())
     _run("audit", "--policy", str(repo / name / str(version)), "--episodes",
-         str(args.audit_episodes), "--out", str(work / "audit-artifact"), "--no-progress",
+         str(args.audit_episodes), "--out", str(work / "audit-artifact"), "--quiet",
          ok_codes=AUDIT_VERDICT_CODES)
     verdict = _verdict(work / "audit-artifact")
     if verdict != "PASS":
@@ -133,7 +137,7 @@ def run_demo(args: argparse.Namespace) -> int:
         _run("audit", "--server", f"127.0.0.1:{port}", "--name", name, "--task", args.task,
              "--cost-limit", f"{args.cost_limit:g}", "--episodes",
              str(max(1, args.audit_episodes // 2)), "--out", str(work / "audit-deployed"),
-             "--no-progress", ok_codes=AUDIT_VERDICT_CODES)
+             "--quiet", ok_codes=AUDIT_VERDICT_CODES)
         metrics = _wait_for_metrics(f"http://127.0.0.1:{metrics_port}/metrics", server, 10)
         served = [line for line in metrics.splitlines()
                   if line.startswith("safepolicy_server_requests_total")]

@@ -1,4 +1,12 @@
-"""Import safety-gymnasium 1.0.0 on Python 3.11.
+"""Import gymnasium without the gymnasium-robotics notice, and safety-gymnasium 1.0.0 on 3.11.
+
+Every module of the project takes gymnasium from here (``from safepolicy.gymcompat import gym``).
+gymnasium-robotics is installed only because ``safety_gymnasium/__init__`` imports it (its
+multi-agent MuJoCo tasks); the project never uses it. Its distribution registers a gymnasium
+entry-point plugin, so ``import gymnasium`` imports it (twice: as ``gymnasium_robotics`` and as
+``gymnasium_robotics.__init__``), and each time it prints farama_notifications' "AdroitHand...
+v1.2.1" notice to stderr, ``--help`` included. That one notice is removed from the
+notification table before gymnasium is first imported; nothing else is silenced.
 
 Every published safety-gymnasium declares dataclass fields with numpy-array defaults
 (``color: np.array = COLOR['goal']``). Python 3.11 rejects unhashable dataclass defaults
@@ -22,6 +30,22 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+
+
+def _drop_gymnasium_robotics_notice() -> None:
+    """Remove gymnasium-robotics' entry from farama_notifications (printed on every import)."""
+    try:
+        from farama_notifications import notifications
+    except ImportError:  # gymnasium without the notifications package: nothing to drop
+        return
+    notifications.pop("gymnasium_robotics", None)
+
+
+_drop_gymnasium_robotics_notice()
+
+import gymnasium as gym  # noqa: E402  (after the notice is dropped, on purpose)
+
+__all__ = ["array_dataclass_defaults", "gym", "import_safety_gymnasium"]
 
 _lock = threading.Lock()
 

@@ -30,9 +30,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import gymnasium as gym
 import numpy as np
 
+from safepolicy.gymcompat import gym
 from safepolicy.tasks import TaskSpec, get_task, make_env
 
 BatchPolicy = Callable[[np.ndarray], np.ndarray]

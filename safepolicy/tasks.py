@@ -13,22 +13,26 @@ dsrl package's ``__init__``, which imports gyms and prints warnings), so the num
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 import importlib.util
 import math
+import re
 import sys
 import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import gymnasium as gym
 import numpy as np
+
+from safepolicy.errors import SafepolicyError
+from safepolicy.gymcompat import gym, import_safety_gymnasium
 
 Family = Literal["bullet", "safety_gymnasium"]
 
 
-class UnknownTaskError(ValueError):
+class UnknownTaskError(SafepolicyError, ValueError):
     """A task name that the registry does not know."""
 
 
@@ -118,13 +122,33 @@ def registry() -> dict[str, TaskSpec]:
     return tasks
 
 
+def task_key(name: str) -> str:
+    """The spelling-insensitive key of a task name, env id or DSRL offline env id.
+
+    ``BallRun``, ``ballrun``, ``SafetyBallRun-v0`` (the env id ``safepolicy tasks`` prints) and
+    ``OfflineBallRun-v0`` (DSRL's name) all give ``ballrun``; ``OfflinePointGoal1Gymnasium-v0``
+    gives ``pointgoal1``.
+    """
+    key = re.sub(r"-v\d+$", "", name.strip()).lower()
+    for prefix in ("offline", "safety"):
+        key = key.removeprefix(prefix)
+    return key.removesuffix("gymnasium")
+
+
 def get_task(name: str) -> TaskSpec:
-    """The task called ``name``; raises UnknownTaskError listing the known names."""
+    """The task ``name`` names (any spelling :func:`task_key` accepts).
+
+    Raises UnknownTaskError with the closest known name, if any, and where to find them all.
+    """
     tasks = registry()
-    if name not in tasks:
-        known = ", ".join(sorted(tasks))
-        raise UnknownTaskError(f"unknown task {name!r}; known tasks: {known}")
-    return tasks[name]
+    by_key = {task_key(task): spec for task, spec in tasks.items()}
+    spec = by_key.get(task_key(name))
+    if spec is not None:
+        return spec
+    close = difflib.get_close_matches(task_key(name), list(by_key), n=1, cutoff=0.6)
+    hint = f"did you mean {by_key[close[0]].name}? " if close else ""
+    raise UnknownTaskError(f"unknown task {name!r}; {hint}`safepolicy tasks` lists the "
+                           f"{len(tasks)} known tasks ({', '.join(sorted(tasks))})")
 
 
 class Float32Observation(gym.ObservationWrapper):  # type: ignore[misc]
@@ -190,11 +214,38 @@ def make_env(task: str | TaskSpec, **kwargs: Any) -> gym.Env:
         env = gym.make(spec.env_id, max_episode_steps=spec.max_episode_steps, **kwargs)
         env = SeedGlobalNumpyOnReset(env)
     else:
-        from safepolicy.gymcompat import import_safety_gymnasium
-
         safety_gymnasium = import_safety_gymnasium()
         env = safety_gymnasium.make(
             spec.env_id, max_episode_steps=spec.max_episode_steps, **kwargs
         )
         env = safety_gymnasium.wrappers.SafetyGymnasium2Gymnasium(env)
     return CostAsFloat(Float32Observation(env))
+
+
+@dataclass(frozen=True)
+class EnvSpaces:
+    """A task's observation and action sizes and action bounds, as its environment reports."""
+
+    obs_dim: int
+    action_dim: int
+    action_low: tuple[float, ...]
+    action_high: tuple[float, ...]
+
+
+@functools.cache
+def env_spaces(spec: TaskSpec) -> EnvSpaces:
+    """Build ``spec``'s environment once per process, read its spaces and close it (training
+    checks a dataset against them, the audit a policy)."""
+    env = make_env(spec)
+    try:
+        observation_space, action_space = env.observation_space, env.action_space
+    finally:
+        env.close()
+    if not isinstance(action_space, gym.spaces.Box):  # every registered task is continuous
+        raise TypeError(f"{spec.env_id}: expected a Box action space, got {action_space}")
+    return EnvSpaces(
+        obs_dim=int(np.prod(observation_space.shape or ())),
+        action_dim=int(np.prod(action_space.shape)),
+        action_low=tuple(float(x) for x in action_space.low.reshape(-1)),
+        action_high=tuple(float(x) for x in action_space.high.reshape(-1)),
+    )

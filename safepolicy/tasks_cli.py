@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from safepolicy.cli import HelpFormatter
 from safepolicy.tasks import registry
 
 
@@ -40,7 +41,7 @@ def format_table() -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``safepolicy tasks``."""
     parser = argparse.ArgumentParser(
-        prog="safepolicy tasks",
+        prog="safepolicy tasks", formatter_class=HelpFormatter,
         description="List the known tasks with their environments and DSRL reference scores.",
     )
     try:

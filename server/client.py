@@ -5,12 +5,16 @@
         with client.stream("ballrun") as loop:               # a control loop, in order
             action = loop.act(observation)
 
-Errors are ``grpc.RpcError`` with the server's status code and message. Imports neither torch
-nor the gyms.
+Errors are ``grpc.RpcError`` with the server's status code and message. Calls that come back
+UNAVAILABLE (server draining, policy not loaded yet, connection refused) or RESOURCE_EXHAUSTED
+(micro-batch queue full) are retried by gRPC itself with exponential backoff, as the server's
+messages advise (:data:`RETRY_POLICY`, set through the channel's service config); the call's
+timeout bounds all attempts together. Imports neither torch nor the gyms.
 """
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 from collections.abc import Iterator
@@ -22,6 +26,31 @@ import numpy as np
 
 from safepolicy.server._generated import policy_pb2, policy_pb2_grpc
 from safepolicy.server.tensors import decode_float32, encode_float32
+
+SERVICE = policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name
+# gRPC's retry policy (grpc/proposal A6): up to 5 attempts, 50 ms, 100 ms, 200 ms, 400 ms
+# apart on average (jittered), for the two codes the server uses for "try again"
+RETRY_POLICY = {
+    "maxAttempts": 5, "initialBackoff": "0.05s", "maxBackoff": "1s", "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
+}
+# ReportOutcome is not idempotent (a report the server counted before the connection broke
+# would count twice), so it is never retried; every other method is
+SERVICE_CONFIG = json.dumps({"methodConfig": [
+    {"name": [{"service": SERVICE}], "retryPolicy": RETRY_POLICY},
+    {"name": [{"service": SERVICE, "method": "ReportOutcome"}]},
+]})
+
+
+def channel_options(server_name: str | None = None, *, retries: bool = True,
+                    ) -> list[tuple[str, Any]]:
+    """The client channel's options: the retry service config, and a TLS name override."""
+    options: list[tuple[str, Any]] = [("grpc.enable_retries", 1 if retries else 0)]
+    if retries:
+        options.append(("grpc.service_config", SERVICE_CONFIG))
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    return options
 
 
 @dataclass(frozen=True)
@@ -53,13 +82,14 @@ def act_result(response: policy_pb2.ActResponse) -> ActResult:
 
 class PolicyClient:
     """A channel to one server; ``token`` adds ``authorization: Bearer``; TLS when given
-    ``root_certificates`` (and a client key and certificate for mutual TLS)."""
+    ``root_certificates`` (and a client key and certificate for mutual TLS); ``retries``
+    (default on) retries UNAVAILABLE and RESOURCE_EXHAUSTED with backoff."""
 
     def __init__(self, target: str, *, token: str | None = None,
                  root_certificates: bytes | None = None, private_key: bytes | None = None,
                  certificate_chain: bytes | None = None, server_name: str | None = None,
-                 timeout: float | None = 10.0) -> None:
-        options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+                 timeout: float | None = 10.0, retries: bool = True) -> None:
+        options = channel_options(server_name, retries=retries)
         if root_certificates is not None:
             credentials = grpc.ssl_channel_credentials(root_certificates, private_key,
                                                        certificate_chain)

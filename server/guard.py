@@ -3,20 +3,19 @@
 grpcio answers a request its deserializer cannot parse with UNKNOWN and logs a traceback for
 every such call; a flood of random bytes then fills the log and reads as a server fault. The
 servicers are registered through :func:`add_guarded`, which gives every unary-request method a
-deserializer that returns :data:`MALFORMED` on bad bytes and a behaviour that answers it with
-INVALID_ARGUMENT (counted, one log line at debug level). Streaming requests keep grpcio's own
-handling (their messages are decoded inside the stream).
+deserializer that returns :data:`MALFORMED` on bad bytes instead of raising; the call scope
+(:func:`server.calls.unary`) answers MALFORMED with INVALID_ARGUMENT and counts it like any
+other failed call. Only the deserializer is replaced: the method's behaviour runs as
+registered, with no wrapper of its own. Streaming requests keep grpcio's own handling (their
+messages are decoded inside the stream).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
-
-log = logging.getLogger(__name__)
 
 
 class _Malformed:
@@ -31,8 +30,7 @@ MALFORMED_MESSAGE = ("the request bytes are not a valid protobuf message of this
                      "request type; check the client's generated code and the method name")
 
 
-def _guard_handler(handler: grpc.RpcMethodHandler, method: str,
-                   on_malformed: Callable[[str], None]) -> grpc.RpcMethodHandler:
+def _guard_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     if handler is None or handler.request_streaming or handler.request_deserializer is None:
         return handler
     decode = handler.request_deserializer
@@ -43,59 +41,34 @@ def _guard_handler(handler: grpc.RpcMethodHandler, method: str,
         except Exception:  # DecodeError and friends: the client sent bad bytes
             return MALFORMED
 
-    if handler.response_streaming:
-        inner_stream = handler.unary_stream
-
-        async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            if request is MALFORMED:
-                on_malformed(method)
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, MALFORMED_MESSAGE)
-            async for response in inner_stream(request, context):
-                yield response
-
-        return handler._replace(request_deserializer=deserializer, unary_stream=unary_stream)
-    inner_unary = handler.unary_unary
-
-    async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if request is MALFORMED:
-            on_malformed(method)
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, MALFORMED_MESSAGE)
-        return await inner_unary(request, context)
-
-    return handler._replace(request_deserializer=deserializer, unary_unary=unary_unary)
+    return handler._replace(request_deserializer=deserializer)
 
 
 class _GuardedGenericHandler(grpc.GenericRpcHandler):
-    def __init__(self, inner: grpc.GenericRpcHandler, on_malformed: Callable[[str], None]) -> None:
+    def __init__(self, inner: grpc.GenericRpcHandler) -> None:
         self._inner = inner
-        self._on_malformed = on_malformed
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
-        method = handler_call_details.method.rsplit("/", 1)[-1]
-        return _guard_handler(self._inner.service(handler_call_details), method,
-                              self._on_malformed)
+        return _guard_handler(self._inner.service(handler_call_details))
 
 
 class _GuardingServer:
     """Just enough of ``grpc.aio.Server`` for generated ``add_*_to_server`` functions."""
 
-    def __init__(self, server: grpc.aio.Server, on_malformed: Callable[[str], None]) -> None:
+    def __init__(self, server: grpc.aio.Server) -> None:
         self._server = server
-        self._on_malformed = on_malformed
 
     def add_generic_rpc_handlers(self, handlers: Any) -> None:
-        self._server.add_generic_rpc_handlers(
-            tuple(_GuardedGenericHandler(h, self._on_malformed) for h in handlers))
+        self._server.add_generic_rpc_handlers(tuple(_GuardedGenericHandler(h) for h in handlers))
 
     def add_registered_method_handlers(self, service: str,
                                        handlers: Mapping[str, grpc.RpcMethodHandler]) -> None:
         self._server.add_registered_method_handlers(  # type: ignore[attr-defined]
-            service, {name: _guard_handler(h, name, self._on_malformed)
-                      for name, h in handlers.items()})
+            service, {name: _guard_handler(h) for name, h in handlers.items()})
 
 
 def add_guarded(add_to_server: Callable[[Any, Any], None], servicer: Any,
-                server: grpc.aio.Server, on_malformed: Callable[[str], None]) -> None:
-    """``add_to_server(servicer, server)`` with undecodable requests answered INVALID_ARGUMENT;
-    ``on_malformed(method_name)`` is called for each (to count it)."""
-    add_to_server(servicer, _GuardingServer(server, on_malformed))
+                server: grpc.aio.Server) -> None:
+    """``add_to_server(servicer, server)`` with undecodable unary requests delivered as
+    :data:`MALFORMED` (every unary method of ``servicer`` must run in the call scope)."""
+    add_to_server(servicer, _GuardingServer(server))

@@ -6,15 +6,21 @@ ever names the server already knows (a resolved policy and version), never raw c
 so a client cannot blow up the series count; an unresolved call is labelled ``policy=""``.
 
 Label children are cached in plain dicts: ``metric.labels(...)`` validates its arguments on
-every call, which is measurable at the request rates of the ``Act`` path. The inference path
-goes one step further: :meth:`ServerMetrics.bound` hands out a :class:`BoundCall` holding the
-children one method/policy/version writes on every successful call, so a call costs one dict
-lookup plus the increments.
+every call, which is measurable at the request rates of the ``Act`` path. The four metrics
+every call writes (requests, request duration, in-flight, batch size) go one step further:
+they are plain Python numbers (:class:`RunningHistogram`, :class:`BoundCall`) updated on the
+event loop and turned into Prometheus families only when scraped (:class:`CallCollector`).
+prometheus_client's own Counter, Gauge and Histogram take a lock and walk their buckets on
+every update (the README's serving section has what replacing them gained). Every
+update of them happens on the event loop thread; the scrape runs on the metrics thread and
+copies each dict before walking it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator
+from time import time
 from typing import Any
 
 from prometheus_client import (
@@ -25,6 +31,12 @@ from prometheus_client import (
     Info,
     start_http_server,
 )
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 PREFIX = "safepolicy_server"
 # sub-millisecond resolution where unary calls live (about 0.5-1.5 ms on loopback)
@@ -34,7 +46,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 EPISODE_COST_BUCKETS = (0, 1, 2, 5, 10, 15, 20, 25, 30, 40, 50, 75, 100, 200, 500, 1000)
 METHODS = ("Act", "ActStream", "ListPolicies", "GetPolicy", "ReportOutcome", "Reload",
            "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata",
-           "ModelInfer")
+           "ModelInfer", "RepositoryIndex", "ModelConfig", "ModelStatistics")
 
 
 class ServerMetrics:
@@ -43,17 +55,13 @@ class ServerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        self.requests = Counter(f"{PREFIX}_requests", "Calls (stream messages for ActStream) by "
-                                "method, policy, version and gRPC status code",
-                                ["method", "policy", "version", "code"], registry=r)
-        self.latency = Histogram(f"{PREFIX}_request_duration_seconds",
-                                 "Time from receiving a call (stream message) to its answer",
-                                 ["method"], buckets=LATENCY_BUCKETS, registry=r)
-        self.in_flight = Gauge(f"{PREFIX}_in_flight_requests", "Calls being served now",
-                               ["method"], registry=r)
-        self.batch_size = Histogram(f"{PREFIX}_batch_size",
-                                    "Observations per onnxruntime call (after micro-batching)",
-                                    ["policy"], buckets=BATCH_BUCKETS, registry=r)
+        # the four per-call metrics: plain numbers, exported by CallCollector at scrape time
+        self.requests: dict[tuple[str, str, str, str], int] = {}
+        self.latency: dict[str, RunningHistogram] = {}
+        self.in_flight: dict[str, InFlight] = {}
+        self.batch_size: dict[str, RunningHistogram] = {}
+        self._bound: dict[tuple[str, str, int], BoundCall] = {}
+        r.register(CallCollector(self))
         self.loaded_versions = Gauge(f"{PREFIX}_loaded_versions",
                                      "Versions of a policy loaded and servable", ["policy"],
                                      registry=r)
@@ -99,10 +107,9 @@ class ServerMetrics:
                                    "providers the server asks its sessions for, in order",
                                    registry=r)
         self._children: dict[tuple[Any, ...], Any] = {}
-        self._bound: dict[tuple[str, str, int], BoundCall] = {}
         for method in METHODS:
-            self.latency.labels(method)
-            self.in_flight.labels(method)
+            self.latency_of(method)
+            self.in_flight_of(method)
         self.reloads.labels("ok")
         self.reloads.labels("failed")
 
@@ -122,10 +129,39 @@ class ServerMetrics:
             found = self._bound[key] = BoundCall(self, method, policy, str(version))
         return found
 
+    def latency_of(self, method: str) -> RunningHistogram:
+        """The request-duration histogram of ``method``."""
+        found = self.latency.get(method)
+        if found is None:
+            found = self.latency[method] = RunningHistogram(LATENCY_BUCKETS)
+        return found
+
+    def in_flight_of(self, method: str) -> InFlight:
+        """The in-flight gauge of ``method``."""
+        found = self.in_flight.get(method)
+        if found is None:
+            found = self.in_flight[method] = InFlight()
+        return found
+
+    def batch_size_of(self, policy: str) -> RunningHistogram:
+        """The batch-size histogram of ``policy`` (observations per onnxruntime call)."""
+        found = self.batch_size.get(policy)
+        if found is None:
+            found = self.batch_size[policy] = RunningHistogram(BATCH_BUCKETS)
+        return found
+
     def record_call(self, method: str, policy: str, version: str, code: str,
                     seconds: float) -> None:
-        self.child(self.requests, method, policy, version, code).inc()
-        self.child(self.latency, method).observe(seconds)
+        """Count one call outside the :class:`BoundCall` path (failures, unlabelled calls)."""
+        key = (method, policy, version, code)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        self.latency_of(method).observe(seconds)
+
+    def calls_of(self, policy: str, version: int) -> list[BoundCall]:
+        """Every :class:`BoundCall` of ``policy``/``version`` so far (one per method that
+        resolved it)."""
+        return [bound for (_, name, number), bound in list(self._bound.items())
+                if name == policy and number == version]
 
     def set_loaded(self, entries: Iterable[tuple[str, list[int]]]) -> None:
         """Loaded-version gauges for every policy (zero for policies with nothing servable)."""
@@ -134,22 +170,112 @@ class ServerMetrics:
             self.child(self.serving_version, name).set(max(versions) if versions else 0)
 
 
-class BoundCall:
-    """The metric children a successful inference call of one method, policy and version
-    updates, looked up once: ``requests{code="OK"}``, the method's latency histogram and the
-    policy's batch-size histogram (the last only where the call runs unbatched)."""
+class RunningHistogram:
+    """A histogram as plain numbers: per-bucket counts (not cumulative) and the sum."""
 
-    __slots__ = ("batch_size", "latency", "ok")
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        # bisect_left: the first bound >= value, Prometheus' "le"
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """``(le, count)`` pairs as Prometheus exposes them, +Inf last."""
+        counts = list(self.counts)
+        total = 0
+        buckets: list[tuple[str, float]] = []
+        for bound, count in zip((*self.bounds, float("inf")), counts, strict=True):
+            total += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), total))
+        return buckets
+
+
+class InFlight:
+    """A gauge as one plain number."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self) -> None:
+        self.value += 1
+
+    def dec(self) -> None:
+        self.value -= 1
+
+
+class BoundCall:
+    """The running totals one method on one policy version updates on every successful call,
+    looked up once: ``requests{code="OK"}`` (``count``), the method's latency histogram, and
+    the rows, seconds and last wall-clock time that the Open Inference Protocol's model
+    statistics read."""
+
+    __slots__ = ("count", "last_ms", "latency", "method", "policy", "rows", "seconds",
+                 "version")
 
     def __init__(self, metrics: ServerMetrics, method: str, policy: str, version: str) -> None:
-        self.ok = metrics.child(metrics.requests, method, policy, version, "OK")
-        self.latency = metrics.child(metrics.latency, method)
-        self.batch_size = metrics.child(metrics.batch_size, policy)
+        self.method, self.policy, self.version = method, policy, version
+        self.latency = metrics.latency_of(method)
+        self.count = 0
+        self.seconds = 0.0
+        self.rows = 0
+        self.last_ms = 0
 
-    def record_ok(self, seconds: float) -> None:
-        """Count one successful call that took ``seconds``."""
-        self.ok.inc()
+    def record_ok(self, seconds: float, rows: int = 0) -> None:
+        """Count one successful call that took ``seconds`` and inferred ``rows`` observations."""
         self.latency.observe(seconds)
+        self.count += 1
+        self.seconds += seconds
+        self.rows += rows
+        self.last_ms = int(time() * 1000)
+
+
+class CallCollector:
+    """Exports the per-call numbers of a :class:`ServerMetrics` as Prometheus families."""
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        return []  # unchecked collector: the names are fixed and do not clash
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.metrics
+        requests = CounterMetricFamily(
+            f"{PREFIX}_requests", "Calls (stream messages for ActStream) by method, policy, "
+            "version and gRPC status code", labels=["method", "policy", "version", "code"])
+        counts = dict(m.requests)
+        for bound in list(m._bound.values()):
+            if bound.count:
+                key = (bound.method, bound.policy, bound.version, "OK")
+                counts[key] = counts.get(key, 0) + bound.count
+        for labels, value in sorted(counts.items()):
+            requests.add_metric(list(labels), value)
+        yield requests
+        latency = HistogramMetricFamily(
+            f"{PREFIX}_request_duration_seconds",
+            "Time from receiving a call (stream message) to its answer", labels=["method"])
+        for method, histogram in sorted(m.latency.items()):
+            latency.add_metric([method], histogram.cumulative(), histogram.sum)
+        yield latency
+        in_flight = GaugeMetricFamily(f"{PREFIX}_in_flight_requests", "Calls being served now",
+                                      labels=["method"])
+        for method, gauge in sorted(m.in_flight.items()):
+            in_flight.add_metric([method], gauge.value)
+        yield in_flight
+        batch = HistogramMetricFamily(
+            f"{PREFIX}_batch_size", "Observations per onnxruntime call (after micro-batching)",
+            labels=["policy"])
+        for policy, histogram in sorted(m.batch_size.items()):
+            batch.add_metric([policy], histogram.cumulative(), histogram.sum)
+        yield batch
 
 
 def start_metrics_server(metrics: ServerMetrics, port: int, host: str = "0.0.0.0") -> Any:

@@ -1,15 +1,13 @@
-"""The Open Inference Protocol v2 (KServe/Triton gRPC API) over the same policy store.
+"""The Open Inference Protocol v2 over gRPC (KServe's API plus Triton's repository index,
+model configuration and statistics): converts messages, nothing more.
 
-A model is a policy, its versions are the policy's integer versions written as strings.
-Inputs: one FP32 tensor ``obs`` of shape ``[batch, obs_dim]``, in ``raw_input_contents`` (what
-tritonclient sends) or in typed ``contents.fp32_contents``. Output: FP32 ``action``
-``[batch, action_dim]``, always returned in ``raw_output_contents`` as Triton does.
-Request parameters: ``sample`` (bool, default false: deterministic) and ``seed`` (int64).
+What a model, its inputs, outputs and parameters are is :mod:`server.inference_protocol`.
+Inputs come in ``raw_input_contents`` (what tritonclient sends) or in typed
+``contents.fp32_contents``; outputs always go back in ``raw_output_contents``, as Triton does.
 """
 
 from __future__ import annotations
 
-from time import perf_counter
 from typing import Any
 
 import grpc
@@ -17,33 +15,27 @@ import numpy as np
 
 from safepolicy.server._generated import grpc_predict_v2_pb2 as pb
 from safepolicy.server._generated import grpc_predict_v2_pb2_grpc
-from safepolicy.server.app import UNRESOLVED, PolicyServer, labels_of
-from safepolicy.server.errors import InvalidRequest, NotReady, VersionNotFound
-from safepolicy.server.policies import LoadedVersion
+from safepolicy.server.calls import Call, unary
+from safepolicy.server.dataplane import DataPlane
+from safepolicy.server.errors import InvalidRequest
+from safepolicy.server.inference_protocol import (
+    DATATYPE,
+    EXTENSIONS,
+    SERVER_NAME,
+    InferRequest,
+    infer,
+    model_config,
+    model_metadata,
+    model_ready,
+    model_statistics,
+    parse_version,
+    repository_index,
+)
 from safepolicy.server.tensors import encode_float32
+from safepolicy.version import package_version
 
-INPUT_NAME = "obs"
-OUTPUT_NAME = "action"
-PLATFORM = "onnxruntime_onnx"
-SERVER_NAME = "safepolicy"
-
-
-def server_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("safepolicy")
-    except PackageNotFoundError:
-        return "0+unknown"
-
-
-def _parse_version(text: str) -> int | None:
-    if not text:
-        return None
-    if not (text.isascii() and text.isdigit()):  # "²".isdigit() is True, int("²") fails
-        raise InvalidRequest(f"model_version {text!r} is not an integer version; leave it empty "
-                             "for the serving version")
-    return int(text)
+# Triton's DataType enum value of TYPE_FP32 (model_config.proto)
+DATA_TYPES = {"TYPE_FP32": pb.TYPE_FP32}
 
 
 def _parameter(parameters: Any, name: str) -> Any:
@@ -54,121 +46,128 @@ def _parameter(parameters: Any, name: str) -> Any:
     return None if choice is None else getattr(parameter, choice)
 
 
+def _infer_request(request: pb.ModelInferRequest) -> InferRequest:
+    """The transport-free request; the observations' bytes from either encoding."""
+    names = [tensor.name for tensor in request.inputs]
+    tensor = request.inputs[0] if request.inputs else pb.ModelInferRequest.InferInputTensor()
+    if request.raw_input_contents:
+        if len(request.raw_input_contents) != len(request.inputs):
+            raise InvalidRequest("raw_input_contents must hold one entry per input "
+                                 f"({len(request.inputs)})")
+        data = request.raw_input_contents[0]
+    else:
+        data = encode_float32(np.asarray(tensor.contents.fp32_contents, dtype=np.float32))[1]
+    return InferRequest(
+        model=request.model_name, version=request.model_version, input_names=names,
+        datatype=tensor.datatype, shape=list(tensor.shape), data=data,
+        outputs=[output.name for output in request.outputs],
+        sample=_parameter(request.parameters, "sample"),
+        seed=_parameter(request.parameters, "seed"))
+
+
 class InferenceServicer(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):
     """``inference.GRPCInferenceService`` for tritonclient, kserve and other OIP clients."""
 
-    def __init__(self, server: PolicyServer) -> None:
-        self.server = server
-        self.store = server.store
-        self._version = server_version()
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+        self.store = plane.store
+        self._version = package_version()
 
+    @unary("ServerLive")
     async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext,
-                         ) -> pb.ServerLiveResponse:
-        self.server.record_ok("ServerLive", UNRESOLVED, perf_counter())
+                         call: Call) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
+    @unary("ServerReady")
     async def ServerReady(self, request: pb.ServerReadyRequest,
-                          context: grpc.aio.ServicerContext) -> pb.ServerReadyResponse:
-        self.server.record_ok("ServerReady", UNRESOLVED, perf_counter())
-        return pb.ServerReadyResponse(ready=self.store.ready and not self.server.draining)
+                          context: grpc.aio.ServicerContext, call: Call,
+                          ) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.store.ready and not self.plane.draining)
 
+    @unary("ModelReady")
     async def ModelReady(self, request: pb.ModelReadyRequest,
-                         context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
-        started = perf_counter()
-        try:
-            version = _parse_version(request.version)
-            try:
-                self.store.resolve(request.name, version)
-                ready = not self.server.draining
-            except (NotReady, VersionNotFound):
-                ready = False  # known model, not servable: an answer, not an error
-        except Exception as error:
-            await self.server.fail("ModelReady", UNRESOLVED, started, error, context)
-            raise
-        self.server.record_ok("ModelReady", UNRESOLVED, started)
-        return pb.ModelReadyResponse(ready=ready)
+                         context: grpc.aio.ServicerContext, call: Call,
+                         ) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=model_ready(self.plane, request.name,
+                                                       request.version))
 
+    @unary("ServerMetadata")
     async def ServerMetadata(self, request: pb.ServerMetadataRequest,
-                             context: grpc.aio.ServicerContext) -> pb.ServerMetadataResponse:
-        self.server.record_ok("ServerMetadata", UNRESOLVED, perf_counter())
-        return pb.ServerMetadataResponse(name=SERVER_NAME, version=self._version, extensions=[])
+                             context: grpc.aio.ServicerContext, call: Call,
+                             ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=self._version,
+                                         extensions=list(EXTENSIONS))
 
+    @unary("ModelMetadata")
     async def ModelMetadata(self, request: pb.ModelMetadataRequest,
-                            context: grpc.aio.ServicerContext) -> pb.ModelMetadataResponse:
-        started = perf_counter()
-        labels = UNRESOLVED
-        try:
-            loaded = self.store.resolve(request.name, _parse_version(request.version))
-            labels = labels_of(loaded)
-            entry = next(e for e in self.store.entries() if e.name == loaded.name)
-        except Exception as error:
-            await self.server.fail("ModelMetadata", labels, started, error, context)
-            raise
+                            context: grpc.aio.ServicerContext, call: Call,
+                            ) -> pb.ModelMetadataResponse:
+        loaded = self.plane.resolve(call, request.name, parse_version(request.version))
+        metadata = model_metadata(self.plane, loaded)
         tensor = pb.ModelMetadataResponse.TensorMetadata
-        response = pb.ModelMetadataResponse(
-            name=loaded.name, versions=[str(v) for v in sorted(entry.versions)],
-            platform=PLATFORM,
-            inputs=[tensor(name=INPUT_NAME, datatype="FP32", shape=[-1, loaded.metadata.obs_dim])],
-            outputs=[tensor(name=OUTPUT_NAME, datatype="FP32",
-                            shape=[-1, loaded.metadata.action_dim])])
-        self.server.record_ok("ModelMetadata", labels, started)
+        return pb.ModelMetadataResponse(
+            name=metadata["name"], versions=metadata["versions"],
+            platform=metadata["platform"],
+            inputs=[tensor(**item) for item in metadata["inputs"]],
+            outputs=[tensor(**item) for item in metadata["outputs"]])
+
+    @unary("ModelInfer", track_in_flight=True)
+    async def ModelInfer(self, request: pb.ModelInferRequest,
+                         context: grpc.aio.ServicerContext, call: Call,
+                         ) -> pb.ModelInferResponse:
+        outputs = await infer(self.plane, call, _infer_request(request),
+                              time_remaining=context.time_remaining())
+        assert call.loaded is not None
+        response = pb.ModelInferResponse(model_name=call.loaded.name,
+                                         model_version=str(call.loaded.version), id=request.id)
+        for name, values in outputs.items():
+            shape, raw = encode_float32(values)
+            response.outputs.add(name=name, datatype=DATATYPE, shape=shape)
+            response.raw_output_contents.append(raw)
         return response
 
-    async def ModelInfer(self, request: pb.ModelInferRequest,
-                         context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
-        started = perf_counter()
-        in_flight = self.server.metrics.child(self.server.metrics.in_flight, "ModelInfer")
-        in_flight.inc()
-        loaded: LoadedVersion | None = None
-        try:
-            self.server.check_accepting()
-            loaded = self.store.resolve(request.model_name, _parse_version(request.model_version))
-            response = await self._infer(loaded, request, context)
-            self.server.record_ok("ModelInfer", labels_of(loaded), started)
-            return response
-        except Exception as error:
-            labels = UNRESOLVED if loaded is None else labels_of(loaded)
-            await self.server.fail("ModelInfer", labels, started, error, context)
-            raise
-        finally:
-            in_flight.dec()
+    @unary("RepositoryIndex")
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest,
+                              context: grpc.aio.ServicerContext, call: Call,
+                              ) -> pb.RepositoryIndexResponse:
+        index = pb.RepositoryIndexResponse.ModelIndex
+        return pb.RepositoryIndexResponse(models=[
+            index(**model) for model in repository_index(self.plane, request.ready)])
 
-    async def _infer(self, loaded: LoadedVersion, request: pb.ModelInferRequest,
-                     context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
-        if len(request.inputs) != 1 or request.inputs[0].name != INPUT_NAME:
-            names = [tensor.name for tensor in request.inputs]
-            raise InvalidRequest(f"model {loaded.name!r} takes exactly one input named "
-                                 f"{INPUT_NAME!r} (FP32 [batch, {loaded.metadata.obs_dim}]), "
-                                 f"got {names}")
-        tensor = request.inputs[0]
-        if tensor.datatype != "FP32":
-            raise InvalidRequest(f"input {INPUT_NAME!r} must be FP32, got {tensor.datatype!r}")
-        for output in request.outputs:
-            if output.name != OUTPUT_NAME:
-                raise InvalidRequest(f"unknown output {output.name!r}; model {loaded.name!r} "
-                                     f"has one output, {OUTPUT_NAME!r}")
-        if request.raw_input_contents:
-            if len(request.raw_input_contents) != 1:
-                raise InvalidRequest("raw_input_contents must hold one entry per input (1)")
-            data = request.raw_input_contents[0]
-        else:
-            data = encode_float32(np.asarray(tensor.contents.fp32_contents, dtype=np.float32))[1]
-        if len(tensor.shape) != 2:
-            raise InvalidRequest(f"input {INPUT_NAME!r} needs shape [batch, "
-                                 f"{loaded.metadata.obs_dim}], got {list(tensor.shape)}")
-        observations, _ = self.server.decode_observations(loaded, tensor.shape, data)
-        sample = _parameter(request.parameters, "sample")
-        seed = _parameter(request.parameters, "seed")
-        if sample is not None and not isinstance(sample, bool):
-            raise InvalidRequest("parameter 'sample' must be a bool")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-            raise InvalidRequest("parameter 'seed' must be a non-negative integer")
-        actions = await self.server.compute(loaded, observations, sample=bool(sample), seed=seed,
-                                            context=context)
-        shape, raw = encode_float32(actions)
-        return pb.ModelInferResponse(
-            model_name=loaded.name, model_version=str(loaded.version), id=request.id,
-            outputs=[pb.ModelInferResponse.InferOutputTensor(name=OUTPUT_NAME, datatype="FP32",
-                                                             shape=shape)],
-            raw_output_contents=[raw])
+    @unary("ModelConfig")
+    async def ModelConfig(self, request: pb.ModelConfigRequest,
+                          context: grpc.aio.ServicerContext, call: Call,
+                          ) -> pb.ModelConfigResponse:
+        loaded = self.plane.resolve(call, request.name, parse_version(request.version))
+        config = model_config(self.plane, loaded)
+        policy = config["version_policy"]
+        return pb.ModelConfigResponse(config=pb.ModelConfig(
+            name=config["name"], platform=config["platform"], backend=config["backend"],
+            max_batch_size=config["max_batch_size"],
+            version_policy=pb.ModelVersionPolicy(
+                latest=pb.ModelVersionPolicy.Latest(**policy["latest"])
+                if "latest" in policy else None,
+                all=pb.ModelVersionPolicy.All() if "all" in policy else None,
+                specific=pb.ModelVersionPolicy.Specific(**policy["specific"])
+                if "specific" in policy else None),
+            input=[pb.ModelInput(name=item["name"], data_type=DATA_TYPES[item["data_type"]],
+                                 dims=item["dims"]) for item in config["input"]],
+            output=[pb.ModelOutput(name=item["name"], data_type=DATA_TYPES[item["data_type"]],
+                                   dims=item["dims"]) for item in config["output"]]))
 
+    @unary("ModelStatistics")
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest,
+                              context: grpc.aio.ServicerContext, call: Call,
+                              ) -> pb.ModelStatisticsResponse:
+        duration = pb.StatisticDuration
+        response = pb.ModelStatisticsResponse()
+        for stats in model_statistics(self.plane, request.name, request.version):
+            inference = stats["inference_stats"]
+            response.model_stats.add(
+                name=stats["name"], version=stats["version"],
+                last_inference=stats["last_inference"],
+                inference_count=stats["inference_count"],
+                execution_count=stats["execution_count"],
+                inference_stats=pb.InferStatistics(success=duration(**inference["success"]),
+                                                   fail=duration(**inference["fail"])))
+        return response

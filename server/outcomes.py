@@ -28,7 +28,7 @@ MAX_EPISODE_ID_CHARS = 128
 
 
 @dataclass
-class EpisodeResult:
+class OutcomeUpdate:
     """What one report did: the episode's cost so far, and whether it ended in violation."""
 
     episode_cost: float
@@ -66,7 +66,7 @@ class OutcomeTracker:
 
     def report(self, policy: str, version: int, cost_limit: float, *, granularity: Granularity,
                reward: float, cost: float, steps: int = 1, done: bool = False,
-               episode_id: str = "") -> EpisodeResult:
+               episode_id: str = "") -> OutcomeUpdate:
         """Record one report; :class:`InvalidRequest` says what is wrong with a bad one."""
         if not (math.isfinite(reward) and math.isfinite(cost)):
             raise InvalidRequest("reward and cost must be finite numbers")
@@ -97,7 +97,7 @@ class OutcomeTracker:
         self._open[key] = episode
         while len(self._open) > self.max_open_episodes:
             self._open.popitem(last=False)
-        return EpisodeResult(episode.cost, episode.reward, episode.steps, False, False)
+        return OutcomeUpdate(episode.cost, episode.reward, episode.steps, False, False)
 
     def _add_steps(self, policy: str, steps: int, cost: float) -> None:
         window = self._windows.setdefault(policy, _PolicyWindow())
@@ -110,12 +110,12 @@ class OutcomeTracker:
             window.cost_total -= old_cost
 
     def _finish(self, policy: str, cost_limit: float, cost: float, reward: float,
-                steps: int) -> EpisodeResult:
+                steps: int) -> OutcomeUpdate:
         window = self._windows.setdefault(policy, _PolicyWindow())
         window.episode_costs.append(cost)
         if len(window.episode_costs) > self.window_episodes:
             window.episode_costs.popleft()
-        return EpisodeResult(cost, reward, steps, True, cost > cost_limit)
+        return OutcomeUpdate(cost, reward, steps, True, cost > cost_limit)
 
     def cost_rate(self, policy: str) -> float:
         """Cost per step over the most recent ``window_steps`` reported steps."""

@@ -18,7 +18,6 @@ Nothing here knows about gRPC: errors are :mod:`server.errors` types that carry 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 from collections.abc import Mapping, Sequence
@@ -37,9 +36,11 @@ from safepolicy.export.artifact import (
     ObservationError,
     OnnxPolicy,
     PolicyMetadata,
+    PolicyOutputs,
     load_policy,
     read_audit_verdict,
     read_metadata,
+    validate_observations,
 )
 from safepolicy.export.repository import ModelRepository, RepositoryError
 from safepolicy.server.errors import (
@@ -172,6 +173,12 @@ class PolicyStore:
                 f"server with --version-policy all or --pin {name}={version}")
         return loaded
 
+    def versions_of(self, loaded: LoadedVersion) -> list[int]:
+        """The loaded versions of ``loaded``'s policy, sorted (``loaded``'s own at least, if a
+        reload swapped the snapshot since it was resolved)."""
+        entry = self._snapshot.get(loaded.name)
+        return sorted(entry.versions) if entry and entry.versions else [loaded.version]
+
     # ---- acting ----
 
     def check_observations(self, loaded: LoadedVersion, observations: np.ndarray) -> np.ndarray:
@@ -181,31 +188,17 @@ class PolicyStore:
         This is the one validation a request gets: :meth:`run` hands the result to
         :meth:`OnnxPolicy.act_unchecked <export.artifact.OnnxPolicy.act_unchecked>`.
         """
-        obs_dim = loaded.metadata.obs_dim
-        observations = np.ascontiguousarray(observations, dtype=np.float32)
-        if observations.ndim == 1:
-            observations = observations.reshape(1, -1)
-        if observations.ndim != 2 or observations.shape[1] != obs_dim:
-            raise InvalidObservations(
-                f"policy {loaded.label} takes observations of shape [batch, {obs_dim}] or "
-                f"[{obs_dim}], got {list(observations.shape)}")
+        try:
+            observations = validate_observations(observations, loaded.metadata.obs_dim,
+                                                 accept_vector=True)
+        except ObservationError as error:
+            raise InvalidObservations(f"policy {loaded.label}: {error}") from error
         batch = observations.shape[0]
         if batch == 0:
             raise BatchSizeError("empty batch: send at least one observation")
         if batch > self.max_batch_size:
             raise BatchSizeError(f"batch of {batch} observations exceeds the server's limit of "
                                  f"{self.max_batch_size}; split the request")
-        # x.x is finite exactly when every x is, unless the float32 sum of squares overflows
-        # (|x| above about 1e19): one BLAS dot (about 0.4 us against 1.2 us for
-        # isfinite().all()), and the exact check only when the dot is not finite
-        flat = observations.reshape(-1)
-        if not math.isfinite(flat.dot(flat)):
-            finite = np.isfinite(observations)
-            if not finite.all():
-                rows = np.flatnonzero(~finite.all(axis=1))
-                raise InvalidObservations(
-                    f"observations contain NaN or infinity in row(s) {rows[:10].tolist()}"
-                    f"{' ...' if rows.size > 10 else ''}; send finite values")
         return observations
 
     def run(self, loaded: LoadedVersion, observations: np.ndarray, *, deterministic: bool = True,
@@ -221,6 +214,19 @@ class PolicyStore:
             log.exception("inference failed on %s", loaded.label)
             raise InferenceFailed(
                 f"policy {loaded.label} failed to compute actions ({type(error).__name__}); "
+                "the server log has details") from error
+
+    def outputs(self, loaded: LoadedVersion, observations: np.ndarray) -> PolicyOutputs:
+        """The graph's three outputs (deterministic action, pre-tanh mean and log-std) for
+        observations that came through :meth:`check_observations`."""
+        try:
+            return loaded.policy.outputs(observations)
+        except ObservationError as error:
+            raise InvalidObservations(f"policy {loaded.label}: {error}") from error
+        except Exception as error:  # onnxruntime raises untyped errors
+            log.exception("inference failed on %s", loaded.label)
+            raise InferenceFailed(
+                f"policy {loaded.label} failed to compute its outputs ({type(error).__name__}); "
                 "the server log has details") from error
 
     def act(self, name: str, version: int | None, observations: np.ndarray, *,

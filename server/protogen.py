@@ -21,6 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from safepolicy.fileio import atomic_write_text
+
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
 GENERATED = Path(__file__).resolve().parent / "_generated"
@@ -67,11 +69,10 @@ def generate(out_dir: Path) -> list[Path]:
             for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py"):
                 source = base / f"{stem}{suffix}"
                 target = out_dir / source.name
-                target.write_text(_rewrite_imports(source.read_text(encoding="utf-8")),
-                                  encoding="utf-8")
+                atomic_write_text(target, _rewrite_imports(source.read_text(encoding="utf-8")))
                 written.append(target)
     init = out_dir / "__init__.py"
-    init.write_text(INIT_TEXT, encoding="utf-8")
+    atomic_write_text(init, INIT_TEXT)
     written.append(init)
     return sorted(written)
 

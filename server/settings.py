@@ -7,14 +7,17 @@ bearer token is deliberately not a flag (flags show up in ``ps``): it comes from
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from safepolicy.errors import SafepolicyError
 
-class SettingsError(ValueError):
+
+class SettingsError(SafepolicyError, ValueError):
     """Settings that cannot work together; the message says which and why."""
 
 
@@ -24,12 +27,19 @@ class ServerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SAFEPOLICY_SERVER_", extra="forbid")
 
     repo: Path = Field(description="model repository REPO/NAME/VERSION/policy.onnx")
+    allow_empty_repo: bool = Field(False, description="start even when the repository is "
+                                   "missing or holds no policy, and serve what appears in it "
+                                   "later (refused by default: a mistyped --repo is the usual "
+                                   "cause)")
     host: str = Field("0.0.0.0", description="address to listen on")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port (0 picks a free one)")
     metrics_port: int | None = Field(
-        9090, ge=0, le=65535, description="Prometheus /metrics port (0 picks a free one; with "
+        9464, ge=0, le=65535, description="Prometheus /metrics port (0 picks a free one; with "
         "several workers, worker i uses metrics_port + i)")
     metrics_host: str = Field("0.0.0.0", description="address of the metrics endpoint")
+    http_port: int | None = Field(
+        None, ge=0, le=65535, description="Open Inference Protocol over HTTP/REST on this port "
+        "(same address, process and event loop as gRPC; 0 picks a free one; unset: off)")
     workers: int = Field(1, ge=1, le=64, description="server processes sharing the port "
                          "(SO_REUSEPORT) for multi-core throughput")
     version_policy: Literal["latest", "all"] = Field(
@@ -68,7 +78,17 @@ class ServerSettings(BaseSettings):
     gil_switch_interval_ms: float = Field(
         0.2, gt=0.0, description="Python's thread switch interval in the server process; "
         "small values stop inference threads waiting for the GIL (sys.setswitchinterval)")
-    log_level: str = Field("INFO", description="logging level")
+    log_level: str = Field("INFO", description="logging level: DEBUG, INFO, WARNING, ERROR "
+                           "or CRITICAL")
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_log_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError(f"{value!r} is not a logging level; use DEBUG, INFO, WARNING, "
+                             "ERROR or CRITICAL")
+        return level
 
     @field_validator("pins", mode="before")
     @classmethod
@@ -99,6 +119,9 @@ class ServerSettings(BaseSettings):
                              "in auth_token_file, not both")
         if self.workers > 1 and self.port == 0:
             raise ValueError("several workers share one fixed port; give --port")
+        if self.workers > 1 and self.http_port is not None:
+            raise ValueError("--http-port serves from one process; use it with --workers 1 "
+                             "(or put the workers behind one HTTP load balancer each)")
         return self
 
     def token(self) -> str | None:
@@ -136,4 +159,27 @@ class ServerSettings(BaseSettings):
                                     ) from error
         cert, key, ca = contents
         assert cert is not None and key is not None
+        check_pem(self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file)
         return cert, key, ca
+
+
+def check_pem(cert_file: Path, key_file: Path, client_ca_file: Path | None) -> None:
+    """Refuse a certificate, key or CA that is not PEM, or a key that does not match the
+    certificate, naming the file (grpc would only say "Failed to bind")."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert_file, key_file, password=lambda: b"")  # never prompt
+    except ssl.SSLError as error:
+        reason = f" ({error.reason.lower()})" if error.reason else ""
+        raise SettingsError(
+            f"{cert_file} and {key_file}: not a PEM certificate and its matching private "
+            f"key{reason}; pass the server's certificate to --tls-cert-file and its key to "
+            "--tls-key-file") from error
+    if client_ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=client_ca_file)
+        except ssl.SSLError as error:
+            reason = f" ({error.reason.lower()})" if error.reason else ""
+            raise SettingsError(f"{client_ca_file}: not a PEM CA certificate{reason}; pass "
+                                "the CA that signs client certificates to "
+                                "--tls-client-ca-file") from error

@@ -1,4 +1,5 @@
-"""Helpers for tests and benchmarks: small real policy artifacts and free ports.
+"""The test harness (tests and benchmarks): a server on a background thread, small real
+policy artifacts, free ports. No production module imports this one.
 
 :func:`make_policy` exports an untrained ``SquashedGaussianActor`` through the real exporter,
 so it imports torch; it is imported lazily and never by the server runtime.
@@ -6,13 +7,20 @@ so it imports torch; it is imported lazily and never by the server runtime.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
+import threading
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from safepolicy.export.artifact import AuditVerdict, write_audit_verdict
+from safepolicy.server.app import PolicyServer
+from safepolicy.server.metrics import ServerMetrics
+from safepolicy.server.policies import ReloadReport
+from safepolicy.server.settings import ServerSettings
 
 
 def make_policy(repo: Path, name: str = "ballrun", version: int | None = None, *,
@@ -61,3 +69,72 @@ def add_version(source: Path, repo: Path, name: str, version: int) -> Path:
     shutil.copytree(source, staging)
     staging.rename(target)
     return target
+
+
+class ServerThread:
+    """A :class:`PolicyServer` on its own event loop in a background thread (tests, benchmarks).
+
+    ``with ServerThread(settings) as running: ... running.port ...``; leaving the block stops
+    the server gracefully.
+    """
+
+    def __init__(self, settings: ServerSettings, metrics: ServerMetrics | None = None) -> None:
+        self.server = PolicyServer(settings, metrics)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._main, name="policy-server", daemon=True)
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def port(self) -> int:
+        assert self.server.port is not None
+        return self.server.port
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self.server.start())
+        except BaseException as error:
+            self._error = error
+            self._started.set()
+            return
+        self._started.set()
+        self.loop.run_until_complete(self.server.wait())
+
+    def start(self, timeout: float = 30.0) -> ServerThread:
+        self._thread.start()
+        if not self._started.wait(timeout):
+            raise TimeoutError(f"server did not start within {timeout} s")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def call(self, coroutine: Any, timeout: float = 30.0) -> Any:
+        """Run a coroutine on the server's loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def reload(self) -> ReloadReport:
+        return self.call(self.server.reload())  # type: ignore[no-any-return]
+
+    def stop(self, grace: float = 5.0) -> None:
+        if not self._thread.is_alive():
+            return
+
+        async def stop() -> None:
+            await self.server.shutdown(grace)
+
+        with contextlib.suppress(Exception):
+            self.call(stop(), timeout=grace + 30)
+        self._thread.join(grace + 30)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

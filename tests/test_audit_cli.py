@@ -142,14 +142,17 @@ def test_compare_puts_reports_side_by_side(tmp_path: Path,
     assert "| FAIL |" in rows[0] and "| PASS |" in rows[1]
     assert "different cost limits" in table
     out = tmp_path / "compare.md"
-    assert main(["compare", str(tmp_path / "tight"), "--out", str(out)]) == 0
+    assert main(["compare", str(tmp_path / "tight"), str(tmp_path / "loose"), "--out",
+                 str(out)]) == 0
     assert "scripted" in out.read_text()
+    picture = out.with_suffix(".png")  # the comparison drawn beside the table
+    assert picture.read_bytes().startswith(b"\x89PNG") and picture.stat().st_size > 5000
 
 
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--task", "NoSuchTask"], "unknown task 'NoSuchTask'; known tasks: "),
+        (["--task", "NoSuchTask"], "unknown task 'NoSuchTask'; "),
         (["--task", "HalfCheetahVelocity"], "takes 7 observations and gives 2 actions, but "
                                             "task HalfCheetahVelocity has 17 and 6"),
         (["--episodes", "0"], "--episodes: must be at least 1"),

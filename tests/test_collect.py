@@ -76,7 +76,7 @@ def test_halfcheetah_velocity_gait_runs_forward_safe_and_unsafe() -> None:
 @pytest.mark.parametrize(
     ("argv", "problem"),
     [
-        (["--task", "BallRunn"], "known tasks: "),
+        (["--task", "BallRunn"], "did you mean BallRun?"),
         (["--task", "BallRun", "--episodes", "0"], "must be a positive integer"),
         (["--task", "BallRun", "--episodes", "-3"], "must be a positive integer"),
         (["--task", "BallRun", "--behavior", "greedy=1"], "unknown behaviour 'greedy'"),

@@ -124,3 +124,19 @@ def test_cli_prints_summary_and_json(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert summary["episodes"] == 3 and summary["transitions"] == 15
     assert summary["fraction_under_cost_limit"]["10"] == 1.0
     assert summary["fraction_under_cost_limit"]["5"] == 0.0
+
+
+def test_dsrl_downloads_are_looked_up_where_dsrl_keeps_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from safepolicy.datasets import dsrl_dataset_dir, resolve_dataset
+
+    monkeypatch.delenv("DSRL_DATASET_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert dsrl_dataset_dir() == tmp_path / ".dsrl" / "datasets"  # dsrl's own default
+    download = tmp_path / ".dsrl" / "datasets" / "SafetyBallRun-v0-80-940.hdf5"
+    download.parent.mkdir(parents=True)
+    download.write_bytes(b"")
+    assert resolve_dataset("OfflineBallRun-v0") == download
+    monkeypatch.setenv("DSRL_DATASET_DIR", str(tmp_path / "elsewhere"))
+    with pytest.raises(DatasetError, match="elsewhere"):
+        resolve_dataset("BallRun")

@@ -39,6 +39,7 @@ def check_deployed_matches_artifact(workdir: Path, result: subprocess.CompletedP
     return artifact["verdict"], deployed["verdict"]
 
 
+@pytest.mark.slow  # the whole demo in subprocesses: 24 s on the shared 2-core machine
 @pytest.mark.timeout(600)
 def test_a_fail_verdict_is_reported_and_the_policy_is_still_served(tmp_path: Path) -> None:
     result = run_demo(tmp_path, "--steps", "10", "--cost-limit", "1")
@@ -65,5 +66,5 @@ def test_demo_trains_o3srl_and_audits_the_deployed_policy(tmp_path: Path) -> Non
 def test_a_failing_step_is_a_message_not_a_traceback(tmp_path: Path) -> None:
     result = run_demo(tmp_path, "--task", "NoSuchTask")
     assert result.returncode == 1
-    assert "safepolicy demo: `safepolicy collect` failed" in result.stderr
+    assert "safepolicy demo: error: `safepolicy collect` failed" in result.stderr
     assert "Traceback" not in result.stderr

@@ -1,9 +1,20 @@
-"""DRCORL pieces on tiny problems: the diffusion behaviour model, gradient manipulation, gating."""
+"""DRCORL on tiny problems: the diffusion behaviour model, gradient manipulation, gating, the
+extraction's regularisation, and `train drcorl` through the loop (resume, stage reuse, export)."""
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+from test_training_runs import actor_output, ballrun_dataset, request  # noqa: F401
+from training_toys import TOY_EPISODE_LENGTH, episode_cost_of, speed_cost_dataset, toy_context
 
+from safepolicy.datasets import Dataset
+from safepolicy.export.artifact import load_policy
+from safepolicy.export.onnx_export import export_run
+from safepolicy.training.algorithms.drcorl import DRCORL, DRCORLConfig, temperature_at
+from safepolicy.training.checkpoint import load_actor
 from safepolicy.training.diffusion import DiffusionBehaviourModel, VPSchedule, noise_prediction_loss
 from safepolicy.training.gradients import (
     SafeStep,
@@ -13,6 +24,7 @@ from safepolicy.training.gradients import (
     flat_gradient,
     manipulate_gradients,
 )
+from safepolicy.training.loop import ScalarLog, train
 
 MODES = torch.tensor([[2.0, 2.0], [-2.0, 2.0], [2.0, -2.0], [-2.0, -2.0]])
 
@@ -134,3 +146,192 @@ def test_flat_gradient_round_trips_into_parameter_grads() -> None:
     assert torch.allclose(layer.weight.grad, torch.full((2, 3), 8.0))
     with pytest.raises(ValueError, match="flat gradient has"):
         assign_flat_gradient(list(layer.parameters()), torch.zeros(5))
+
+
+# --- the algorithm on toys ---------------------------------------------------------------------
+
+BEHAVIOUR_MODE = 0.6
+
+
+def two_mode_dataset(transitions: int = 2000, seed: int = 0) -> Dataset:
+    """Behaviour a = +-0.6 (+ 0.05 noise) with the sign of the first state coordinate, which is
+    +-1; reward a (the critic would take a -> 1, off the data), no cost."""
+    rng = np.random.default_rng(seed)
+    observations = rng.uniform(-1, 1, size=(transitions, 2)).astype(np.float32)
+    observations[:, 0] = np.sign(observations[:, 0])
+    actions = (BEHAVIOUR_MODE * observations[:, :1]
+               + 0.05 * rng.standard_normal((transitions, 1))).astype(np.float32)
+    timeouts = np.zeros(transitions, dtype=bool)
+    timeouts[TOY_EPISODE_LENGTH - 1 :: TOY_EPISODE_LENGTH] = True
+    return Dataset(observations=observations,
+                   next_observations=rng.uniform(-1, 1, size=(transitions, 2)).astype(np.float32),
+                   actions=actions, rewards=actions[:, 0].copy(),
+                   costs=np.zeros(transitions, dtype=np.float32),
+                   terminals=np.zeros(transitions, dtype=bool), timeouts=timeouts,
+                   attrs={"task": "toy-two-mode"})
+
+
+def run_stages(algorithm: DRCORL, behaviour: int, critics: int, policy: int) -> dict:
+    logs: dict = {}
+    for stage, steps in (("behaviour", behaviour), ("critics", critics), ("policy", policy)):
+        for _ in range(steps):
+            for key, value in algorithm.step(stage).items():
+                logs.setdefault(key, []).append(float(value))
+    return logs
+
+
+def small_config(**changes: object) -> DRCORLConfig:
+    fields: dict = {"diffusion_hidden_sizes": [64, 64], "diffusion_lr": 2e-3, "actor_lr": 3e-3,
+                    "critic_lr": 1e-3}
+    fields.update(changes)
+    return DRCORLConfig(**fields)
+
+
+@pytest.mark.parametrize(("temperature", "on_modes"), [(0.001, True), (30.0, False)])
+def test_under_strong_regularisation_the_actor_stays_on_the_behaviour_modes(
+        temperature: float, on_modes: bool) -> None:
+    torch.set_num_threads(1)
+    data = two_mode_dataset()
+    context = toy_context(data, cost_limit=5.0, total_steps=800, batch_size=128)
+    algorithm = DRCORL(small_config(temperature_schedule="constant",
+                                    temperature_start=temperature, policy_steps=200), context)
+    run_stages(algorithm, behaviour=400, critics=150, policy=200)
+    observations = torch.as_tensor(data.observations[:500])
+    with torch.no_grad():
+        actions = algorithm.actor(observations)[:, 0]
+    distance = (actions - BEHAVIOUR_MODE * observations[:, 0]).abs()
+    if on_modes:  # small beta: the reverse KL to the diffusion model dominates the critic
+        assert distance.median() < 0.06 and distance.max() < 0.15, distance.quantile(0.9)
+    else:  # the same run with a large beta follows Q_r = a off the data, to the action bound
+        assert distance.median() > 0.3 and actions.min() > 0.95
+
+
+@pytest.mark.parametrize("policy_std", ["fixed", "learned"])
+def test_the_log_std_head_learns_only_with_a_learned_std(policy_std: str) -> None:
+    """Fixed std: the entropy is a constant, nothing reaches the log-std outputs. Learned: the
+    closed-form entropy and the score term move them."""
+    data = two_mode_dataset(transitions=500)
+    context = toy_context(data, cost_limit=5.0, total_steps=20, batch_size=64,
+                          hidden_sizes=(16, 16))
+    algorithm = DRCORL(small_config(diffusion_hidden_sizes=[16], policy_std=policy_std,
+                                    policy_steps=10), context)
+    output = algorithm.actor.trunk[-1]
+    assert isinstance(output, torch.nn.Linear)
+    before = output.weight.detach().clone()
+    run_stages(algorithm, behaviour=5, critics=5, policy=10)
+    mean_rows, log_std_rows = slice(0, 1), slice(1, 2)  # action_dim 1: [mean, log_std]
+    assert not torch.equal(output.weight[mean_rows], before[mean_rows])
+    moved = not torch.equal(output.weight[log_std_rows], before[log_std_rows])
+    assert moved == (policy_std == "learned")
+
+
+def test_temperature_schedules() -> None:
+    linear = DRCORLConfig()
+    assert temperature_at(linear, 0, 2050) == pytest.approx(0.04)
+    assert temperature_at(linear, 2049, 2050) == pytest.approx(1.0)
+    assert temperature_at(linear, 1024, 2049) == pytest.approx(0.52)
+    constant = DRCORLConfig(temperature_schedule="constant", temperature_start=0.3)
+    assert temperature_at(constant, 0, 10) == temperature_at(constant, 9, 10) == 0.3
+
+
+def test_the_gate_holds_the_ucb_cost_estimate_at_the_limit() -> None:
+    """Speed toy: cost rate (a + 1) / 2 per step, the data's episode cost about 5. A limit of 0.5
+    starts with cost steps until the estimate reaches the limit, then alternates around it; a
+    limit of 1000 takes only reward steps, and its actor ends faster and costlier."""
+    torch.set_num_threads(1)
+    data = speed_cost_dataset(transitions=2000)
+    results = {}
+    for limit in (0.5, 1000.0):
+        context = toy_context(data, cost_limit=limit, total_steps=700, batch_size=128)
+        algorithm = DRCORL(small_config(behaviour_steps=300, critics_steps=200,
+                                        policy_steps=200), context)
+        logs = run_stages(algorithm, behaviour=300, critics=200, policy=200)
+        results[limit] = (logs, episode_cost_of(algorithm.actor, data))
+    tight_logs, tight_cost = results[0.5]
+    loose_logs, loose_cost = results[1000.0]
+    assert tight_logs["drcorl/cost_estimate"][0] > 0.5 * 1.2
+    assert tight_logs["drcorl/cost_step"][:5] == [1.0] * 5
+    assert 0.4 < np.mean(tight_logs["drcorl/cost_estimate"][-100:]) < 0.65
+    assert 0.0 < np.mean(tight_logs["drcorl/cost_step"][-100:]) < 1.0
+    assert np.mean(loose_logs["drcorl/reward_step"]) == 1.0
+    assert tight_cost < loose_cost - 5.0, (tight_cost, loose_cost)
+
+
+# --- through the loop --------------------------------------------------------------------------
+
+STAGE_STEPS = {"behaviour_steps": "20", "critics_steps": "20", "policy_steps": "20",
+               "diffusion_hidden_sizes": "32,32", "run.checkpoint_every": "10"}
+
+
+def drcorl_request(dataset: Path, out: Path, **changes: object):  # type: ignore[no-untyped-def]
+    from test_training_runs import SMALL
+
+    overrides = {**SMALL, **STAGE_STEPS, **changes.pop("overrides", {})}  # type: ignore[dict-item]
+    return request(dataset, out, "drcorl", steps=None, overrides=overrides, **changes)
+
+
+def test_train_drcorl_is_deterministic_resumes_mid_stage_and_exports(
+        ballrun_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    whole = train(drcorl_request(ballrun_dataset, tmp_path / "whole"))
+    again = train(drcorl_request(ballrun_dataset, tmp_path / "again"))
+    assert torch.equal(actor_output(whole), actor_output(again))
+    rows = (whole / "scalars.csv").read_text().splitlines()
+    assert [row.split(",")[1] for row in rows[1:]] == (["behaviour"] * 2 + ["critics"] * 2
+                                                       + ["policy"] * 2)
+
+    calls = {"n": 0}
+    original_add = ScalarLog.add
+
+    def dying_add(self: ScalarLog, values: dict) -> None:
+        calls["n"] += 1
+        if calls["n"] == 55:  # in the policy stage, after the step-50 checkpoint
+            raise KeyboardInterrupt
+        original_add(self, values)
+
+    monkeypatch.setattr(ScalarLog, "add", dying_add)
+    with pytest.raises(KeyboardInterrupt):
+        train(drcorl_request(ballrun_dataset, tmp_path / "killed"))
+    monkeypatch.setattr(ScalarLog, "add", original_add)
+    state = torch.load(tmp_path / "killed" / "checkpoints" / "last.pt", weights_only=False)
+    assert state["step"] == 50 and state["algorithm"]["policy_step"] == 10
+    resumed = train(drcorl_request(ballrun_dataset, tmp_path / "killed", resume=True))
+    assert torch.equal(actor_output(whole), actor_output(resumed))
+
+    actor, _ = load_actor(whole)
+    policy = load_policy(export_run(whole, tmp_path / "repo", "drcorl"))
+    observations = np.linspace(-1, 1, 7 * 5, dtype=np.float32).reshape(5, 7)
+    with torch.no_grad():
+        expected = actor(torch.from_numpy(observations)).numpy()
+    np.testing.assert_allclose(policy(observations), expected, atol=1e-5)
+    assert policy.metadata.algorithm == "drcorl"
+
+
+def test_the_critics_stage_serves_another_cost_limit(ballrun_dataset: Path,  # noqa: F811
+                                                     tmp_path: Path) -> None:
+    limit10 = train(drcorl_request(ballrun_dataset, tmp_path / "limit10"))
+    same = train(drcorl_request(ballrun_dataset, tmp_path / "same",
+                                reuse_stages={"critics": limit10}))
+    assert torch.equal(actor_output(limit10), actor_output(same))  # same seed: same stream
+    assert {row.split(",")[1] for row in
+            (same / "scalars.csv").read_text().splitlines()[1:]} == {"policy"}
+
+    limit20 = train(drcorl_request(ballrun_dataset, tmp_path / "limit20", cost_limit=20.0,
+                                   reuse_stages={"critics": limit10}))
+    source = torch.load(limit10 / "checkpoints" / "stage-critics.pt", weights_only=False)
+    reused = torch.load(limit20 / "checkpoints" / "stage-policy.pt", weights_only=False)
+    # the behaviour model is frozen after its stage: the reused one is used as it was
+    for key, tensor in source["algorithm"]["behaviour"].items():
+        assert torch.equal(reused["algorithm"]["behaviour"][key], tensor), key
+    assert reused["config"]["cost_limit"] == 20.0
+    # the critics keep learning in the policy stage
+    assert not torch.equal(reused["algorithm"]["reward_critic"]["layers.0.weight"],
+                           source["algorithm"]["reward_critic"]["layers.0.weight"])
+
+    # nothing before the policy stage reads the cost limit: a fresh run at limit 20 writes the
+    # same critics-stage state, bit for bit
+    fresh20 = train(drcorl_request(ballrun_dataset, tmp_path / "fresh20", cost_limit=20.0))
+    other = torch.load(fresh20 / "checkpoints" / "stage-critics.pt", weights_only=False)
+    for component, tensors in source["algorithm"].items():
+        if isinstance(tensors, dict) and component.endswith(("critic", "value", "behaviour")):
+            for key, tensor in tensors.items():
+                assert torch.equal(other["algorithm"][component][key], tensor), (component, key)

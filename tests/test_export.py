@@ -424,7 +424,7 @@ def test_cli_exports_and_reports_errors(tmp_path, capsys):
     from safepolicy.cli import main as safepolicy_main
 
     assert safepolicy_main(["export", "--run", str(run), "--repo", str(repo), "--name", "p",
-                            "--version", "4", "--quiet"]) == 0
+                            "--version", "4", "--print-path"]) == 0
     assert capsys.readouterr().out.strip() == str(repo / "p" / "4")
 
     assert export_main(["--run", str(run), "--repo", str(repo), "--name", "p",
@@ -444,7 +444,7 @@ def test_python_dash_m_export_runs(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "safepolicy.export", "--run", str(run), "--repo",
          str(tmp_path / "repo"),
-         "--name", "p", "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+         "--name", "p", "--print-path"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(tmp_path / "repo" / "p" / "1")
 

@@ -245,8 +245,9 @@ def test_the_probed_health_services_exist_on_the_server(tmp_path: Path) -> None:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from safepolicy.server.app import LIVENESS_SERVICE, ServerThread
+    from safepolicy.server.app import LIVENESS_SERVICE
     from safepolicy.server.settings import ServerSettings
+    from safepolicy.server.testing import ServerThread
 
     values: dict[str, Any] = {"repo": tmp_path, "host": "127.0.0.1", "port": 0,
                               "metrics_port": None, "poll_interval_s": 0, "grace_s": 1}

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from safepolicy.server.app import ServerThread
 from safepolicy.server.client import PolicyClient
 from safepolicy.server.providers import (
     CPU,
@@ -20,7 +19,7 @@ from safepolicy.server.providers import (
     resolve_providers,
 )
 from safepolicy.server.settings import ServerSettings, SettingsError
-from safepolicy.server.testing import make_policy
+from safepolicy.server.testing import ServerThread, make_policy
 
 
 def test_auto_picks_cuda_when_the_build_has_it_and_cpu_otherwise() -> None:

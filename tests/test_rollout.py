@@ -95,5 +95,5 @@ def test_episodes_must_be_positive(episodes: int) -> None:
 
 
 def test_unknown_task() -> None:
-    with pytest.raises(UnknownTaskError, match=r"known tasks: .*BallRun"):
+    with pytest.raises(UnknownTaskError, match=r"did you mean BallRun\?"):
         rollout_episodes(lambda o: o, "BallRunn", episodes=1)

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from test_stages import toy_registered, toy_request  # noqa: F401
 from test_training_runs import ballrun_dataset  # noqa: F401
+from training_toys import at_log_row
 
-from safepolicy.training.loop import ScalarLog, TrainingError, train
+from safepolicy.training.loop import TrainingError, train
 
 
 def test_resume_without_a_checkpoint_is_refused_not_restarted(
@@ -25,16 +26,7 @@ def test_resume_without_a_checkpoint_is_refused_not_restarted(
 def test_deleting_the_run_directory_mid_run_stops_with_a_clear_error(
         ballrun_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     out = tmp_path / "doomed"
-    calls = {"n": 0}
-    original_add = ScalarLog.add
-
-    def deleting_add(self: ScalarLog, values: dict) -> None:
-        calls["n"] += 1
-        if calls["n"] == 5:  # an operator removes the directory while the job runs
-            shutil.rmtree(out)
-        original_add(self, values)
-
-    monkeypatch.setattr(ScalarLog, "add", deleting_add)
+    at_log_row(monkeypatch, 5, lambda: shutil.rmtree(out))  # an operator removes it mid-run
     with pytest.raises(TrainingError, match="doomed"):
         train(toy_request(ballrun_dataset, out))
     assert not out.exists()  # nothing quietly recreated it

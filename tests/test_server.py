@@ -22,10 +22,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from safepolicy.export.artifact import AuditVerdict, load_policy, write_audit_verdict
 from safepolicy.server._generated import policy_pb2
-from safepolicy.server.app import ServerThread
 from safepolicy.server.client import PolicyClient, act_request
 from safepolicy.server.settings import ServerSettings
-from safepolicy.server.testing import add_version, make_policy, observations
+from safepolicy.server.testing import ServerThread, add_version, make_policy, observations
 
 OBS_DIM = 8
 SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -14,11 +14,10 @@ import pytest
 
 from safepolicy.server._generated import grpc_predict_v2_pb2 as oip
 from safepolicy.server._generated import policy_pb2
-from safepolicy.server.app import ServerThread
 from safepolicy.server.client import PolicyClient, act_request
 from safepolicy.server.errors import MAX_MESSAGE_CHARS, clip_message
 from safepolicy.server.settings import ServerSettings
-from safepolicy.server.testing import make_policy, observations
+from safepolicy.server.testing import ServerThread, make_policy, observations
 
 OBS_DIM = 8
 
@@ -53,8 +52,16 @@ def _raw_unary(target: str, method: str, payload: bytes) -> tuple[grpc.StatusCod
         return _status(lambda: call(payload, timeout=5))
 
 
-@pytest.mark.parametrize("method", ["/safepolicy.v1.PolicyService/Act",
-                                    "/inference.GRPCInferenceService/ModelInfer"])
+def _unary_methods() -> list[str]:
+    """Every unary-request method of both services: each runs in the call scope, which
+    answers undecodable bytes (a servicer method outside it would crash on them)."""
+    services = [service for module in (policy_pb2, oip)
+                for service in module.DESCRIPTOR.services_by_name.values()]
+    return [f"/{service.full_name}/{method.name}" for service in services
+            for method in service.methods if not method.client_streaming]
+
+
+@pytest.mark.parametrize("method", _unary_methods())
 def test_random_bytes_are_invalid_argument_without_a_traceback(running, method, caplog):
     payload = np.random.default_rng(0).bytes(512)
     with caplog.at_level(logging.DEBUG):

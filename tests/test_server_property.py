@@ -11,10 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from safepolicy.server._generated import policy_pb2
-from safepolicy.server.app import ServerThread
 from safepolicy.server.client import PolicyClient
 from safepolicy.server.settings import ServerSettings
-from safepolicy.server.testing import make_policy, observations
+from safepolicy.server.testing import ServerThread, make_policy, observations
 
 ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}
 

@@ -8,7 +8,9 @@ directory and is valid for one day.
 
 from __future__ import annotations
 
+import http.client
 import shutil
+import ssl
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,10 +19,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from safepolicy.server.app import ServerThread
 from safepolicy.server.client import PolicyClient
 from safepolicy.server.settings import ServerSettings
-from safepolicy.server.testing import make_policy, observations
+from safepolicy.server.testing import ServerThread, make_policy, observations
 
 OPENSSL = shutil.which("openssl")
 pytestmark = pytest.mark.skipif(
@@ -146,3 +147,31 @@ def test_mutual_tls_refuses_clients_without_a_trusted_certificate(mtls_server: S
                                 certificate_chain=pki.read("stranger.pem"))) == \
         grpc.StatusCode.UNAVAILABLE  # a certificate from a CA the server does not trust
     assert refused(PolicyClient(mtls_server.target)) == grpc.StatusCode.UNAVAILABLE
+
+
+def _https_live(port: int, context: ssl.SSLContext) -> int:
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=5)
+    try:
+        conn.request("GET", "/v2/health/live")
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_the_http_port_uses_the_same_tls_and_client_ca(repo: Path, pki: Pki) -> None:
+    """``--http-port`` with TLS settings serves HTTPS, with the same mutual-TLS rule."""
+    settings = tls_settings(repo, pki, mutual=True).model_copy(update={"http_port": 0})
+    with ServerThread(settings) as server:
+        port = server.server.http_port
+        assert port is not None
+        trusted = ssl.create_default_context(cafile=str(pki.path("ca.pem")))
+        trusted.load_cert_chain(str(pki.path("client.pem")), str(pki.path("client.key")))
+        assert _https_live(port, trusted) == 200
+        no_certificate = ssl.create_default_context(cafile=str(pki.path("ca.pem")))
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            _https_live(port, no_certificate)
+        plaintext = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        with pytest.raises((http.client.HTTPException, ConnectionError)):
+            plaintext.request("GET", "/v2/health/live")
+            plaintext.getresponse()
+        plaintext.close()

@@ -138,3 +138,47 @@ def test_outcome_values_and_episode_ids_are_bounded() -> None:
         tracker.report("p", 1, 5.0, granularity="step", reward=0, cost=1,
                        episode_id="e" * 1_000_000)
     tracker.report("p", 1, 5.0, granularity="step", reward=0, cost=1, episode_id="e" * 128)
+
+
+def _server_imports() -> dict[str, set[str]]:
+    """server module -> the server modules it imports (anywhere in the file, lazily too)."""
+    import ast
+
+    graph: dict[str, set[str]] = {}
+    for path in sorted((ROOT / "server").glob("*.py")):
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                if node.module == "safepolicy.server":
+                    found.update(alias.name for alias in node.names)
+                elif node.module.startswith("safepolicy.server."):
+                    found.add(node.module.split(".")[2])
+            elif isinstance(node, ast.Import):
+                found.update(alias.name.split(".")[2] for alias in node.names
+                             if alias.name.startswith("safepolicy.server."))
+        graph[path.stem] = found - {"_generated", path.stem}
+    return graph
+
+
+def test_server_modules_import_downwards_only() -> None:
+    """No import cycle among server modules (app <-> oip was one), and the test harness is
+    imported by no production module."""
+    graph = _server_imports()
+    assert "oip" in graph["app"]  # the walk sees real edges
+    visiting: list[str] = []
+    done: set[str] = set()
+
+    def visit(module: str) -> None:
+        assert module not in visiting, f"import cycle: {' -> '.join([*visiting, module])}"
+        if module in done or module not in graph:
+            return
+        visiting.append(module)
+        for imported in sorted(graph[module]):
+            visit(imported)
+        visiting.pop()
+        done.add(module)
+
+    for module in graph:
+        visit(module)
+    importers = sorted(m for m, imported in graph.items() if "testing" in imported)
+    assert importers == [], f"production modules import the test harness: {importers}"

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 from test_training_runs import actor_output, ballrun_dataset, request  # noqa: F401
+from training_toys import at_log_row, interrupt
 
 from safepolicy.training import registry
-from safepolicy.training.loop import ScalarLog, TrainingError, train
+from safepolicy.training.loop import TrainingError, train
 
 TOY = "toy-two-stage"
 
@@ -75,19 +76,9 @@ def test_stages_run_in_order_and_checkpoint_at_each_end(
 def test_a_run_killed_mid_stage_resumes_to_the_same_result(
         ballrun_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     whole = train(toy_request(ballrun_dataset, tmp_path / "whole"))
-    calls = {"n": 0}
-    original_add = ScalarLog.add
-
-    def dying_add(self: ScalarLog, values: dict) -> None:
-        calls["n"] += 1
-        if calls["n"] == 47:  # in the policy stage, after the step-40 checkpoint
-            raise KeyboardInterrupt
-        original_add(self, values)
-
-    monkeypatch.setattr(ScalarLog, "add", dying_add)
+    at_log_row(monkeypatch, 47, interrupt)  # in the policy stage, after the step-40 checkpoint
     with pytest.raises(KeyboardInterrupt):
         train(toy_request(ballrun_dataset, tmp_path / "killed"))
-    monkeypatch.setattr(ScalarLog, "add", original_add)
     state = torch.load(tmp_path / "killed" / "checkpoints" / "last.pt", weights_only=False)
     assert state["step"] == 40  # mid-stage: 10 steps into "policy"
     started = record_stage_starts(monkeypatch)

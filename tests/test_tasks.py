@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from safepolicy.tasks import UnknownTaskError, get_task, make_env, registry
+from safepolicy.tasks import UnknownTaskError, env_spaces, get_task, make_env, registry, task_key
 
 FAST_TASKS = ["BallRun", "CarCircle", "BallCircle", "CarRun", "DroneRun", "AntRun"]
 
@@ -27,6 +27,31 @@ def test_unknown_task_lists_known_names() -> None:
         get_task("BallRunn")
     message = str(error.value)
     assert "BallRunn" in message and "BallRun" in message and "PointGoal1" in message
+    assert "did you mean BallRun?" in message
+
+
+@pytest.mark.parametrize(("spelling", "task"), [
+    ("ballrun", "BallRun"), ("BALLRUN", "BallRun"), ("SafetyBallRun-v0", "BallRun"),
+    ("OfflineBallRun-v0", "BallRun"), ("OfflinePointGoal1Gymnasium-v0", "PointGoal1"),
+    ("OfflineHalfCheetahVelocityGymnasium-v1", "HalfCheetahVelocity"),
+    ("SafetyCarCircle1-v0", "CarCircle1"), ("carcircle", "CarCircle"),
+])
+def test_task_names_accept_every_common_spelling(spelling: str, task: str) -> None:
+    assert get_task(spelling).name == task
+
+
+def test_every_task_has_its_own_spelling_key() -> None:
+    keys = [task_key(name) for name in registry()]
+    assert len(set(keys)) == len(keys)
+    assert all(get_task(spec.env_id).name == name for name, spec in registry().items())
+
+
+def test_env_spaces_are_probed_once_per_task() -> None:
+    spec = get_task("BallRun")
+    spaces = env_spaces(spec)
+    assert (spaces.obs_dim, spaces.action_dim) == (7, 2)
+    assert spaces.action_low == (-1.0, -1.0) and spaces.action_high == (1.0, 1.0)
+    assert env_spaces(spec) is spaces  # cached: no second environment is built
 
 
 def test_normalised_scores_follow_dsrl() -> None:

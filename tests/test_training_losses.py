@@ -7,6 +7,7 @@ import torch
 
 from safepolicy.training.losses import (
     awr_weights,
+    ensemble_estimate,
     ensemble_mse,
     expectile_loss,
     reduce_members,
@@ -60,3 +61,14 @@ def test_sac_temperature_falls_when_entropy_is_above_target_and_rises_below() ->
         assert -log_temperature.grad.item() * direction > 0  # gradient descent moves that way
     temperature = torch.tensor(0.5)
     assert sac_actor_loss(torch.ones(2), torch.full((2,), -2.0), temperature).item() == -2.0
+
+
+def test_ensemble_estimates_are_mean_max_and_mean_plus_k_std() -> None:
+    # two states; members (1, 3, 5) and (2, 2, 2): std 2 and 0
+    q = torch.tensor([[1.0, 2.0], [3.0, 2.0], [5.0, 2.0]])
+    assert torch.equal(ensemble_estimate(q, "mean"), torch.tensor([3.0, 2.0]))
+    assert torch.equal(ensemble_estimate(q, "max"), torch.tensor([5.0, 2.0]))
+    assert torch.allclose(ensemble_estimate(q, "ucb", ucb_k=1.5), torch.tensor([6.0, 2.0]))
+    assert torch.equal(ensemble_estimate(q[:1], "ucb", ucb_k=3.0), q[0])  # no spread to add
+    with pytest.raises(ValueError, match="one of"):
+        ensemble_estimate(q, "median")

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from training_toys import at_log_row, interrupt
 
 from safepolicy.collect import main as collect_main
 from safepolicy.training.checkpoint import load_actor
-from safepolicy.training.loop import ScalarLog, TrainingError, TrainRequest, train
+from safepolicy.training.loop import TrainingError, TrainRequest, train
 
 SMALL = {"run.hidden_sizes": "32,32", "run.batch_size": "64", "run.eval_episodes": "0",
          "run.checkpoint_every": "20", "run.log_every": "10"}
@@ -53,19 +54,9 @@ def test_same_seed_gives_the_same_actor(ballrun_dataset: Path, tmp_path: Path,
 def test_a_killed_run_resumes_to_the_same_result(ballrun_dataset: Path, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     uninterrupted = train(request(ballrun_dataset, tmp_path / "whole"))
-    calls = {"n": 0}
-    original_add = ScalarLog.add
-
-    def dying_add(self: ScalarLog, values: dict) -> None:
-        calls["n"] += 1
-        if calls["n"] == 47:  # killed after the step-40 checkpoint
-            raise KeyboardInterrupt
-        original_add(self, values)
-
-    monkeypatch.setattr(ScalarLog, "add", dying_add)
+    at_log_row(monkeypatch, 47, interrupt)  # killed after the step-40 checkpoint
     with pytest.raises(KeyboardInterrupt):
         train(request(ballrun_dataset, tmp_path / "killed"))
-    monkeypatch.setattr(ScalarLog, "add", original_add)
     assert not (tmp_path / "killed" / "actor.pt").exists()
     resumed = train(request(ballrun_dataset, tmp_path / "killed", resume=True))
     assert torch.equal(actor_output(uninterrupted), actor_output(resumed))

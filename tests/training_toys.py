@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 from pydantic import Field
 from torch.nn import functional as F
@@ -14,11 +16,37 @@ from safepolicy.training.algorithms.base import Logs, TrainingContext, adam
 from safepolicy.training.algorithms.td3bc import TD3BCConfig, TD3BCOracle
 from safepolicy.training.config import Config, param
 from safepolicy.training.data import OfflineBuffer
+from safepolicy.training.loop import ScalarLog
 from safepolicy.training.multipliers import FixedMultiplier
 from safepolicy.training.networks import SquashedGaussianActor
 from safepolicy.training.registry import AlgorithmSpec, Stage
 
 TOY_EPISODE_LENGTH = 10
+
+
+def at_log_row(monkeypatch: pytest.MonkeyPatch, call: int, action: Callable[[], None]) -> None:
+    """Run ``action`` inside the loop's ``call``-th ``ScalarLog.add`` (1-based), once.
+
+    Every update logs through ``ScalarLog.add``, so this lands a kill (``interrupt``) or an
+    operator's interference between two updates at a known step. Later calls pass through, so a
+    resumed run in the same test is not affected.
+    """
+    original_add = ScalarLog.add
+    calls = 0
+
+    def add(self: ScalarLog, values: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == call:
+            action()
+        original_add(self, values)
+
+    monkeypatch.setattr(ScalarLog, "add", add)
+
+
+def interrupt() -> None:
+    """What Ctrl-C or a SIGTERM turned into KeyboardInterrupt does to the loop."""
+    raise KeyboardInterrupt
 
 
 def speed_cost_dataset(transitions: int = 4000, seed: int = 0) -> Dataset:

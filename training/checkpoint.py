@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 import torch
 
+from safepolicy.errors import SafepolicyError
 from safepolicy.fileio import atomic_write
 from safepolicy.training.networks import SquashedGaussianActor
 
@@ -30,7 +30,7 @@ ACTOR_FORMAT = "safepolicy.actor/v1"
 ACTOR_FILENAME = "actor.pt"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(SafepolicyError, ValueError):
     """A checkpoint that is missing, of the wrong kind, or damaged."""
 
 
@@ -58,26 +58,6 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def code_version() -> str:
-    """The git commit of this checkout (``+dirty`` when modified), or the package version."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        def git(*args: str) -> str:
-            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
-                                  check=True, timeout=5).stdout.strip()
-
-        commit = git("rev-parse", "--short", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
-        return commit + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            return "safepolicy " + version("safepolicy")
-        except PackageNotFoundError:
-            return "unknown"
 
 
 def atomic_torch_save(payload: dict[str, Any], path: str | os.PathLike[str]) -> Path:

@@ -3,30 +3,40 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from safepolicy.datasets import DatasetError
-from safepolicy.tasks import UnknownTaskError
-from safepolicy.training.checkpoint import CheckpointError
-from safepolicy.training.config import ConfigError, RunConfig, describe
+from safepolicy.cli import HelpFormatter, add_quiet_flag, report_error
+from safepolicy.errors import SafepolicyError
+from safepolicy.training.config import RunConfig, describe
 from safepolicy.training.registry import algorithm_names, algorithm_spec
 
+# torch, the gyms and h5py are imported in main() after parsing: `train --help` stays fast
+# --dataset is checked by the loop instead: an online algorithm (sac-lag) runs without one
+REQUIRED = ("--task", "--cost-limit", "--out")
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser(require_run_flags: bool = True) -> argparse.ArgumentParser:
+    """The options of ``safepolicy train``; ``--print-config`` alone needs none of REQUIRED."""
     parser = argparse.ArgumentParser(
-        prog="safepolicy train",
+        prog="safepolicy train", formatter_class=HelpFormatter,
         description="Train a policy offline from a DSRL-format dataset. Ends in RUN_DIR/actor.pt.")
     parser.add_argument("algorithm", choices=algorithm_names())
-    parser.add_argument("--task", help="DSRL task name, e.g. BallRun (see `safepolicy tasks`)")
-    parser.add_argument("--dataset", type=Path, help="DSRL-format HDF5 file")
-    parser.add_argument("--cost-limit", type=float, help="episode cost budget kappa")
-    parser.add_argument("--out", type=Path, help="run directory to create (or resume)")
+    run = parser.add_argument_group("required arguments")
+    run.add_argument("--task", required=require_run_flags,
+                     help="task name, e.g. BallRun (see `safepolicy tasks`)")
+    run.add_argument("--dataset", type=Path, metavar="FILE.h5",
+                     help="DSRL-format HDF5 file (not needed by sac-lag)")
+    run.add_argument("--cost-limit", type=float, required=require_run_flags, metavar="KAPPA",
+                     help="episode cost budget kappa")
+    run.add_argument("--out", type=Path, required=require_run_flags, metavar="RUN_DIR",
+                     help="run directory to create (or resume)")
     parser.add_argument("--steps", type=int, help="gradient updates (default: the config's)")
     parser.add_argument("--online-steps", type=int,
                         help="online finetuning length in vector env steps (marvel; the same as "
                              "--set online_steps=N)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of everything random")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--resume", action="store_true",
                         help="continue RUN_DIR from its last checkpoint")
@@ -44,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "it (RUN_DIR or RUN_DIR/checkpoints/stage-STAGE.pt)")
     parser.add_argument("--print-config", action="store_true",
                         help="print every hyperparameter with its meaning and paper value")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_quiet_flag(parser)
     return parser
 
 
@@ -56,22 +66,34 @@ def print_config(algorithm: str) -> None:
     rows = describe(RunConfig(), "run.") + describe(spec.config_type())
     width = max(len(name) for name, *_ in rows)
     for name, value, help_text, paper in rows:
+        paper = paper.removeprefix("paper:").strip()  # some configs write "paper: K=5"
         paper_note = f"  [paper: {paper}]" if paper else ""
         print(f"{name:<{width}}  {value!s:<12}  {help_text}{paper_note}")
 
 
+def summary_line(run_dir: Path) -> str:
+    """The one line ``train`` ends with: where the actor is and how its evaluation went."""
+    line = f"wrote {run_dir / 'actor.pt'}"
+    evaluation_path = run_dir / "evaluation.json"
+    if evaluation_path.exists():
+        e = json.loads(evaluation_path.read_text())
+        line += (f"; evaluation over {e['episodes']} episodes: normalised reward "
+                 f"{e['normalized_reward']:.3f}, normalised cost {e['normalized_cost']:.3f} "
+                 f"(mean cost {e['cost_mean']:.2f}, limit {e['cost_limit']:g}, violation rate "
+                 f"{e['violation_rate']:.2f})")
+    if (run_dir / "curves.png").exists():
+        line += f"; curves {run_dir / 'curves.png'}"
+    return line
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``safepolicy train`` and ``python -m safepolicy.training``."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(require_run_flags="--print-config" not in argv)
     args = parser.parse_args(argv)
     if args.print_config:
         print_config(args.algorithm)
         return 0
-    # --dataset is checked by the loop: an online algorithm (sac-lag) runs without one
-    missing = [flag for flag, value in (("--task", args.task), ("--cost-limit", args.cost_limit),
-                                        ("--out", args.out)) if value is None]
-    if missing:
-        parser.error(f"missing {', '.join(missing)}")
     overrides: dict[str, str] = {}
     for item in args.overrides:
         name, sep, value = item.partition("=")
@@ -87,21 +109,17 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--reuse-stage expects STAGE=RUN_DIR, got {item!r}")
         reuse_stages[name.strip()] = Path(value.strip())
 
-    from safepolicy.training.loop import TrainingError, TrainRequest, train
+    from safepolicy.training.loop import TrainRequest, train
 
     request = TrainRequest(
         algorithm=args.algorithm, task=args.task, dataset=args.dataset,
         cost_limit=args.cost_limit, out=args.out, seed=args.seed, steps=args.steps,
         device=args.device, resume=args.resume, overrides=overrides,
-        progress=not args.no_progress, reuse_stages=reuse_stages, config_file=args.config_file)
+        progress=not args.quiet, reuse_stages=reuse_stages, config_file=args.config_file)
     try:
         run_dir = train(request)
-    except (TrainingError, DatasetError, UnknownTaskError, CheckpointError, ConfigError,
-            ValueError) as error:
-        print(f"safepolicy train: error: {error}", file=sys.stderr)
+    except (SafepolicyError, ValueError) as error:
+        report_error("safepolicy train", error)
         return 2
-    print(f"wrote {run_dir / 'actor.pt'}")
-    evaluation = run_dir / "evaluation.json"
-    if evaluation.exists():
-        print(evaluation.read_text())
+    print(summary_line(run_dir))
     return 0

@@ -19,8 +19,10 @@ from typing import Annotated, Any, Literal, cast
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 
+from safepolicy.errors import SafepolicyError
 
-class ConfigError(ValueError):
+
+class ConfigError(SafepolicyError, ValueError):
     """A setting that does not fit its field, with what the field allows."""
 
 

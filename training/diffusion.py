@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from safepolicy.training.networks import mlp
+from safepolicy.training.networks import ObservationNormalizer, mlp
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,11 @@ class SinusoidalTimeEmbedding(nn.Module):
 
 
 class NoisePredictor(nn.Module):
-    """eps_theta(a_t, t, s): an MLP over the noisy action, a time embedding and the state."""
+    """eps_theta(a_t, t, s): an MLP over the noisy action, a time embedding and the state.
+
+    The state is normalised inside (the dataset's statistics, set by ``TrainingContext.place``;
+    identity until then), like every other network of the training core.
+    """
 
     def __init__(
         self,
@@ -79,6 +83,7 @@ class NoisePredictor(nn.Module):
     ) -> None:
         super().__init__()
         self.action_dim = action_dim
+        self.normalizer = ObservationNormalizer(state_dim)
         self.time_embedding = SinusoidalTimeEmbedding(time_dim)
         self.time_mlp = nn.Sequential(
             nn.Linear(time_dim, time_dim * 2), nn.Mish(), nn.Linear(time_dim * 2, time_dim)
@@ -92,7 +97,7 @@ class NoisePredictor(nn.Module):
     ) -> torch.Tensor:
         """Predicted noise, shape like noisy_action."""
         features = self.time_mlp(self.time_embedding(t))
-        return self.net(torch.cat([noisy_action, features, state], dim=-1))
+        return self.net(torch.cat([noisy_action, features, self.normalizer(state)], dim=-1))
 
 
 class DiffusionBehaviourModel(nn.Module):
@@ -159,10 +164,19 @@ class DiffusionBehaviourModel(nn.Module):
 
 
 def noise_prediction_loss(
-    model: DiffusionBehaviourModel, state: torch.Tensor, action: torch.Tensor
+    model: DiffusionBehaviourModel,
+    state: torch.Tensor,
+    action: torch.Tensor,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """DDPM loss: E_{t ~ U[t_min, 1], eps ~ N(0, I)} || eps_theta(a_t, t, s) - eps ||^2."""
-    t = torch.rand(action.shape[0], device=action.device) * (1.0 - model.t_min) + model.t_min
-    noise = torch.randn_like(action)
+    """DDPM loss: E_{t ~ U[t_min, 1], eps ~ N(0, I)} || eps_theta(a_t, t, s) - eps ||^2.
+
+    ``generator`` (a CPU generator, e.g. the training context's) draws t and eps, so a run is
+    replayable from its checkpoint; None uses torch's global generator.
+    """
+    batch = action.shape[0]
+    t = torch.rand(batch, generator=generator).to(action.device) * (1.0 - model.t_min)
+    t = t + model.t_min
+    noise = torch.randn(action.shape, generator=generator).to(action.device)
     noisy = model.schedule.perturb(action, t, noise)
     return (model.predict_noise(noisy, t, state) - noise).pow(2).sum(-1).mean()

@@ -10,7 +10,8 @@ A run directory holds:
   algorithm on the same task and dataset can start from it (``--reuse-stage NAME=PATH``) and
   skip that stage and those before it (e.g. one behaviour model for several cost limits);
 - ``actor.pt``: the final squashed Gaussian actor with its lineage and evaluation (the exporter's
-  input), and ``evaluation.json``.
+  input), and ``evaluation.json``;
+- ``curves.png``: losses, multiplier, cost values against their budget, final evaluation.
 
 Stages: the algorithm's spec (training/registry.py) lists named stages with their step counts;
 the loop runs them in order on one global step counter, calls ``start_stage`` when a stage
@@ -25,8 +26,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import json
 import math
+import os
 import time
 from collections import defaultdict
 from collections.abc import Mapping
@@ -34,19 +37,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from safepolicy.datasets import Dataset, load_dataset
-from safepolicy.fileio import atomic_write_text
-from safepolicy.tasks import TaskSpec, get_task
+from safepolicy.errors import SafepolicyError
+from safepolicy.fileio import atomic_write, atomic_write_text
+from safepolicy.plots import CURVES_FILENAME, plot_training_curves
+from safepolicy.tasks import TaskSpec, env_spaces, get_task
 from safepolicy.training.algorithms.base import Algorithm, Logs, TrainingContext
 from safepolicy.training.checkpoint import (
     ActorMetadata,
     atomic_torch_save,
-    code_version,
     file_sha256,
     save_actor,
 )
@@ -60,11 +63,12 @@ from safepolicy.training.registry import (
     algorithm_spec,
     checked_stages,
 )
+from safepolicy.version import code_version
 
 CHECKPOINT_FORMAT = "safepolicy.run-checkpoint/v2"
 
 
-class TrainingError(ValueError):
+class TrainingError(SafepolicyError, ValueError):
     """A run that cannot start or continue, with what to do about it."""
 
 
@@ -161,20 +165,6 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return flatten(settings)
 
 
-def task_dimensions(spec: TaskSpec) -> tuple[int, int, list[float], list[float]]:
-    """Observation and action sizes and the action bounds of the task's env."""
-    from safepolicy.tasks import make_env
-
-    env = make_env(spec)
-    try:
-        observation_space, action_space = env.observation_space, env.action_space
-        assert isinstance(action_space, gym.spaces.Box)  # every registered task is continuous
-        return (int(np.prod(observation_space.shape or ())), int(np.prod(action_space.shape)),
-                action_space.low.astype(float).tolist(), action_space.high.astype(float).tolist())
-    finally:
-        env.close()
-
-
 def check_dataset_matches_task(dataset: Dataset, spec: TaskSpec) -> tuple[list[float], list[float]]:
     """The task's action bounds, after checking the dataset was recorded for this task (when
     it says) and its dimensions agree with the task's env."""
@@ -186,13 +176,14 @@ def check_dataset_matches_task(dataset: Dataset, spec: TaskSpec) -> tuple[list[f
             f"{dataset.path}: the dataset was recorded for task {recorded!r}, not {spec.name!r}; "
             f"pass --task {recorded} or the dataset collected for {spec.name}")
 
-    obs_dim, action_dim, low, high = task_dimensions(spec)
+    spaces = env_spaces(spec)
+    obs_dim, action_dim = spaces.obs_dim, spaces.action_dim
     if dataset.obs_dim != obs_dim or dataset.action_dim != action_dim:
         raise TrainingError(
             f"{dataset.path}: observations/actions are {dataset.obs_dim}/{dataset.action_dim}-"
             f"dimensional but {spec.name} ({spec.env_id}) has {obs_dim}/{action_dim}; "
             "pass the dataset collected for this task")
-    return low, high
+    return list(spaces.action_low), list(spaces.action_high)
 
 
 class ScalarLog:
@@ -217,7 +208,7 @@ class ScalarLog:
 
     def write_row(self, step: int, wall_seconds: float, stage: str) -> dict[str, float | str]:
         """Append the averages since the last row (the one host read-back per row)."""
-        row: dict[str, float | str] = {"step": float(step), "stage": stage,
+        row: dict[str, float | str] = {"step": step, "stage": stage,
                                        "wall_seconds": wall_seconds}
         row.update({k: float(self.sums[k]) / self.counts[k] for k in sorted(self.sums)})
         known = self.columns or []
@@ -237,14 +228,20 @@ class ScalarLog:
             with self.path.open(newline="") as handle:
                 rows = list(csv.DictReader(handle))
         self.columns = columns
-        with self.path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns, restval="")
-            writer.writeheader()
-            writer.writerows(rows)
+
+        def rewrite(temporary: Path) -> None:
+            with temporary.open("w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=columns, restval="")
+                writer.writeheader()
+                writer.writerows(rows)
+
+        if not self.path.parent.is_dir():  # deleted mid-run: fail, never quietly recreate it
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(self.path))
+        atomic_write(self.path, rewrite)  # a crash mid-rewrite must not lose the earlier rows
 
 
 def evaluate_actor(actor: SquashedGaussianActor, spec: TaskSpec, cost_limit: float,
-                   run_config: RunConfig) -> dict[str, Any]:
+                   run_config: RunConfig, progress: bool = False) -> dict[str, Any]:
     """Deterministic actor in the real environment on the fixed seed list, DSRL-normalised."""
     from safepolicy.rollout import rollout_episodes
 
@@ -256,7 +253,8 @@ def evaluate_actor(actor: SquashedGaussianActor, spec: TaskSpec, cost_limit: flo
         return actor(batch).cpu().numpy()
 
     records = rollout_episodes(policy, spec, run_config.eval_episodes, seed=run_config.eval_seed,
-                               num_envs=min(run_config.eval_envs, run_config.eval_episodes))
+                               num_envs=min(run_config.eval_envs, run_config.eval_episodes),
+                               progress=progress)
     returns = np.array([r.episode_return for r in records])
     costs = np.array([r.episode_cost for r in records])
     return {
@@ -285,7 +283,9 @@ def build_context(dataset: Dataset | None, spec: TaskSpec, run_config: RunConfig
 
     buffer = None
     if dataset is None:
-        obs_dim, action_dim, action_low, action_high = task_dimensions(spec)
+        spaces = env_spaces(spec)
+        obs_dim, action_dim = spaces.obs_dim, spaces.action_dim
+        action_low, action_high = list(spaces.action_low), list(spaces.action_high)
     else:
         action_low, action_high = check_dataset_matches_task(dataset, spec)
         obs_dim, action_dim = dataset.obs_dim, dataset.action_dim
@@ -480,10 +480,14 @@ def train(request: TrainRequest) -> Path:
 
     actor = algorithm.actor
     actor.eval()
-    evaluation = (evaluate_actor(actor, task, request.cost_limit, run_config)
+    evaluation = (evaluate_actor(actor, task, request.cost_limit, run_config,
+                                 progress=request.progress)
                   if run_config.eval_episodes > 0 else None)
     if evaluation is not None:
         atomic_write_text(out / "evaluation.json", json.dumps(evaluation, indent=2))
+    if (out / "scalars.csv").exists():  # absent when reused stages left nothing to train
+        plot_training_curves(out / "scalars.csv", out / CURVES_FILENAME, request.cost_limit,
+                             evaluation)
     metadata = ActorMetadata(
         task=task.name, env_id=task.env_id, algorithm=request.algorithm,
         cost_limit=request.cost_limit, seed=request.seed,

@@ -29,6 +29,30 @@ def reduce_members(q_values: torch.Tensor, reduction: str) -> torch.Tensor:
     raise ValueError(f"ensemble reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
 
+def upper_confidence_bound(q_values: torch.Tensor, k: float) -> torch.Tensor:
+    """mean + k * std over an ensemble group [members, batch]: a pessimistic cost estimate.
+
+    Members disagree most where the data is thin, so the bound rises exactly where a policy
+    leaves the data; std is the unbiased sample std (0 for a single member).
+    """
+    if q_values.shape[0] < 2:
+        return q_values[0]
+    return q_values.mean(dim=0) + k * q_values.std(dim=0)
+
+
+ESTIMATES = ("mean", "max", "ucb")
+
+
+def ensemble_estimate(q_values: torch.Tensor, estimate: str, ucb_k: float = 1.0) -> torch.Tensor:
+    """One value per sample from an ensemble group [members, batch]: the members' mean, their
+    max, or the upper confidence bound mean + ucb_k * std (``ESTIMATES``)."""
+    if estimate == "ucb":
+        return upper_confidence_bound(q_values, ucb_k)
+    if estimate in ("mean", "max"):
+        return reduce_members(q_values, estimate)
+    raise ValueError(f"ensemble estimate must be one of {ESTIMATES}, got {estimate!r}")
+
+
 def reduce_groups(q_values: torch.Tensor, sizes: Sequence[int], reductions: Sequence[str],
                   ) -> list[torch.Tensor]:
     """Split a stacked ensemble into its groups and reduce each with its own rule."""

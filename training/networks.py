@@ -138,18 +138,6 @@ def squashed_gaussian_log_prob(pre_squash: torch.Tensor, mean: torch.Tensor, log
     return (gaussian - jacobian).sum(dim=-1)
 
 
-class DeterministicActor(nn.Module):
-    """A tanh-squashed deterministic policy, scaled to the bounds (TD3-style actors)."""
-
-    def __init__(self, obs_dim: int, action_dim: int, hidden_sizes: Sequence[int] = (256, 256)):
-        super().__init__()
-        self.normalizer = ObservationNormalizer(obs_dim)
-        self.trunk = mlp(obs_dim, action_dim, hidden_sizes)
-
-    def forward(self, observations: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.trunk(self.normalizer(observations)))
-
-
 class EnsembleLinear(nn.Module):
     """N independent linear layers applied as one batched matmul: [N, B, in] -> [N, B, out]."""
 

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from safepolicy.errors import SafepolicyError
+
 if TYPE_CHECKING:
     from safepolicy.training.algorithms.base import Algorithm, TrainingContext
     from safepolicy.training.config import Config, RunConfig
@@ -23,10 +25,11 @@ REGISTRY: dict[str, str] = {
     "sac-lag": "safepolicy.training.algorithms.sac_lag:SPEC",
     "cpq": "safepolicy.training.algorithms.cpq:SPEC",
     "marvel": "safepolicy.training.algorithms.marvel:SPEC",
+    "drcorl": "safepolicy.training.algorithms.drcorl:SPEC",
 }
 
 
-class UnknownAlgorithmError(ValueError):
+class UnknownAlgorithmError(SafepolicyError, ValueError):
     """An algorithm name that is not in the registry."""
 
 

@@ -165,9 +165,3 @@ def per_step_budget(cost_limit: float, gamma: float, episode_length: int, mode: 
     if mode == "episode":
         return cost_limit / episode_length
     raise ValueError(f"per_step_budget must be 'paper' or 'episode', got {mode!r}")
-
-
-def lagrangian_reward(rewards: torch.Tensor, costs: torch.Tensor, lagrange_multiplier: float,
-                      budget_per_step: float) -> torch.Tensor:
-    """O3SRL's modified reward r' = r - lambda * (c - b)."""
-    return rewards - lagrange_multiplier * (costs - budget_per_step)

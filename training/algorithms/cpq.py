@@ -12,7 +12,7 @@ CPQ is Marvel's offline stage (seed 002) and an offline algorithm on its own
    - reward: (Q(s, a) - [r + gamma (1 - d) 1[Qc'(s', a') <= qc_limit] Q'(s', a')])^2, i.e. the
      reward Q is backed up only through next actions whose cost Q is within the threshold;
    - alpha_p (the penalty weight, a dual variable) moves towards keeping E_ood Qc >= qc_thres:
-     log alpha_p += lr * alpha_p * (qc_thres - E_ood Qc), clamped to [-5, 5] (OSRL);
+     log alpha_p += lr * alpha_p * (qc_thres - E_ood Qc), clamped to [-5, 5] (OSRL's rule);
 3. the actor, a squashed Gaussian (the project's exported policy form), minimises
    E[alpha log pi(a|s) - 1[Qc(s, a) <= qc_limit] Q(s, a)], a ~ pi(s) reparameterised, and the
    SAC temperature alpha is tuned towards the target entropy -|A|;
@@ -38,7 +38,19 @@ Departures from OSRL (osrl-lib 0.1.0) and the paper, and why:
 - The OOD set is the top-k of the KL scores, k = ceil(ood_fraction * draws), instead of
   ``KL >= quantile(KL, 0.75)``: the same set up to ties, with a fixed size, so the penalised
   critic pass needs no host sync and evaluates only those k draws (a quarter of OSRL's work
-  there). E_ood Qc is OSRL's mean over all draws of 1[OOD] * Qc, i.e. sum over the k / draws.
+  there). E_ood Qc is the mean over those k draws (the paper's E_{a~nu} Qc). OSRL divides the
+  sum over the OOD draws by all draws (its mean over draws of 1[OOD] * Qc), which asks OOD
+  cost Q to reach 1 / ood_fraction = 4x qc_thres. With the penalty's gradient live, that form
+  took the mean OOD cost Q of a BallRun run (limit 10, 4,000 steps) to about 275 against
+  qc_thres 9.5, its critic TD loss grew to about 2,100, and it ended unsafe (normalised cost
+  2.95; benchmarks/results/quality-cpq-osrl-ood-mean).
+- The penalty weight's step size is 3e-3, not OSRL's 1e-4. OSRL's rate moves a dual whose
+  penalty never reaches the critic; with the live penalty the linear term -alpha_p E_ood Qc
+  pushes OOD cost Q up at a constant force until alpha_p falls, and at 1e-4 it falls too
+  slowly: on BallRun (limit 10, 64-wide nets, batch 128, 600 steps; `train cpq --set
+  penalty_lr=...`) E_ood Qc reached 27 against qc_thres 9.5 and was still rising, the critic
+  TD loss at 65 and growing; at 3e-3 E_ood Qc was 10.4 and the TD loss 4.8 at step 600; at
+  3e-2, 5.3 (below the target) and 0.9.
 - The cost target is masked at terminal states, (1 - d); OSRL's cost backup has no mask.
 - The actor is SAC-style, with an entropy bonus and automatic temperature (``entropy="auto"``);
   OSRL's CPQ actor loss has no entropy term (``entropy="off"`` reproduces it). Marvel finetunes
@@ -114,8 +126,8 @@ class CPQConfig(Config):
     critic_lr: float = param(1e-3, "reward and cost critic learning rate", "OSRL: 1e-3",
                              gt=0.0)
     vae_lr: float = param(1e-3, "VAE learning rate", "OSRL: 1e-3", gt=0.0)
-    penalty_lr: float = param(1e-4, "step size of the OOD penalty weight alpha_p",
-                              "OSRL alpha_lr: 1e-4", gt=0.0)
+    penalty_lr: float = param(3e-3, "step size of the OOD penalty weight alpha_p",
+                              "OSRL alpha_lr: 1e-4 (see the departures)", gt=0.0)
     log_penalty_bound: float = param(5.0, "log alpha_p is clamped to [-bound, bound]",
                                      "OSRL: 5", gt=0.0)
     qc_scalar: float = param(1.5, "OOD cost Q is pushed to qc_scalar * qc_limit",
@@ -276,10 +288,8 @@ class CPQ:
         targets = self.targets(batch, next_noise)
         ood_observations, ood_actions = self.ood_draws(batch.observations, ood_noise)
         td_loss = ensemble_mse(self.critic(batch.observations, batch.actions), targets)
-        # E_ood Qc per cost member: OSRL's mean over all draws of 1[OOD] Qc
-        draws = self.config.sample_actions * batch.observations.shape[0]
-        ood_cost = self.critic(ood_observations, ood_actions,
-                               members=self.cost_members).sum(dim=1) / draws
+        # E_{a ~ nu} Qc per cost member: the mean over the OOD draws (the paper's expectation)
+        ood_cost = self.critic(ood_observations, ood_actions, members=self.cost_members).mean(1)
         penalty = self.log_penalty.exp() * (ood_cost - self.qc_target).sum()
         loss = td_loss - penalty
         self.critic_optimizer.zero_grad(set_to_none=True)

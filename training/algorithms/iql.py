@@ -29,6 +29,7 @@ from safepolicy.training.config import Config, param
 from safepolicy.training.data import Batch
 from safepolicy.training.losses import (
     awr_weights,
+    ensemble_estimate,
     ensemble_mse,
     expectile_loss,
     reduce_groups,
@@ -117,12 +118,14 @@ class IQLOracle:
                 "loss/actor": actor_loss.detach()}
 
     @torch.no_grad()
-    def value_estimates(self, observations: torch.Tensor) -> tuple[float, float]:
-        """Mean Q_r(s, pi(s)) and Q_c(s, pi(s)) at the policy's deterministic actions."""
+    def value_estimates(self, observations: torch.Tensor, cost_estimate: str = "mean",
+                        ucb_k: float = 1.0) -> tuple[float, float]:
+        """Mean Q_r(s, pi(s)) and the cost critics' estimate of Q_c(s, pi(s))
+        (``losses.ensemble_estimate``) at the policy's deterministic actions."""
         actions = torch.tanh(self.actor.distribution(observations)[0])
         q = self.critic(observations, actions)
         return (self.critic.group(q, "reward").mean().item(),
-                self.critic.group(q, "cost").mean().item())
+                ensemble_estimate(self.critic.group(q, "cost"), cost_estimate, ucb_k).mean().item())
 
     def state_dict(self) -> dict[str, Any]:
         return component_states(self, self.COMPONENTS)

@@ -79,6 +79,11 @@ class O3SRLConfig(Config):
                                "derived; see o3srl.py", ge=0.0, le=1.0)
     value_batch: int = param(1024, "dataset states averaged for the round's value estimate",
                              "not stated", ge=1)
+    cost_value_estimate: Literal["mean", "max", "ucb"] = param(
+        "mean", "how the bandit reads V_c from the cost critics per state: their mean, max, or "
+        "mean + ucb_k * std", "paper: the critic's value (mean)")
+    ucb_k: float = param(1.0, "k of the upper confidence bound (cost_value_estimate=ucb)",
+                         "not in the paper", ge=0.0)
     per_step_budget: Literal["episode", "paper"] = param(
         "episode", "per-step cost budget: kappa / T (episode) or (1 - gamma) kappa (paper)",
         "paper: (1 - gamma) kappa")
@@ -133,7 +138,8 @@ class O3SRL:
         buffer = self.context.offline
         index = torch.randint(buffer.size, (self.config.value_batch,),
                               generator=self.context.generator).to(buffer.device)
-        reward_value, cost_value = self.oracle.value_estimates(buffer.observations[index])
+        reward_value, cost_value = self.oracle.value_estimates(
+            buffer.observations[index], self.config.cost_value_estimate, self.config.ucb_k)
         round_logs = self.multiplier.update(cost_value, self.budget_value)
         logs = {key.replace("multiplier/", "o3srl/"): value for key, value in round_logs.items()}
         logs.update({"o3srl/reward_value": reward_value, "o3srl/cost_value": cost_value,

@@ -48,7 +48,13 @@ from safepolicy.training.algorithms.base import (
 )
 from safepolicy.training.config import Config, param
 from safepolicy.training.data import Batch
-from safepolicy.training.losses import ensemble_mse, log_std_loss, td3bc_actor_loss, td_targets
+from safepolicy.training.losses import (
+    ensemble_estimate,
+    ensemble_mse,
+    log_std_loss,
+    td3bc_actor_loss,
+    td_targets,
+)
 from safepolicy.training.networks import SquashedGaussianActor
 
 
@@ -66,6 +72,9 @@ class TD3BCConfig(Config):
                          "TD3+BC: 2.5", ge=0.0)
     critics_per_signal: int = param(2, "critics for reward and for cost (clipped double Q)",
                                     "TD3: 2", ge=1)
+    cost_critics: int = param(0, "cost critics when they should differ from the reward's "
+                              "(0: critics_per_signal); a larger ensemble gives the pessimistic "
+                              "cost estimates room to disagree", "TD3: 2", ge=0)
     q_scale_ema: float = param(0.0, "0: lambda_bc from this batch's mean|Q'(s, pi(s))| "
                                "(TD3+BC); > 0: from its running average at this rate, one scale "
                                "for all arms", "TD3+BC: per batch", ge=0.0, le=1.0)
@@ -85,7 +94,8 @@ class TD3BCOracle:
                                                context.episode_length, per_step_budget_mode)
         self.actor = context.new_actor()
         self.critic = context.new_critics({"reward": config.critics_per_signal,
-                                           "cost": config.critics_per_signal})
+                                           "cost": config.cost_critics
+                                           or config.critics_per_signal})
         # the actor reads the first critic of each group (TD3)
         self.first_critics = [self.critic.members("reward")[0], self.critic.members("cost")[0]]
         self.target_actor = copy.deepcopy(self.actor).requires_grad_(False)
@@ -165,11 +175,16 @@ class TD3BCOracle:
         return self.running_q_scale
 
     @torch.no_grad()
-    def value_estimates(self, observations: torch.Tensor) -> tuple[float, float]:
-        """Mean reward and cost values Q_r(s, pi(s)), Q_c(s, pi(s)) over ``observations``."""
+    def value_estimates(self, observations: torch.Tensor, cost_estimate: str = "mean",
+                        ucb_k: float = 1.0) -> tuple[float, float]:
+        """Mean Q_r(s, pi(s)) and the cost ensemble's estimate of Q_c(s, pi(s)) over states.
+
+        ``cost_estimate`` reduces the cost critics per state (``losses.ensemble_estimate``:
+        mean, max or mean + ucb_k * std) before the mean over ``observations``.
+        """
         q = self.critic(observations, self.unit_action(self.actor, observations))
         return (self.critic.group(q, "reward").mean().item(),
-                self.critic.group(q, "cost").mean().item())
+                ensemble_estimate(self.critic.group(q, "cost"), cost_estimate, ucb_k).mean().item())
 
     def state_dict(self) -> dict[str, Any]:
         return {**component_states(self, self.COMPONENTS), "updates": self.updates,
@@ -181,3 +196,4 @@ class TD3BCOracle:
         running = state.get("running_q_scale")
         self.running_q_scale = (None if running is None
                                 else torch.as_tensor(running, device=self.context.device))
+

@@ -46,6 +46,6 @@ name=$(echo "$task-$ALGORITHM-s$seed-c$limit" | tr '[:upper:]' '[:lower:]')
 echo "index $1: task=$task seed=$seed cost_limit=$limit -> $name"
 run="$WORK/runs/$name"
 safepolicy train "$ALGORITHM" --task "$task" --dataset "$WORK/datasets/$task.h5" \
-  --cost-limit "$limit" --seed "$seed" --out "$run" --resume --no-progress
-version_dir=$(safepolicy export --run "$run" --repo "$MODELS" --name "$name" --quiet)
-safepolicy audit --policy "$version_dir" --episodes 50 --out "$WORK/audits/$name" --no-progress
+  --cost-limit "$limit" --seed "$seed" --out "$run" --resume --quiet
+version_dir=$(safepolicy export --run "$run" --repo "$MODELS" --name "$name" --print-path)
+safepolicy audit --policy "$version_dir" --episodes 50 --out "$WORK/audits/$name" --quiet
