@@ -12,9 +12,11 @@ from safepolicy.audit.report import AuditReport
 def compare_markdown(reports: Sequence[AuditReport], labels: Sequence[str] | None = None) -> str:
     """One row per report: policy, task, limit, verdict, bound, costs, rewards, violations."""
     labels = list(labels) if labels is not None else [str(i + 1) for i in range(len(reports))]
-    header = ("| report | policy | version | task | limit | episodes | verdict | cost UCB "
-              "| mean cost | CVaR cost | violation rate | mean return | normalised reward "
-              "| normalised cost |")
+    header = (
+        "| report | policy | version | task | limit | episodes | verdict | cost UCB "
+        "| mean cost | CVaR cost | violation rate | mean return | normalised reward "
+        "| normalised cost |"
+    )
     lines = [header, "|" + "---|" * 14]
     for label, r in zip(labels, reports, strict=True):
         s = r.statistics
@@ -29,15 +31,18 @@ def compare_markdown(reports: Sequence[AuditReport], labels: Sequence[str] | Non
     tasks = {r.task for r in reports}
     notes = []
     if len(tasks) > 1:
-        notes.append(f"Note: the reports cover different tasks ({', '.join(sorted(tasks))}); "
-                     "compare normalised scores across tasks, not raw ones.")
+        notes.append(
+            f"Note: the reports cover different tasks ({', '.join(sorted(tasks))}); "
+            "compare normalised scores across tasks, not raw ones."
+        )
     if len({r.cost_limit for r in reports}) > 1:
         notes.append("Note: the reports judge against different cost limits.")
     return "\n".join(["# Audit comparison", "", *lines, "", *notes]).rstrip() + "\n"
 
 
-def compare_plot(reports: Sequence[AuditReport], labels: Sequence[str],
-                 out_png: str | os.PathLike[str]) -> Path:
+def compare_plot(
+    reports: Sequence[AuditReport], labels: Sequence[str], out_png: str | os.PathLike[str]
+) -> Path:
     """The comparison as a PNG: normalised reward, and cost bound and mean over each limit."""
     from safepolicy.plots import plot_audit_comparison
 

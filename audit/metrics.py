@@ -50,23 +50,37 @@ def report_labels(report: AuditReport) -> tuple[str, str, str]:
 
 def _gauges(reports: Iterable[AuditReport]) -> list[GaugeMetricFamily]:
     specs = [
-        ("passed", "1 when the latest audit of this version passed, 0 when it failed",
-         lambda r: 1.0 if r.verdict == "PASS" else 0.0),
-        ("episode_cost_upper_bound", "one-sided upper confidence bound on expected episode cost",
-         lambda r: r.statistics.cost_upper_bound),
+        (
+            "passed",
+            "1 when the latest audit of this version passed, 0 when it failed",
+            lambda r: 1.0 if r.verdict == "PASS" else 0.0,
+        ),
+        (
+            "episode_cost_upper_bound",
+            "one-sided upper confidence bound on expected episode cost",
+            lambda r: r.statistics.cost_upper_bound,
+        ),
         ("cost_limit", "episode cost limit the audit judged against", lambda r: r.cost_limit),
         ("confidence_ratio", "confidence level of the upper bound", lambda r: r.confidence),
         ("episode_cost_mean", "mean episode cost", lambda r: r.statistics.costs.mean),
-        ("episode_cost_cvar", "mean cost of the worst cvar_alpha fraction of episodes",
-         lambda r: r.statistics.cost_cvar),
+        (
+            "episode_cost_cvar",
+            "mean cost of the worst cvar_alpha fraction of episodes",
+            lambda r: r.statistics.cost_cvar,
+        ),
         ("episode_return_mean", "mean episode return", lambda r: r.statistics.returns.mean),
-        ("violation_ratio", "fraction of episodes whose cost exceeded the limit",
-         lambda r: r.statistics.violation_rate),
+        (
+            "violation_ratio",
+            "fraction of episodes whose cost exceeded the limit",
+            lambda r: r.statistics.violation_rate,
+        ),
         ("episodes", "episodes in the latest audit", lambda r: float(r.episodes)),
-        ("last_run_timestamp_seconds", "Unix time the latest audit finished",
-         lambda r: r.created_at.timestamp()),
-        ("duration_seconds", "wall time of the latest audit's rollouts",
-         lambda r: r.wall_seconds),
+        (
+            "last_run_timestamp_seconds",
+            "Unix time the latest audit finished",
+            lambda r: r.created_at.timestamp(),
+        ),
+        ("duration_seconds", "wall time of the latest audit's rollouts", lambda r: r.wall_seconds),
     ]
     reports = list(reports)
     families = []
@@ -106,9 +120,15 @@ def push_report(report: AuditReport, gateway: str, timeout: float = 10.0) -> Non
     registry.register(ReportCollector([report]))
     policy, version, task = report_labels(report)
     try:
-        push_to_gateway(gateway, job=PUSH_JOB, registry=registry, timeout=timeout,
-                        grouping_key={"policy": policy, "version": version, "task": task})
+        push_to_gateway(
+            gateway,
+            job=PUSH_JOB,
+            registry=registry,
+            timeout=timeout,
+            grouping_key={"policy": policy, "version": version, "task": task},
+        )
     except OSError as error:  # URLError and HTTPError are OSErrors
-        raise PushError(f"cannot push audit metrics to the Pushgateway at {gateway} ({error}); "
-                        f"check --pushgateway (e.g. http://localhost:9091) and that it runs"
-                        ) from error
+        raise PushError(
+            f"cannot push audit metrics to the Pushgateway at {gateway} ({error}); "
+            f"check --pushgateway (e.g. http://localhost:9091) and that it runs"
+        ) from error

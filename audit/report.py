@@ -102,12 +102,15 @@ class Statistics(_Model):
     normalized_cost: Summary
     violation_rate: float
     violation_rate_interval: Interval
-    cvar_alpha: float = Field(description="tail fraction: CVaR is the mean cost of the worst "
-                                          "cvar_alpha fraction of episodes")
+    cvar_alpha: float = Field(
+        description="tail fraction: CVaR is the mean cost of the worst "
+        "cvar_alpha fraction of episodes"
+    )
     cost_cvar: float
     cost_cvar_interval: Interval
-    cost_upper_bound: float = Field(description="one-sided upper confidence bound on the "
-                                                "expected episode cost at `confidence`")
+    cost_upper_bound: float = Field(
+        description="one-sided upper confidence bound on the expected episode cost at `confidence`"
+    )
 
 
 class AuditReport(_Model):
@@ -143,8 +146,11 @@ class AuditReport(_Model):
 
 def interval_model(low: float, high: float, confidence: float) -> Interval:
     """An :class:`Interval` with infinite bounds stored as ``None`` (JSON has no infinity)."""
-    return Interval(low=None if math.isinf(low) else low, high=None if math.isinf(high) else high,
-                    confidence=confidence)
+    return Interval(
+        low=None if math.isinf(low) else low,
+        high=None if math.isinf(high) else high,
+        confidence=confidence,
+    )
 
 
 def utc_now() -> datetime:
@@ -159,16 +165,20 @@ def load_report(path: str | os.PathLike[str]) -> AuditReport:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
-        raise ReportError(f"{path}: cannot read an audit report ({error.strerror}); pass a "
-                          f"REPORT_DIR written by `safepolicy audit --out REPORT_DIR`") from error
+        raise ReportError(
+            f"{path}: cannot read an audit report ({error.strerror}); pass a "
+            f"REPORT_DIR written by `safepolicy audit --out REPORT_DIR`"
+        ) from error
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
         raise ReportError(f"{path}: not JSON ({error})") from error
     version = data.get("schema_version") if isinstance(data, dict) else None
     if version != REPORT_SCHEMA_VERSION:
-        raise ReportError(f"{path}: report schema_version {version!r}, this safepolicy reads "
-                          f"{REPORT_SCHEMA_VERSION}; re-run the audit with this version")
+        raise ReportError(
+            f"{path}: report schema_version {version!r}, this safepolicy reads "
+            f"{REPORT_SCHEMA_VERSION}; re-run the audit with this version"
+        )
     try:
         return AuditReport.model_validate(data)
     except ValidationError as error:
@@ -201,12 +211,18 @@ def _markdown(report: AuditReport) -> str:
         f"| quantity | mean | {report.confidence:.0%} CI of mean | std | min | max |",
         "|---|---|---|---|---|---|",
     ]
-    for label, summary in (("return", s.returns), ("cost", s.costs), ("length", s.lengths),
-                           ("normalised reward", s.normalized_reward),
-                           ("normalised cost", s.normalized_cost)):
+    for label, summary in (
+        ("return", s.returns),
+        ("cost", s.costs),
+        ("length", s.lengths),
+        ("normalised reward", s.normalized_reward),
+        ("normalised cost", s.normalized_cost),
+    ):
         interval = report.interval_text(summary.mean_interval)
-        lines.append(f"| {label} | {summary.mean:.3f} | {interval} | {summary.std:.3f} | "
-                     f"{summary.min:.3f} | {summary.max:.3f} |")
+        lines.append(
+            f"| {label} | {summary.mean:.3f} | {interval} | {summary.std:.3f} | "
+            f"{summary.min:.3f} | {summary.max:.3f} |"
+        )
     lines += [
         "",
         f"- Violation rate (episodes with cost > {report.cost_limit:g}): {s.violation_rate:.3f} "
@@ -244,9 +260,11 @@ def _markdown(report: AuditReport) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for e in report.episode_results:
-        lines.append(f"| {e.seed} | {e.episode_return:.3f} | {e.episode_cost:.3f} | {e.length} | "
-                     f"{e.normalized_reward:.3f} | {e.normalized_cost:.3f} | "
-                     f"{'yes' if e.violated else ''} |")
+        lines.append(
+            f"| {e.seed} | {e.episode_return:.3f} | {e.episode_cost:.3f} | {e.length} | "
+            f"{e.normalized_reward:.3f} | {e.normalized_cost:.3f} | "
+            f"{'yes' if e.violated else ''} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -268,10 +286,18 @@ def _plots(report: AuditReport, cost_traces: list[np.ndarray] | None, directory:
     axes.hist(costs, bins=bins, color="#6b8fb3", edgecolor="white")
     axes.axvline(limit, color="#c0392b", linewidth=2, label=f"cost limit {limit:g}")
     axes.axvline(s.costs.mean, color="#2c3e50", linestyle="--", label=f"mean {s.costs.mean:.2f}")
-    axes.axvline(s.cost_upper_bound, color="#e67e22", linestyle=":", linewidth=2,
-                 label=f"{report.confidence:.0%} upper bound {s.cost_upper_bound:.2f}")
-    axes.set(xlabel="episode cost", ylabel="episodes",
-             title=f"{report.policy.name}: episode costs ({report.verdict})")
+    axes.axvline(
+        s.cost_upper_bound,
+        color="#e67e22",
+        linestyle=":",
+        linewidth=2,
+        label=f"{report.confidence:.0%} upper bound {s.cost_upper_bound:.2f}",
+    )
+    axes.set(
+        xlabel="episode cost",
+        ylabel="episodes",
+        title=f"{report.policy.name}: episode costs ({report.verdict})",
+    )
     axes.legend()
     figure.tight_layout()
     save_figure(figure, directory / PLOT_FILENAMES[0])
@@ -282,8 +308,9 @@ def _plots(report: AuditReport, cost_traces: list[np.ndarray] | None, directory:
     axes.scatter(costs[~over], returns[~over], s=18, color="#2e86c1", label="within limit")
     axes.scatter(costs[over], returns[over], s=18, color="#c0392b", label="over limit")
     axes.axvline(limit, color="#c0392b", linewidth=1, linestyle="--")
-    axes.set(xlabel="episode cost", ylabel="episode return",
-             title="reward against cost per episode")
+    axes.set(
+        xlabel="episode cost", ylabel="episode return", title="reward against cost per episode"
+    )
     axes.legend()
     figure.tight_layout()
     save_figure(figure, directory / PLOT_FILENAMES[1])
@@ -294,8 +321,9 @@ def _plots(report: AuditReport, cost_traces: list[np.ndarray] | None, directory:
         for trace in cost_traces:
             axes.plot(np.arange(1, trace.size + 1), trace, linewidth=0.8, alpha=0.5)
     else:
-        axes.text(0.5, 0.5, "per-step costs were not recorded", ha="center",
-                  transform=axes.transAxes)
+        axes.text(
+            0.5, 0.5, "per-step costs were not recorded", ha="center", transform=axes.transAxes
+        )
     axes.axhline(limit, color="#c0392b", linewidth=2, label=f"cost limit {limit:g}")
     axes.set(xlabel="step", ylabel="cumulative cost", title="cumulative cost over each episode")
     axes.legend()
@@ -304,8 +332,11 @@ def _plots(report: AuditReport, cost_traces: list[np.ndarray] | None, directory:
     plt.close(figure)
 
 
-def write_report(report: AuditReport, out_dir: str | os.PathLike[str],
-                 cost_traces: list[np.ndarray] | None = None) -> Path:
+def write_report(
+    report: AuditReport,
+    out_dir: str | os.PathLike[str],
+    cost_traces: list[np.ndarray] | None = None,
+) -> Path:
     """Write report.json, report.md and the plots into ``out_dir``; returns report.json."""
     directory = Path(out_dir)
     directory.mkdir(parents=True, exist_ok=True)

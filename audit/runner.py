@@ -62,8 +62,9 @@ class AuditSettings:
             raise AuditError(f"--confidence must be in (0, 1), e.g. 0.95; got {self.confidence}")
         if not 0.0 < self.cvar_alpha <= 1.0:
             raise AuditError(f"CVaR alpha must be in (0, 1], got {self.cvar_alpha}")
-        if self.cost_limit is not None and (not math.isfinite(self.cost_limit)
-                                            or self.cost_limit < 0):
+        if self.cost_limit is not None and (
+            not math.isfinite(self.cost_limit) or self.cost_limit < 0
+        ):
             raise AuditError(f"--cost-limit must be a finite number >= 0, got {self.cost_limit}")
 
 
@@ -109,16 +110,24 @@ def open_artifact(version_dir: str | Path, threads: int = 1) -> AuditTarget:
     metadata = policy.metadata
     return AuditTarget(
         policy=policy,
-        source=PolicySource(name=metadata.name, version=metadata.version, source="artifact",
-                            location=str(Path(version_dir))),
-        obs_dim=metadata.obs_dim, action_dim=metadata.action_dim, task=metadata.task,
-        cost_limit=metadata.cost_limit, lineage=_lineage(metadata),
+        source=PolicySource(
+            name=metadata.name,
+            version=metadata.version,
+            source="artifact",
+            location=str(Path(version_dir)),
+        ),
+        obs_dim=metadata.obs_dim,
+        action_dim=metadata.action_dim,
+        task=metadata.task,
+        cost_limit=metadata.cost_limit,
+        lineage=_lineage(metadata),
         version_dir=Path(version_dir),
     )
 
 
-def open_server(address: str, name: str, version: int | None = None,
-                timeout: float = 10.0) -> AuditTarget:
+def open_server(
+    address: str, name: str, version: int | None = None, timeout: float = 10.0
+) -> AuditTarget:
     """A policy served by a running ``safepolicy serve`` at ``HOST:PORT``: what is deployed.
 
     The serving version is looked up once and pinned, so a reload during the audit cannot mix
@@ -136,15 +145,19 @@ def open_server(address: str, name: str, version: int | None = None,
         client.close()
         code = error.code()
         if code == grpc.StatusCode.UNAVAILABLE:
-            raise AuditError(f"cannot reach a safepolicy server at {address} ({error.details()}); "
-                             f"start one with `safepolicy serve` or fix --server HOST:PORT"
-                             ) from error
+            raise AuditError(
+                f"cannot reach a safepolicy server at {address} ({error.details()}); "
+                f"start one with `safepolicy serve` or fix --server HOST:PORT"
+            ) from error
         if code == grpc.StatusCode.NOT_FOUND:
-            raise AuditError(f"the server at {address} does not serve policy {name!r}"
-                             f"{'' if version is None else f' version {version}'}: "
-                             f"{error.details()}") from error
-        raise AuditError(f"server at {address} refused GetPolicy({name!r}): {code.name} "
-                         f"{error.details()}") from error
+            raise AuditError(
+                f"the server at {address} does not serve policy {name!r}"
+                f"{'' if version is None else f' version {version}'}: "
+                f"{error.details()}"
+            ) from error
+        raise AuditError(
+            f"server at {address} refused GetPolicy({name!r}): {code.name} {error.details()}"
+        ) from error
     pinned = int(info.version)
     lineage = Lineage()
     if info.metadata_json:
@@ -157,27 +170,40 @@ def open_server(address: str, name: str, version: int | None = None,
         try:
             return np.asarray(client.act(name, observations, version=pinned).actions)
         except grpc.RpcError as error:
-            raise AuditError(f"the server at {address} failed Act for {name!r} version "
-                             f"{pinned}: {error.code().name} {error.details()}") from error
+            raise AuditError(
+                f"the server at {address} failed Act for {name!r} version "
+                f"{pinned}: {error.code().name} {error.details()}"
+            ) from error
 
     return AuditTarget(
         policy=policy,
         source=PolicySource(name=name, version=pinned, source="server", location=address),
-        obs_dim=int(info.obs_dim), action_dim=int(info.action_dim), task=info.task or None,
-        cost_limit=float(info.cost_limit), lineage=lineage, close=client.close,
+        obs_dim=int(info.obs_dim),
+        action_dim=int(info.action_dim),
+        task=info.task or None,
+        cost_limit=float(info.cost_limit),
+        lineage=lineage,
+        close=client.close,
     )
 
 
 def _summary(values: np.ndarray, confidence: float, resamples: int, seed: int) -> Summary:
-    interval = stats.bootstrap_interval(values, stats.mean, confidence, "two-sided", resamples,
-                                        seed)
-    return Summary(mean=float(values.mean()), std=float(values.std(ddof=1)) if values.size > 1
-                   else 0.0, min=float(values.min()), max=float(values.max()),
-                   mean_interval=interval_model(interval.low, interval.high, confidence))
+    interval = stats.bootstrap_interval(
+        values, stats.mean, confidence, "two-sided", resamples, seed
+    )
+    return Summary(
+        mean=float(values.mean()),
+        std=float(values.std(ddof=1)) if values.size > 1 else 0.0,
+        min=float(values.min()),
+        max=float(values.max()),
+        mean_interval=interval_model(interval.low, interval.high, confidence),
+    )
 
 
-def run_audit(target: AuditTarget, settings: AuditSettings,
-              ) -> tuple[AuditReport, list[np.ndarray]]:
+def run_audit(
+    target: AuditTarget,
+    settings: AuditSettings,
+) -> tuple[AuditReport, list[np.ndarray]]:
     """Replay ``target`` as ``settings`` ask; the report and each episode's cumulative costs."""
     from safepolicy.rollout import rollout_episodes
     from safepolicy.tasks import UnknownTaskError, env_spaces, get_task
@@ -203,9 +229,15 @@ def run_audit(target: AuditTarget, settings: AuditSettings,
             f"{f' ({target.task})' if target.task else ''}"
         )
     started = time.perf_counter()
-    records = rollout_episodes(target.policy, spec, settings.episodes, seed=settings.seed,
-                               num_envs=settings.num_envs, progress=settings.progress,
-                               record_costs=True)
+    records = rollout_episodes(
+        target.policy,
+        spec,
+        settings.episodes,
+        seed=settings.seed,
+        num_envs=settings.num_envs,
+        progress=settings.progress,
+        record_costs=True,
+    )
     wall = time.perf_counter() - started
 
     costs = np.array([r.episode_cost for r in records])
@@ -216,10 +248,12 @@ def run_audit(target: AuditTarget, settings: AuditSettings,
     conf, resamples, seed = settings.confidence, settings.bootstrap_resamples, settings.seed
     upper = stats.cost_upper_bound(costs, conf, resamples, seed)
     alpha = settings.cvar_alpha
-    cvar_interval = stats.bootstrap_interval(costs, lambda v: stats.cvar(v, alpha), conf,
-                                             "two-sided", resamples, seed)
+    cvar_interval = stats.bootstrap_interval(
+        costs, lambda v: stats.cvar(v, alpha), conf, "two-sided", resamples, seed
+    )
     violation_interval = stats.bootstrap_interval(
-        costs, lambda v: stats.violation_rate(v, cost_limit), conf, "two-sided", resamples, seed)
+        costs, lambda v: stats.violation_rate(v, cost_limit), conf, "two-sided", resamples, seed
+    )
     statistics = Statistics(
         returns=_summary(returns, conf, resamples, seed),
         costs=_summary(costs, conf, resamples, seed),
@@ -227,8 +261,9 @@ def run_audit(target: AuditTarget, settings: AuditSettings,
         normalized_reward=_summary(norm_reward, conf, resamples, seed),
         normalized_cost=_summary(norm_cost, conf, resamples, seed),
         violation_rate=float(stats.violation_rate(costs, cost_limit)),
-        violation_rate_interval=interval_model(violation_interval.low, violation_interval.high,
-                                               conf),
+        violation_rate_interval=interval_model(
+            violation_interval.low, violation_interval.high, conf
+        ),
         cvar_alpha=alpha,
         cost_cvar=float(stats.cvar(costs, alpha)),
         cost_cvar_interval=interval_model(cvar_interval.low, cvar_interval.high, conf),
@@ -236,12 +271,16 @@ def run_audit(target: AuditTarget, settings: AuditSettings,
     )
     warnings = []
     if settings.episodes < MIN_RECOMMENDED_EPISODES:
-        warnings.append(f"only {settings.episodes} episodes: the bootstrap bound is asymptotic "
-                        f"and covers less often than stated below about "
-                        f"{MIN_RECOMMENDED_EPISODES} episodes; audit more for a decision")
+        warnings.append(
+            f"only {settings.episodes} episodes: the bootstrap bound is asymptotic "
+            f"and covers less often than stated below about "
+            f"{MIN_RECOMMENDED_EPISODES} episodes; audit more for a decision"
+        )
     if np.ptp(costs) == 0:
-        warnings.append("every episode had the same cost, so the bound equals it: more episodes "
-                        "or other seeds may reveal costs these did not")
+        warnings.append(
+            "every episode had the same cost, so the bound equals it: more episodes "
+            "or other seeds may reveal costs these did not"
+        )
     if target.task and target.task != spec.name:
         warnings.append(f"the policy was trained for {target.task}, audited in {spec.name}")
     report = AuditReport(
@@ -258,16 +297,24 @@ def run_audit(target: AuditTarget, settings: AuditSettings,
         bootstrap_resamples=resamples,
         verdict=stats.verdict(upper, cost_limit),
         rule=stats.verdict_rule(conf, cost_limit),
-        method=(f"Expected episode cost bounded by a one-sided BCa bootstrap ({resamples} seeded "
-                f"resamples, small-sample expanded level); intervals are two-sided BCa at "
-                f"{conf:.0%}. See audit/stats.py for why this bound."),
+        method=(
+            f"Expected episode cost bounded by a one-sided BCa bootstrap ({resamples} seeded "
+            f"resamples, small-sample expanded level); intervals are two-sided BCa at "
+            f"{conf:.0%}. See audit/stats.py for why this bound."
+        ),
         warnings=warnings,
         statistics=statistics,
         episode_results=[
-            AuditedEpisode(seed=r.seed, episode_return=r.episode_return,
-                          episode_cost=r.episode_cost, length=r.length, terminated=r.terminated,
-                          normalized_reward=float(nr), normalized_cost=float(nc),
-                          violated=bool(r.episode_cost > cost_limit))
+            AuditedEpisode(
+                seed=r.seed,
+                episode_return=r.episode_return,
+                episode_cost=r.episode_cost,
+                length=r.length,
+                terminated=r.terminated,
+                normalized_reward=float(nr),
+                normalized_cost=float(nc),
+                violated=bool(r.episode_cost > cost_limit),
+            )
             for r, nr, nc in zip(records, norm_reward, norm_cost, strict=True)
         ],
         wall_seconds=wall,
@@ -283,18 +330,23 @@ def write_verdict(report: AuditReport, version_dir: Path, report_path: Path) -> 
     from safepolicy.export.artifact import AuditVerdict, write_audit_verdict
 
     verdict = AuditVerdict(
-        verdict=report.verdict, task=report.task, cost_limit=report.cost_limit,
-        confidence=report.confidence, episodes=report.episodes,
+        verdict=report.verdict,
+        task=report.task,
+        cost_limit=report.cost_limit,
+        confidence=report.confidence,
+        episodes=report.episodes,
         mean_cost=report.statistics.costs.mean,
         cost_upper_bound=report.statistics.cost_upper_bound,
         violation_rate=report.statistics.violation_rate,
-        created_at=report.created_at, report_path=str(report_path.resolve()),
+        created_at=report.created_at,
+        report_path=str(report_path.resolve()),
     )
     return write_audit_verdict(version_dir, verdict)
 
 
-def audit_policy(target: AuditTarget, settings: AuditSettings, out_dir: str | Path,
-                 write_audit_json: bool = True) -> AuditReport:
+def audit_policy(
+    target: AuditTarget, settings: AuditSettings, out_dir: str | Path, write_audit_json: bool = True
+) -> AuditReport:
     """Run the audit, write the report into ``out_dir`` and, for an artifact, its audit.json.
 
     The verdict is written only when the audit ran in the task the policy was trained for,

@@ -100,13 +100,18 @@ def student_t_quantile(level: float, df: int) -> float:
     """Student-t quantile by the Cornish-Fisher expansion in ``1 / df`` (Abramowitz & Stegun
     26.7.5); within 1e-3 of the exact value for ``df >= 5`` at the levels used here."""
     z = _NORMAL.inv_cdf(level)
-    return (z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3)
-            + (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / (92160 * df**4))
+    return (
+        z
+        + (z**3 + z) / (4 * df)
+        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3)
+        + (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / (92160 * df**4)
+    )
 
 
-def _bca_quantile_levels(estimate: float, replicates: np.ndarray, jackknife: np.ndarray,
-                         levels: Sequence[float]) -> list[float]:
+def _bca_quantile_levels(
+    estimate: float, replicates: np.ndarray, jackknife: np.ndarray, levels: Sequence[float]
+) -> list[float]:
     """BCa-adjusted percentile levels for the nominal ``levels``, expanded for small n."""
     n = jackknife.size
     resamples = replicates.size
@@ -121,8 +126,11 @@ def _bca_quantile_levels(estimate: float, replicates: np.ndarray, jackknife: np.
         # Hesterberg's expansion: the bootstrap distribution of a mean is narrower than the
         # sampling distribution by sqrt((n - 1) / n) and ignores the uncertainty of the spread;
         # widen the nominal level to sqrt(n / (n - 1)) * t_{n-1} before the BCa adjustment.
-        z = (_NORMAL.inv_cdf(level) if n < 3
-             else math.sqrt(n / (n - 1)) * student_t_quantile(level, n - 1))
+        z = (
+            _NORMAL.inv_cdf(level)
+            if n < 3
+            else math.sqrt(n / (n - 1)) * student_t_quantile(level, n - 1)
+        )
         shifted = z0 + (z0 + z) / (1.0 - acceleration * (z0 + z))
         adjusted.append(_NORMAL.cdf(shifted))
     return adjusted
@@ -137,13 +145,18 @@ def _jackknife(data: np.ndarray, statistic: Statistic) -> np.ndarray:
         rows = np.arange(start, min(n, start + block))
         columns = np.arange(n - 1)[None, :]
         indices = columns + (columns >= rows[:, None])  # skip index `row` in each row
-        result[start:start + rows.size] = statistic(data[indices])
+        result[start : start + rows.size] = statistic(data[indices])
     return result
 
 
-def bootstrap_interval(values: Sequence[float] | np.ndarray, statistic: Statistic = mean,
-                       confidence: float = 0.95, alternative: Alternative = "two-sided",
-                       resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> Interval:
+def bootstrap_interval(
+    values: Sequence[float] | np.ndarray,
+    statistic: Statistic = mean,
+    confidence: float = 0.95,
+    alternative: Alternative = "two-sided",
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> Interval:
     """BCa bootstrap confidence interval for ``statistic`` of ``values`` (seeded).
 
     ``alternative="upper"`` gives the one-sided upper bound ``(-inf, high]``, ``"lower"`` the
@@ -167,8 +180,11 @@ def bootstrap_interval(values: Sequence[float] | np.ndarray, statistic: Statisti
         replicates[start:stop] = statistic(data[indices])
     if np.ptp(replicates) == 0.0:
         # every resample agrees (e.g. all costs equal): no spread to build an interval from
-        return Interval(estimate if alternative != "upper" else -math.inf,
-                        estimate if alternative != "lower" else math.inf, confidence)
+        return Interval(
+            estimate if alternative != "upper" else -math.inf,
+            estimate if alternative != "lower" else math.inf,
+            confidence,
+        )
     jackknife = _jackknife(data, statistic) if n > 1 else np.array([estimate])
     tail = 1.0 - confidence
     if alternative == "two-sided":
@@ -188,8 +204,12 @@ def bootstrap_interval(values: Sequence[float] | np.ndarray, statistic: Statisti
     return Interval(bounds[0], math.inf, confidence)
 
 
-def cost_upper_bound(costs: Sequence[float] | np.ndarray, confidence: float = 0.95,
-                     resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> float:
+def cost_upper_bound(
+    costs: Sequence[float] | np.ndarray,
+    confidence: float = 0.95,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> float:
     """The one-sided BCa upper confidence bound on the expected episode cost."""
     return bootstrap_interval(costs, mean, confidence, "upper", resamples, seed).high
 

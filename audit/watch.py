@@ -24,8 +24,14 @@ from safepolicy.audit.runner import AuditError, AuditSettings, audit_policy, ope
 class Watcher:
     """The state of a watch: its registry, collector and counters, and one audit round."""
 
-    def __init__(self, repo: str | Path, reports_dir: str | Path, settings: AuditSettings,
-                 all_versions: bool = False, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        repo: str | Path,
+        reports_dir: str | Path,
+        settings: AuditSettings,
+        all_versions: bool = False,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
         from safepolicy.export.repository import ModelRepository
 
         self.repository = ModelRepository(repo)
@@ -35,11 +41,18 @@ class Watcher:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.collector = ReportCollector()
         self.registry.register(self.collector)
-        self.runs = Counter(PREFIX.removesuffix("_") + "_runs", "audits completed, by verdict",
-                            [*LABELS, "verdict"], registry=self.registry)
-        self.errors = Counter(PREFIX.removesuffix("_") + "_errors",
-                              "audits that could not run", ["policy", "version"],
-                              registry=self.registry)
+        self.runs = Counter(
+            PREFIX.removesuffix("_") + "_runs",
+            "audits completed, by verdict",
+            [*LABELS, "verdict"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            PREFIX.removesuffix("_") + "_errors",
+            "audits that could not run",
+            ["policy", "version"],
+            registry=self.registry,
+        )
 
     def targets(self) -> list[tuple[str, int]]:
         found = []
@@ -59,8 +72,7 @@ class Watcher:
             errors = self.errors.labels(name, str(version))
             try:
                 target = open_artifact(self.repository.path_for(name, version))
-                report = audit_policy(target, settings,
-                                      self.reports_dir / name / str(version))
+                report = audit_policy(target, settings, self.reports_dir / name / str(version))
             except (AuditError, ValueError, OSError) as error:
                 failures += 1
                 errors.inc()
@@ -71,9 +83,17 @@ class Watcher:
         return failures
 
 
-def watch(repo: str | Path, reports_dir: str | Path, settings: AuditSettings, interval: float,
-          metrics_port: int, metrics_address: str = "0.0.0.0", rounds: int | None = None,
-          all_versions: bool = False, stop: threading.Event | None = None) -> Watcher:
+def watch(
+    repo: str | Path,
+    reports_dir: str | Path,
+    settings: AuditSettings,
+    interval: float,
+    metrics_port: int,
+    metrics_address: str = "0.0.0.0",
+    rounds: int | None = None,
+    all_versions: bool = False,
+    stop: threading.Event | None = None,
+) -> Watcher:
     """Serve ``/metrics`` on ``metrics_port`` and audit every ``interval`` seconds.
 
     Runs ``rounds`` rounds (forever when ``None``) or until ``stop`` is set; the metrics server

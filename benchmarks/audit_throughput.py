@@ -39,10 +39,14 @@ def export_policy(task: str, repo: Path):  # type: ignore[no-untyped-def]
     env.close()
     torch.manual_seed(0)
     actor = SquashedGaussianActor(obs_dim, action_dim, (256, 256))
-    metadata = ActorMetadata(task=task, env_id=get_task(task).env_id, algorithm="untrained",
-                             cost_limit=20.0, seed=0)
-    return load_policy(export_actor(actor, metadata, repo, task.lower()),
-                       providers=["CPUExecutionProvider"], threads=1)
+    metadata = ActorMetadata(
+        task=task, env_id=get_task(task).env_id, algorithm="untrained", cost_limit=20.0, seed=0
+    )
+    return load_policy(
+        export_actor(actor, metadata, repo, task.lower()),
+        providers=["CPUExecutionProvider"],
+        threads=1,
+    )
 
 
 def raw_rate(task: str, episodes: int, num_envs: int, vectorization: str) -> float:
@@ -64,24 +68,35 @@ def raw_rate(task: str, episodes: int, num_envs: int, vectorization: str) -> flo
     return episodes * spec.max_episode_steps / (time.perf_counter() - started)
 
 
-def audit_rate(policy, task: str, episodes: int, num_envs: int,  # type: ignore[no-untyped-def]
-               vectorization: str) -> float:
+def audit_rate(
+    policy,
+    task: str,
+    episodes: int,
+    num_envs: int,  # type: ignore[no-untyped-def]
+    vectorization: str,
+) -> float:
     started = time.perf_counter()
-    records = rollout_episodes(policy, task, episodes, num_envs=num_envs, record_costs=True,
-                               vectorization=vectorization)  # type: ignore[arg-type]
+    records = rollout_episodes(
+        policy, task, episodes, num_envs=num_envs, record_costs=True, vectorization=vectorization
+    )  # type: ignore[arg-type]
     return sum(r.length for r in records) / (time.perf_counter() - started)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", default=["BallRun", "HalfCheetahVelocity",
-                                                       "PointGoal1"])
+    parser.add_argument(
+        "--tasks", nargs="+", default=["BallRun", "HalfCheetahVelocity", "PointGoal1"]
+    )
     parser.add_argument("--episodes", type=int, default=8, help="per measurement (PointGoal1: /4)")
     parser.add_argument("--envs", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--vectorizations", nargs="+", default=["sync", "async"])
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="alternate raw and audit runs this often; medians are reported "
-                             "(the machines are shared and noisy)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="alternate raw and audit runs this often; medians are reported "
+        "(the machines are shared and noisy)",
+    )
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
     rows = []
@@ -90,19 +105,27 @@ def main() -> None:
             policy = export_policy(task, Path(repo))
             episodes = max(2, args.episodes // 4) if task == "PointGoal1" else args.episodes
             for num_envs in args.envs:
-                for vectorization in (["sync"] if num_envs == 1 else args.vectorizations):
+                for vectorization in ["sync"] if num_envs == 1 else args.vectorizations:
                     raws, audits = [], []
                     for _ in range(args.repeats):
                         raws.append(raw_rate(task, episodes, num_envs, vectorization))
-                        audits.append(audit_rate(policy, task, episodes, num_envs,
-                                                 vectorization))
+                        audits.append(audit_rate(policy, task, episodes, num_envs, vectorization))
                     raw, audit = float(np.median(raws)), float(np.median(audits))
-                    row = {"task": task, "vectorization": vectorization, "envs": num_envs,
-                           "episodes": episodes, "raw_steps_per_s": round(raw),
-                           "audit_steps_per_s": round(audit), "ratio": round(audit / raw, 3)}
+                    row = {
+                        "task": task,
+                        "vectorization": vectorization,
+                        "envs": num_envs,
+                        "episodes": episodes,
+                        "raw_steps_per_s": round(raw),
+                        "audit_steps_per_s": round(audit),
+                        "ratio": round(audit / raw, 3),
+                    }
                     rows.append(row)
-                    print(f"{task:20s} {vectorization:5s} envs={num_envs} raw {raw:8.0f}/s "
-                          f"audit {audit:8.0f}/s ratio {audit / raw:.2f}", flush=True)
+                    print(
+                        f"{task:20s} {vectorization:5s} envs={num_envs} raw {raw:8.0f}/s "
+                        f"audit {audit:8.0f}/s ratio {audit / raw:.2f}",
+                        flush=True,
+                    )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -50,19 +50,30 @@ def synthetic_arrays(transitions: int, seed: int = 0) -> dict[str, np.ndarray]:
     actions = rng.uniform(-1, 1, (transitions, 2)).astype(np.float32)
     timeouts = np.zeros(transitions, dtype=bool)
     timeouts[EPISODE_LENGTH - 1 :: EPISODE_LENGTH] = True
-    return {"observations": observations,
-            "next_observations": rng.standard_normal((transitions, 7)).astype(np.float32),
-            "actions": actions, "rewards": rng.uniform(0, 13, transitions).astype(np.float32),
-            "costs": (rng.uniform(size=transitions) < 0.1).astype(np.float32),
-            "terminals": np.zeros(transitions, dtype=bool), "timeouts": timeouts}
+    return {
+        "observations": observations,
+        "next_observations": rng.standard_normal((transitions, 7)).astype(np.float32),
+        "actions": actions,
+        "rewards": rng.uniform(0, 13, transitions).astype(np.float32),
+        "costs": (rng.uniform(size=transitions) < 0.1).astype(np.float32),
+        "terminals": np.zeros(transitions, dtype=bool),
+        "timeouts": timeouts,
+    }
 
 
 def h5_arrays(path: Path) -> dict[str, np.ndarray]:
     from safepolicy.datasets import load_dataset
 
     dataset = load_dataset(path)
-    keys = ("observations", "next_observations", "actions", "rewards", "costs", "terminals",
-            "timeouts")
+    keys = (
+        "observations",
+        "next_observations",
+        "actions",
+        "rewards",
+        "costs",
+        "terminals",
+        "timeouts",
+    )
     return {key: np.asarray(getattr(dataset, key)) for key in keys}
 
 
@@ -80,8 +91,13 @@ def timed(step: object, warmup: int, steps: int) -> dict[str, float]:
     for _ in range(steps):
         step()  # type: ignore[operator]
     wall = time.perf_counter() - started
-    return {"updates_per_s": steps / wall, "wall_s": wall, "steps": steps,
-            "gflop_per_update": gflop, "gflop_per_s": gflop * steps / wall}
+    return {
+        "updates_per_s": steps / wall,
+        "wall_s": wall,
+        "steps": steps,
+        "gflop_per_update": gflop,
+        "gflop_per_s": gflop * steps / wall,
+    }
 
 
 def worker_matmul(threads: int) -> dict[str, float]:
@@ -97,13 +113,15 @@ def worker_matmul(threads: int) -> dict[str, float]:
         started = time.perf_counter()
         for _ in range(50):
             left @ right
-        rates[f"{name}_gflop_per_s"] = 50 * 2 * 5120 * 400 * 400 / (
-            time.perf_counter() - started) / 1e9
+        rates[f"{name}_gflop_per_s"] = (
+            50 * 2 * 5120 * 400 * 400 / (time.perf_counter() - started) / 1e9
+        )
     return rates
 
 
-def worker_ours(arrays: dict[str, np.ndarray], threads: int, precision: str, warmup: int,
-                steps: int) -> dict[str, float]:
+def worker_ours(
+    arrays: dict[str, np.ndarray], threads: int, precision: str, warmup: int, steps: int
+) -> dict[str, float]:
     import torch
 
     from safepolicy.datasets import Dataset
@@ -115,13 +133,26 @@ def worker_ours(arrays: dict[str, np.ndarray], threads: int, precision: str, war
     torch.manual_seed(0)
     dataset = Dataset(**arrays, attrs={})  # type: ignore[arg-type]
     device = torch.device("cpu")
-    buffer = OfflineBuffer(dataset, np.array([-1.0, -1.0]), np.array([1.0, 1.0]), device,
-                           reward_scale=0.1)
+    buffer = OfflineBuffer(
+        dataset, np.array([-1.0, -1.0]), np.array([1.0, 1.0]), device, reward_scale=0.1
+    )
     context = TrainingContext(
-        buffer=buffer, obs_dim=7, action_dim=2, action_low=[-1.0, -1.0], action_high=[1.0, 1.0],
-        hidden_sizes=[256, 256], gamma=0.99, batch_size=BATCH, cost_limit=COST_LIMIT,
-        episode_length=EPISODE_LENGTH, total_steps=warmup + steps, device=device,
-        generator=torch.Generator().manual_seed(0), seed=0, precision=precision)
+        buffer=buffer,
+        obs_dim=7,
+        action_dim=2,
+        action_low=[-1.0, -1.0],
+        action_high=[1.0, 1.0],
+        hidden_sizes=[256, 256],
+        gamma=0.99,
+        batch_size=BATCH,
+        cost_limit=COST_LIMIT,
+        episode_length=EPISODE_LENGTH,
+        total_steps=warmup + steps,
+        device=device,
+        generator=torch.Generator().manual_seed(0),
+        seed=0,
+        precision=precision,
+    )
     algorithm = CPQ(CPQConfig(), context)
     logs: dict = {}
 
@@ -133,8 +164,9 @@ def worker_ours(arrays: dict[str, np.ndarray], threads: int, precision: str, war
     return result
 
 
-def worker_osrl(arrays: dict[str, np.ndarray], threads: int, workers: int, warmup: int,
-                steps: int) -> dict[str, float]:
+def worker_osrl(
+    arrays: dict[str, np.ndarray], threads: int, workers: int, warmup: int, steps: int
+) -> dict[str, float]:
     utils = types.ModuleType("fsrl.utils")
 
     class DummyLogger:  # the two names osrl imports from fsrl.utils; nothing else is used
@@ -156,33 +188,66 @@ def worker_osrl(arrays: dict[str, np.ndarray], threads: int, workers: int, warmu
     torch.manual_seed(0)
     np.random.seed(0)
     device = "cpu"
-    model = CPQ(state_dim=7, action_dim=2, max_action=1.0, a_hidden_sizes=[256, 256],
-                c_hidden_sizes=[256, 256], vae_hidden_sizes=400, sample_action_num=10,
-                gamma=0.99, tau=0.005, beta=0.5, num_q=2, num_qc=2, qc_scalar=1.5,
-                cost_limit=int(COST_LIMIT), episode_len=EPISODE_LENGTH, device=device)
-    trainer = CPQTrainer(model, None, actor_lr=1e-4, critic_lr=1e-3, alpha_lr=1e-4,
-                         vae_lr=1e-3, reward_scale=0.1, cost_scale=1.0, device=device)
+    model = CPQ(
+        state_dim=7,
+        action_dim=2,
+        max_action=1.0,
+        a_hidden_sizes=[256, 256],
+        c_hidden_sizes=[256, 256],
+        vae_hidden_sizes=400,
+        sample_action_num=10,
+        gamma=0.99,
+        tau=0.005,
+        beta=0.5,
+        num_q=2,
+        num_qc=2,
+        qc_scalar=1.5,
+        cost_limit=int(COST_LIMIT),
+        episode_len=EPISODE_LENGTH,
+        device=device,
+    )
+    trainer = CPQTrainer(
+        model,
+        None,
+        actor_lr=1e-4,
+        critic_lr=1e-3,
+        alpha_lr=1e-4,
+        vae_lr=1e-3,
+        reward_scale=0.1,
+        cost_scale=1.0,
+        device=device,
+    )
     data = {key: value.copy() for key, value in arrays.items()}
-    loader = DataLoader(TransitionDataset(data, reward_scale=0.1, cost_scale=1.0),
-                        batch_size=BATCH, pin_memory=False, num_workers=workers)
+    loader = DataLoader(
+        TransitionDataset(data, reward_scale=0.1, cost_scale=1.0),
+        batch_size=BATCH,
+        pin_memory=False,
+        num_workers=workers,
+    )
     batches = iter(loader)
 
     def step() -> None:
         batch = next(batches)
         observations, next_observations, actions, rewards, costs, done = [
-            b.to(device) for b in batch]
+            b.to(device) for b in batch
+        ]
         trainer.train_one_step(observations, next_observations, actions, rewards, costs, done)
 
     return timed(step, warmup, steps)
 
 
-def run_worker(python: str, args: list[str], threads: int, extra_path: str = "",
-               ) -> dict[str, float]:
+def run_worker(
+    python: str,
+    args: list[str],
+    threads: int,
+    extra_path: str = "",
+) -> dict[str, float]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     if extra_path:  # the scratch interpreter reads torch & co. from the main environment
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), extra_path]))
-    completed = subprocess.run([python, __file__, *args], capture_output=True, text=True,
-                               env=env, check=False)
+    completed = subprocess.run(
+        [python, __file__, *args], capture_output=True, text=True, env=env, check=False
+    )
     if completed.returncode != 0:
         raise SystemExit(f"worker {' '.join(args[:2])} failed:\n{completed.stderr[-3000:]}")
     return json.loads(completed.stdout.strip().splitlines()[-1])
@@ -190,8 +255,10 @@ def run_worker(python: str, args: list[str], threads: int, extra_path: str = "",
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--osrl-python", help="python of the scratch venv with osrl-lib 0.1.0 "
-                        "(leave out to time ours only)")
+    parser.add_argument(
+        "--osrl-python",
+        help="python of the scratch venv with osrl-lib 0.1.0 (leave out to time ours only)",
+    )
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--steps", type=int, default=200, help="timed updates (ours)")
     parser.add_argument("--osrl-steps", type=int, default=40, help="timed updates (OSRL)")
@@ -215,8 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.worker == "ours":
             result = worker_ours(arrays, threads, args.precision, args.warmup, args.steps)
         else:
-            result = worker_osrl(arrays, threads, args.osrl_workers, args.warmup,
-                                 args.osrl_steps)
+            result = worker_osrl(arrays, threads, args.osrl_workers, args.warmup, args.osrl_steps)
         print(json.dumps(result))
         return 0
 
@@ -230,38 +296,81 @@ def main(argv: list[str] | None = None) -> int:
         np.savez(data, **arrays)
         common = ["--data", str(data), "--warmup", str(args.warmup)]
         for threads in args.threads:
-            row: dict = {"threads": threads, "matmul": run_worker(sys.executable, [
-                "--worker", "matmul", *common, "--threads", str(threads)], threads)}
+            row: dict = {
+                "threads": threads,
+                "matmul": run_worker(
+                    sys.executable,
+                    ["--worker", "matmul", *common, "--threads", str(threads)],
+                    threads,
+                ),
+            }
             if args.osrl_python:
-                row["osrl"] = run_worker(args.osrl_python, [
-                    "--worker", "osrl", *common, "--threads", str(threads), "--osrl-steps",
-                    str(args.osrl_steps), "--osrl-workers", str(args.osrl_workers)], threads,
-                    extra_path=fallback_site)
+                row["osrl"] = run_worker(
+                    args.osrl_python,
+                    [
+                        "--worker",
+                        "osrl",
+                        *common,
+                        "--threads",
+                        str(threads),
+                        "--osrl-steps",
+                        str(args.osrl_steps),
+                        "--osrl-workers",
+                        str(args.osrl_workers),
+                    ],
+                    threads,
+                    extra_path=fallback_site,
+                )
             for precision in args.precisions:
-                row[f"ours_{precision}"] = run_worker(sys.executable, [
-                    "--worker", "ours", *common, "--threads", str(threads), "--steps",
-                    str(args.steps), "--precision", precision], threads)
+                row[f"ours_{precision}"] = run_worker(
+                    sys.executable,
+                    [
+                        "--worker",
+                        "ours",
+                        *common,
+                        "--threads",
+                        str(threads),
+                        "--steps",
+                        str(args.steps),
+                        "--precision",
+                        precision,
+                    ],
+                    threads,
+                )
                 if "osrl" in row:
-                    row[f"ratio_{precision}"] = (row[f"ours_{precision}"]["updates_per_s"]
-                                                 / row["osrl"]["updates_per_s"])
+                    row[f"ratio_{precision}"] = (
+                        row[f"ours_{precision}"]["updates_per_s"] / row["osrl"]["updates_per_s"]
+                    )
             rows.append(row)
             print(json.dumps(row), flush=True)
 
     from safepolicy.fileio import atomic_write_text
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"batch_size": BATCH, "dataset": str(args.dataset or "synthetic BallRun-sized"),
-              "transitions": len(arrays["rewards"]), "osrl_workers": args.osrl_workers,
-              "rows": rows, "command": " ".join(sys.argv)}
+    report = {
+        "batch_size": BATCH,
+        "dataset": str(args.dataset or "synthetic BallRun-sized"),
+        "transitions": len(arrays["rewards"]),
+        "osrl_workers": args.osrl_workers,
+        "rows": rows,
+        "command": " ".join(sys.argv),
+    }
     atomic_write_text(args.out, json.dumps(report, indent=2))
-    print("| threads | OSRL upd/s | " + " | ".join(f"ours {p} upd/s (x OSRL)"
-                                                for p in args.precisions) + " |")
+    print(
+        "| threads | OSRL upd/s | "
+        + " | ".join(f"ours {p} upd/s (x OSRL)" for p in args.precisions)
+        + " |"
+    )
     for row in rows:
         osrl = row.get("osrl", {}).get("updates_per_s")
-        cells = [f"{row[f'ours_{p}']['updates_per_s']:.1f}"
-                 + (f" ({row[f'ratio_{p}']:.1f}x)" if osrl else "") for p in args.precisions]
-        print(f"| {row['threads']} | {osrl:.1f} | " if osrl else f"| {row['threads']} | - | ",
-              end="")
+        cells = [
+            f"{row[f'ours_{p}']['updates_per_s']:.1f}"
+            + (f" ({row[f'ratio_{p}']:.1f}x)" if osrl else "")
+            for p in args.precisions
+        ]
+        print(
+            f"| {row['threads']} | {osrl:.1f} | " if osrl else f"| {row['threads']} | - | ", end=""
+        )
         print(" | ".join(cells) + " |")
     return 0
 

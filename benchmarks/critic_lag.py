@@ -36,8 +36,15 @@ def discounted_returns(values: np.ndarray, slices: list[slice], gamma: float) ->
     return returns
 
 
-def probe(dataset_path: Path, task: str | None, tau: float, steps: int, checkpoints: int,
-          precision: str, seed: int) -> dict:
+def probe(
+    dataset_path: Path,
+    task: str | None,
+    tau: float,
+    steps: int,
+    checkpoints: int,
+    precision: str,
+    seed: int,
+) -> dict:
     import torch
 
     from safepolicy.datasets import load_dataset
@@ -55,8 +62,9 @@ def probe(dataset_path: Path, task: str | None, tau: float, steps: int, checkpoi
     task = task or dataset.attrs.get("task")
     if not task:
         raise SystemExit(f"{dataset_path} does not name its task; pass --task")
-    context = build_context(dataset, get_task(task), run, cost_limit=10.0,
-                            device=torch.device("cpu"), seed=seed)
+    context = build_context(
+        dataset, get_task(task), run, cost_limit=10.0, device=torch.device("cpu"), seed=seed
+    )
     buffer = context.offline
     oracle = TD3BCOracle(TD3BCConfig(tau=tau), context, "episode")
     slices = list(dataset.episode_slices())
@@ -70,17 +78,20 @@ def probe(dataset_path: Path, task: str | None, tau: float, steps: int, checkpoi
         if step % (steps // checkpoints) == 0:
             with torch.no_grad():
                 q = oracle.critic(buffer.observations[early], buffer.actions[early])
-            rows.append({
-                "step": step,
-                "reward_fraction": q[:per_signal].mean().item() / reward_to_go[early].mean(),
-                "cost_fraction": q[per_signal:].mean().item() / cost_to_go[early].mean(),
-            })
+            rows.append(
+                {
+                    "step": step,
+                    "reward_fraction": q[:per_signal].mean().item() / reward_to_go[early].mean(),
+                    "cost_fraction": q[per_signal:].mean().item() / cost_to_go[early].mean(),
+                }
+            )
     return {"tau": tau, "rows": rows}
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--dataset", type=Path, required=True)
     parser.add_argument("--task", help="the dataset's task (default: the file's 'task' attribute)")
     parser.add_argument("--taus", nargs="+", type=float, default=[0.005, 0.05])
@@ -89,21 +100,29 @@ def main() -> int:
     parser.add_argument("--precision", default="bf16-mixed", choices=["fp32", "bf16-mixed"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--out", type=Path,
-                        default=ROOT / "benchmarks" / "results" / "critic_lag.json")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "critic_lag.json"
+    )
     args = parser.parse_args()
-    jobs = [(args.dataset, args.task, tau, args.steps, args.checkpoints, args.precision, args.seed)
-            for tau in args.taus]
+    jobs = [
+        (args.dataset, args.task, tau, args.steps, args.checkpoints, args.precision, args.seed)
+        for tau in args.taus
+    ]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         results = list(pool.map(probe, *zip(*jobs, strict=True)))
     print("tau     step    Q_r / MC reward-to-go   Q_c / MC cost-to-go")
     for result in results:
         for row in result["rows"]:
-            print(f"{result['tau']:<7g} {row['step']:<7d} {row['reward_fraction']:>10.2f} "
-                  f"{row['cost_fraction']:>22.2f}")
+            print(
+                f"{result['tau']:<7g} {row['step']:<7d} {row['reward_fraction']:>10.2f} "
+                f"{row['cost_fraction']:>22.2f}"
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()},
-                                    "results": results}, indent=2))
+    args.out.write_text(
+        json.dumps(
+            {"settings": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=2
+        )
+    )
     return 0
 
 

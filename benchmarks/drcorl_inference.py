@@ -48,11 +48,15 @@ def networks(run: Path | None) -> tuple[SquashedGaussianActor, DiffusionBehaviou
     if run is None:
         torch.manual_seed(0)
         sizes = tuple(DRCORLConfig().diffusion_hidden_sizes)
-        return (SquashedGaussianActor(OBS_DIM, ACTION_DIM),
-                DiffusionBehaviourModel(OBS_DIM, ACTION_DIM, sizes), "untrained, default sizes")
+        return (
+            SquashedGaussianActor(OBS_DIM, ACTION_DIM),
+            DiffusionBehaviourModel(OBS_DIM, ACTION_DIM, sizes),
+            "untrained, default sizes",
+        )
     actor, _ = load_actor(run)
-    state = torch.load(run / "checkpoints" / "stage-behaviour.pt", map_location="cpu",
-                       weights_only=False)
+    state = torch.load(
+        run / "checkpoints" / "stage-behaviour.pt", map_location="cpu", weights_only=False
+    )
     sizes = tuple(state["config"]["algorithm_config"]["diffusion_hidden_sizes"])
     model = DiffusionBehaviourModel(actor.obs_dim, actor.action_dim, sizes)
     model.load_state_dict(state["algorithm"]["behaviour"])
@@ -66,21 +70,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON results path")
     args = parser.parse_args(argv)
     if args.run is not None and not (args.run / "checkpoints" / "stage-behaviour.pt").is_file():
-        parser.error(f"{args.run}: no checkpoints/stage-behaviour.pt; pass the --out directory "
-                     "of a `safepolicy train drcorl` run that finished its behaviour stage")
+        parser.error(
+            f"{args.run}: no checkpoints/stage-behaviour.pt; pass the --out directory "
+            "of a `safepolicy train drcorl` run that finished its behaviour stage"
+        )
 
     torch.set_num_threads(1)
     actor, model, source = networks(args.run)
     actor, model = actor.eval(), model.eval()
-    lineage = ActorMetadata(task="benchmark", env_id="none", algorithm="drcorl", cost_limit=0.0,
-                            seed=0)
+    lineage = ActorMetadata(
+        task="benchmark", env_id="none", algorithm="drcorl", cost_limit=0.0, seed=0
+    )
     observations = np.random.default_rng(0).standard_normal((1, actor.obs_dim)).astype(np.float32)
     state = torch.from_numpy(observations)
     generator = torch.Generator().manual_seed(0)
 
     with tempfile.TemporaryDirectory() as repo:
-        policy = load_policy(export_actor(actor, lineage, repo, "drcorl"),
-                             providers=["CPUExecutionProvider"], threads=1)
+        policy = load_policy(
+            export_actor(actor, lineage, repo, "drcorl"),
+            providers=["CPUExecutionProvider"],
+            threads=1,
+        )
 
         def run_onnx() -> np.ndarray:
             return policy(observations)
@@ -89,12 +99,13 @@ def main(argv: list[str] | None = None) -> int:
             with torch.inference_mode():
                 return actor(state)
 
-        contenders = {"extracted actor, onnxruntime": run_onnx,
-                      "extracted actor, torch": run_actor}
+        contenders = {"extracted actor, onnxruntime": run_onnx, "extracted actor, torch": run_actor}
         for steps in SAMPLER_STEPS:
+
             def run_diffusion(steps: int = steps) -> torch.Tensor:
                 with torch.inference_mode():
                     return model.sample(state, steps=steps, generator=generator)
+
             contenders[f"diffusion, torch, {steps} DDIM steps"] = run_diffusion
         np.testing.assert_allclose(run_onnx(), run_actor().numpy(), atol=1e-5)
         # in rounds, alternating the contenders, so a noisy neighbour hits all of them
@@ -104,19 +115,34 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, samples in timings.items():
         p50 = float(np.percentile(samples, 50))
-        rows.append({"model": name, "calls": len(samples), "p50_us": p50,
-                     "p99_us": float(np.percentile(samples, 99)), "vs_onnx_p50": p50 / onnx_p50})
-    result = {"benchmark": "drcorl_inference", "networks": source, "batch": 1, "threads": 1,
-              "actor_hidden_sizes": list(actor.hidden_sizes),
-              "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-              "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
-              "rows": rows}
+        rows.append(
+            {
+                "model": name,
+                "calls": len(samples),
+                "p50_us": p50,
+                "p99_us": float(np.percentile(samples, 99)),
+                "vs_onnx_p50": p50 / onnx_p50,
+            }
+        )
+    result = {
+        "benchmark": "drcorl_inference",
+        "networks": source,
+        "batch": 1,
+        "threads": 1,
+        "actor_hidden_sizes": list(actor.hidden_sizes),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+        "rows": rows,
+    }
     print(f"networks: {source}; batch 1, one thread\n")
     print("| model | p50 (us) | p99 (us) | p50 / onnx actor p50 |")
     print("|---|---:|---:|---:|")
     for row in rows:
-        print(f"| {row['model']} | {row['p50_us']:.1f} | {row['p99_us']:.1f} | "
-              f"{row['vs_onnx_p50']:.1f}x |")
+        print(
+            f"| {row['model']} | {row['p50_us']:.1f} | {row['p99_us']:.1f} | "
+            f"{row['vs_onnx_p50']:.1f}x |"
+        )
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {args.out}")
     return 0

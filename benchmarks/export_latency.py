@@ -51,8 +51,11 @@ def time_calls(function: Callable[[], object], iterations: int, warmup: int) -> 
     return samples / 1e3
 
 
-def interleaved(functions: Mapping[str, Callable[[], object]], iterations: int, rounds: int = 5,
-                ) -> dict[str, np.ndarray]:
+def interleaved(
+    functions: Mapping[str, Callable[[], object]],
+    iterations: int,
+    rounds: int = 5,
+) -> dict[str, np.ndarray]:
     """Alternate the contenders in rounds so a noisy neighbour on a shared machine hits both."""
     per_round = max(1, iterations // rounds)
     collected: dict[str, list[np.ndarray]] = {name: [] for name in functions}
@@ -73,13 +76,17 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     actor = SquashedGaussianActor(OBS_DIM, ACTION_DIM).eval()
     actor.normalizer.set_statistics(torch.randn(OBS_DIM), torch.rand(OBS_DIM) + 0.5)
-    lineage = ActorMetadata(task="benchmark", env_id="none", algorithm="none", cost_limit=0.0,
-                            seed=0)
+    lineage = ActorMetadata(
+        task="benchmark", env_id="none", algorithm="none", cost_limit=0.0, seed=0
+    )
     rng = np.random.default_rng(0)
     rows = []
     with tempfile.TemporaryDirectory() as repo:
-        policy = load_policy(export_actor(actor, lineage, repo, "bench"),
-                             providers=["CPUExecutionProvider"], threads=1)
+        policy = load_policy(
+            export_actor(actor, lineage, repo, "bench"),
+            providers=["CPUExecutionProvider"],
+            threads=1,
+        )
         for batch in BATCHES:
             observations = rng.standard_normal((batch, OBS_DIM)).astype(np.float32)
             tensor = torch.from_numpy(observations)
@@ -105,27 +112,39 @@ def main(argv: list[str] | None = None) -> int:
     batch_1 = rows[0]["ratio_p50"]
     result = {
         "benchmark": "export_latency",
-        "model": {"obs_dim": OBS_DIM, "action_dim": ACTION_DIM,
-                  "hidden_sizes": list(actor.hidden_sizes)},
+        "model": {
+            "obs_dim": OBS_DIM,
+            "action_dim": ACTION_DIM,
+            "hidden_sizes": list(actor.hidden_sizes),
+        },
         "threads": 1,
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                    "processor": platform.processor()},
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+        },
         "rows": rows,
         "target_ratio_batch_1": TARGET_RATIO_BATCH_1,
         "meets_target": bool(batch_1 <= TARGET_RATIO_BATCH_1),
     }
-    print("| batch | torch p50 (us) | torch p99 (us) | onnxruntime p50 (us) | onnxruntime p99 (us) "
-          "| ratio p50 | ratio p99 |")
+    print(
+        "| batch | torch p50 (us) | torch p99 (us) | onnxruntime p50 (us) | onnxruntime p99 (us) "
+        "| ratio p50 | ratio p99 |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
-        print(f"| {row['batch']} | {row['torch_p50_us']:.1f} | {row['torch_p99_us']:.1f} | "
-              f"{row['onnx_p50_us']:.1f} | {row['onnx_p99_us']:.1f} | {row['ratio_p50']:.2f} | "
-              f"{row['ratio_p99']:.2f} |")
+        print(
+            f"| {row['batch']} | {row['torch_p50_us']:.1f} | {row['torch_p99_us']:.1f} | "
+            f"{row['onnx_p50_us']:.1f} | {row['onnx_p99_us']:.1f} | {row['ratio_p50']:.2f} | "
+            f"{row['ratio_p99']:.2f} |"
+        )
     verdict = "meets" if result["meets_target"] else "MISSES"
-    print(f"\nbatch 1: onnxruntime/torch p50 = {batch_1:.2f} ({verdict} the "
-          f"<= {TARGET_RATIO_BATCH_1} target)")
+    print(
+        f"\nbatch 1: onnxruntime/torch p50 = {batch_1:.2f} ({verdict} the "
+        f"<= {TARGET_RATIO_BATCH_1} target)"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     temporary = args.out.with_suffix(".json.tmp")
     temporary.write_text(json.dumps(result, indent=2) + "\n")

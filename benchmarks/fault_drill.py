@@ -60,9 +60,11 @@ def _bad_calls(target: str) -> list:
     """Callables that each send one client mistake."""
     channel = grpc.insecure_channel(target)
     raw_act = channel.unary_unary("/safepolicy.v1.PolicyService/Act")
-    infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
-                                request_serializer=oip.ModelInferRequest.SerializeToString,
-                                response_deserializer=oip.ModelInferResponse.FromString)
+    infer = channel.unary_unary(
+        "/inference.GRPCInferenceService/ModelInfer",
+        request_serializer=oip.ModelInferRequest.SerializeToString,
+        response_deserializer=oip.ModelInferResponse.FromString,
+    )
     client = PolicyClient(target)
     rng = np.random.default_rng(0)
     return [
@@ -92,10 +94,30 @@ def main(argv: list[str] | None = None) -> int:
     target = f"127.0.0.1:{port}"
     grace, drain_delay = 20.0, 1.0
     process = subprocess.Popen(
-        [sys.executable, "-m", "safepolicy.server", "--repo", str(repo), "--host", "127.0.0.1",
-         "--port", str(port), "--metrics-port", "0", "--poll-interval-s", "0.2",
-         "--grace-s", str(grace), "--drain-delay-s", str(drain_delay), "--log-level", "ERROR"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        [
+            sys.executable,
+            "-m",
+            "safepolicy.server",
+            "--repo",
+            str(repo),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--metrics-port",
+            "0",
+            "--poll-interval-s",
+            "0.2",
+            "--grace-s",
+            str(grace),
+            "--drain-delay-s",
+            str(drain_delay),
+            "--log-level",
+            "ERROR",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     valid: collections.Counter[str] = collections.Counter()
     refused_after_drain = collections.Counter[str]()
     mistakes: collections.Counter[str] = collections.Counter()
@@ -156,18 +178,23 @@ def main(argv: list[str] | None = None) -> int:
     failed_valid = sum(count for code, count in valid.items() if code != "OK")
     bad_answers = mistakes.get("INTERNAL", 0) + mistakes.get("UNKNOWN", 0) + mistakes.get("OK", 0)
     print(f"valid calls: {sum(valid.values())} sent, by code {dict(valid)}")
-    print(f"valid calls sent after the drain delay (each client stops at its first refusal): "
-          f"{dict(refused_after_drain)}")
-    cut = sum(count for code, count in refused_after_drain.items()
-              if code not in ("OK", "UNAVAILABLE"))
+    print(
+        f"valid calls sent after the drain delay (each client stops at its first refusal): "
+        f"{dict(refused_after_drain)}"
+    )
+    cut = sum(
+        count for code, count in refused_after_drain.items() if code not in ("OK", "UNAVAILABLE")
+    )
     if cut:
-        print(f"  {cut} of them ended with a code other than UNAVAILABLE (clients do not retry "
-              "those)")
+        print(
+            f"  {cut} of them ended with a code other than UNAVAILABLE (clients do not retry those)"
+        )
     print(f"client mistakes: {sum(mistakes.values())} sent, by code {dict(mistakes)}")
-    print(f"hot reloads: {args.reloads}; SIGTERM to exit: {exit_s:.2f} s (drain delay "
-          f"{drain_delay:g} s, grace {grace:g} s), exit code {returncode}")
-    ok = (failed_valid == 0 and bad_answers == 0 and cut == 0 and returncode == 0
-          and exit_s < grace)
+    print(
+        f"hot reloads: {args.reloads}; SIGTERM to exit: {exit_s:.2f} s (drain delay "
+        f"{drain_delay:g} s, grace {grace:g} s), exit code {returncode}"
+    )
+    ok = failed_valid == 0 and bad_answers == 0 and cut == 0 and returncode == 0 and exit_s < grace
     print("targets met" if ok else "TARGETS MISSED")
     return 0 if ok else 1
 

@@ -43,9 +43,23 @@ SHORT_BUDGET_SETTINGS = ("td3bc.tau=0.05",)
 def collect_if_missing(task: str, data_dir: Path, episodes: int, seed: int) -> Path:
     path = data_dir / f"{task}.h5"
     if not path.exists():
-        subprocess.run([sys.executable, "-m", "safepolicy", "collect", "--task", task,
-                        "--episodes", str(episodes), "--seed", str(seed), "--out", str(path)],
-                       check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "safepolicy",
+                "collect",
+                "--task",
+                task,
+                "--episodes",
+                str(episodes),
+                "--seed",
+                str(seed),
+                "--out",
+                str(path),
+            ],
+            check=True,
+        )
     return path
 
 
@@ -56,8 +70,9 @@ def settings_for(algorithm: str, settings: list[str]) -> dict[str, str]:
 
     known = {name for name, *_ in describe(algorithm_spec(algorithm).config_type())}
     pairs = dict(setting.split("=", 1) for setting in settings)
-    return {name: value for name, value in pairs.items()
-            if name in known or name.startswith("run.")}
+    return {
+        name: value for name, value in pairs.items() if name in known or name.startswith("run.")
+    }
 
 
 def stage_seconds(run_dir: Path) -> dict[str, float]:
@@ -76,9 +91,19 @@ def stage_seconds(run_dir: Path) -> dict[str, float]:
     return seconds
 
 
-def train_once(algorithm: str, task: str, dataset: Path, cost_limit: float, seed: int,
-               steps: int, eval_episodes: int, precision: str, settings: list[str],
-               out: Path, reuse: dict[str, Path] | None = None) -> dict:
+def train_once(
+    algorithm: str,
+    task: str,
+    dataset: Path,
+    cost_limit: float,
+    seed: int,
+    steps: int,
+    eval_episodes: int,
+    precision: str,
+    settings: list[str],
+    out: Path,
+    reuse: dict[str, Path] | None = None,
+) -> dict:
     import torch
 
     from safepolicy.training.loop import TrainRequest, train
@@ -91,19 +116,31 @@ def train_once(algorithm: str, task: str, dataset: Path, cost_limit: float, seed
 
             shutil.rmtree(out)  # an interrupted run restarts cleanly
         started = time.perf_counter()
-        train(TrainRequest(algorithm=algorithm, task=task, dataset=dataset,
-                           cost_limit=cost_limit, out=out, seed=seed, steps=steps,
-                           overrides={"run.eval_episodes": str(eval_episodes),
-                                      "run.precision": precision,
-                                      **settings_for(algorithm, settings)},
-                           reuse_stages=reuse or {}, progress=False))
+        train(
+            TrainRequest(
+                algorithm=algorithm,
+                task=task,
+                dataset=dataset,
+                cost_limit=cost_limit,
+                out=out,
+                seed=seed,
+                steps=steps,
+                overrides={
+                    "run.eval_episodes": str(eval_episodes),
+                    "run.precision": precision,
+                    **settings_for(algorithm, settings),
+                },
+                reuse_stages=reuse or {},
+                progress=False,
+            )
+        )
         (out / "train_seconds.txt").write_text(f"{time.perf_counter() - started:.1f}\n")
     result: dict = json.loads(evaluation.read_text())
     seconds = out / "train_seconds.txt"
     result["train_seconds"] = float(seconds.read_text()) if seconds.exists() else None
     result["stage_seconds"] = stage_seconds(out)
     if reuse:
-        (stage, source), = reuse.items()
+        ((stage, source),) = reuse.items()
         result["reused_stage"] = {"stage": stage, "from": source.name}
     result.update(task=task, algorithm=algorithm, cost_limit=cost_limit, seed=seed)
     return result
@@ -131,8 +168,9 @@ def summarise(results: list[dict]) -> dict[tuple[str, str, float], dict[str, flo
     return summary
 
 
-def markdown_table(summary: dict, tasks: list[str], algorithms: list[str],
-                   cost_limits: list[float]) -> str:
+def markdown_table(
+    summary: dict, tasks: list[str], algorithms: list[str], cost_limits: list[float]
+) -> str:
     header = "| task | cost limit | " + " | ".join(algorithms) + " |"
     lines = [header, "|" + "---|" * (len(algorithms) + 2)]
     for task in tasks:
@@ -144,12 +182,16 @@ def markdown_table(summary: dict, tasks: list[str], algorithms: list[str],
                     cells.append("-")
                     continue
                 marker = " **unsafe**" if cell["cost_mean"] > SAFE_THRESHOLD else ""
-                cells.append(f"{cell['reward_mean']:.2f} ± {cell['reward_std']:.2f} / "
-                             f"{cell['cost_mean']:.2f} ± {cell['cost_std']:.2f}{marker}")
+                cells.append(
+                    f"{cell['reward_mean']:.2f} ± {cell['reward_std']:.2f} / "
+                    f"{cell['cost_mean']:.2f} ± {cell['cost_std']:.2f}{marker}"
+                )
             lines.append(f"| {task} | {limit:g} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("Cells: normalised reward / normalised cost (mean ± std over seeds); "
-                 "**unsafe** marks mean normalised cost > 1.")
+    lines.append(
+        "Cells: normalised reward / normalised cost (mean ± std over seeds); "
+        "**unsafe** marks mean normalised cost > 1."
+    )
     return "\n".join(lines)
 
 
@@ -163,16 +205,41 @@ def plot(summary: dict, path: Path) -> None:
     figure, axis = plt.subplots(figsize=(7.5, 5))
     algorithms = sorted({algorithm for _, algorithm, _ in summary})
     tasks = sorted({task for task, _, _ in summary})
-    palette = [f"tab:{name}" for name in ("blue", "orange", "green", "red", "purple", "brown",
-                                          "pink", "olive", "cyan", "gray")]
+    palette = [
+        f"tab:{name}"
+        for name in (
+            "blue",
+            "orange",
+            "green",
+            "red",
+            "purple",
+            "brown",
+            "pink",
+            "olive",
+            "cyan",
+            "gray",
+        )
+    ]
     colours = {algorithm: palette[i % len(palette)] for i, algorithm in enumerate(algorithms)}
     markers = dict(zip(tasks, ["o", "s", "^", "D"], strict=False))
     for (task, algorithm, limit), cell in sorted(summary.items()):
-        axis.errorbar(cell["cost_mean"], cell["reward_mean"], xerr=cell["cost_std"],
-                      yerr=cell["reward_std"], fmt=markers[task], color=colours[algorithm],
-                      alpha=0.85, capsize=2)
-        axis.annotate(f"κ={limit:g}", (cell["cost_mean"], cell["reward_mean"]), fontsize=6,
-                      xytext=(4, 3), textcoords="offset points")
+        axis.errorbar(
+            cell["cost_mean"],
+            cell["reward_mean"],
+            xerr=cell["cost_std"],
+            yerr=cell["reward_std"],
+            fmt=markers[task],
+            color=colours[algorithm],
+            alpha=0.85,
+            capsize=2,
+        )
+        axis.annotate(
+            f"κ={limit:g}",
+            (cell["cost_mean"], cell["reward_mean"]),
+            fontsize=6,
+            xytext=(4, 3),
+            textcoords="offset points",
+        )
     for algorithm, colour in colours.items():
         axis.plot([], [], "s", color=colour, label=algorithm)
     for task, marker in markers.items():
@@ -190,34 +257,57 @@ def plot(summary: dict, path: Path) -> None:
 def main() -> int:
     from safepolicy.training.registry import algorithm_names
 
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tasks", nargs="+", default=["BallRun", "CarCircle"])
-    parser.add_argument("--algorithms", nargs="+", default=["o3srl", "bc-safe", "td3bc-lag"],
-                        choices=algorithm_names(), metavar="ALGORITHM",
-                        help=f"registered algorithms: {', '.join(algorithm_names())}")
-    parser.add_argument("--reuse-stage", dest="reuse", action="append", default=[],
-                        metavar="ALGORITHM=STAGE",
-                        help="the first cost limit's run trains every stage, the other limits "
-                        "start after STAGE from it (repeatable, one per algorithm)")
+    parser.add_argument(
+        "--algorithms",
+        nargs="+",
+        default=["o3srl", "bc-safe", "td3bc-lag"],
+        choices=algorithm_names(),
+        metavar="ALGORITHM",
+        help=f"registered algorithms: {', '.join(algorithm_names())}",
+    )
+    parser.add_argument(
+        "--reuse-stage",
+        dest="reuse",
+        action="append",
+        default=[],
+        metavar="ALGORITHM=STAGE",
+        help="the first cost limit's run trains every stage, the other limits "
+        "start after STAGE from it (repeatable, one per algorithm)",
+    )
     parser.add_argument("--cost-limits", nargs="+", type=float, default=[5.0, 10.0, 20.0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--steps", type=int, default=10_000)
     parser.add_argument("--precision", default="bf16-mixed", choices=["fp32", "bf16-mixed"])
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one per core)")
-    parser.add_argument("--set", dest="settings", action="append",
-                        default=list(SHORT_BUDGET_SETTINGS), metavar="NAME=VALUE",
-                        help="a training setting (as `safepolicy train --set`), applied to "
-                        "every algorithm whose config has it; repeatable, later ones win "
-                        f"(default: {' '.join(SHORT_BUDGET_SETTINGS)})")
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=list(SHORT_BUDGET_SETTINGS),
+        metavar="NAME=VALUE",
+        help="a training setting (as `safepolicy train --set`), applied to "
+        "every algorithm whose config has it; repeatable, later ones win "
+        f"(default: {' '.join(SHORT_BUDGET_SETTINGS)})",
+    )
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--dataset-episodes", type=int, default=200)
     parser.add_argument("--data-dir", type=Path, default=ROOT / "data")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality")
-    parser.add_argument("--runs-dir", type=Path, default=None,
-                        help="where the run directories go (default: OUT/runs)")
-    parser.add_argument("--replot", action="store_true",
-                        help="redraw quality.png from OUT/quality.json without training")
+    parser.add_argument(
+        "--runs-dir",
+        type=Path,
+        default=None,
+        help="where the run directories go (default: OUT/runs)",
+    )
+    parser.add_argument(
+        "--replot",
+        action="store_true",
+        help="redraw quality.png from OUT/quality.json without training",
+    )
     args = parser.parse_args()
     if args.replot:
         runs = json.loads((args.out / "quality.json").read_text())["runs"]
@@ -225,8 +315,10 @@ def main() -> int:
         return 0
 
     args.out.mkdir(parents=True, exist_ok=True)
-    datasets = {task: collect_if_missing(task, args.data_dir, args.dataset_episodes, seed=0)
-                for task in args.tasks}
+    datasets = {
+        task: collect_if_missing(task, args.data_dir, args.dataset_episodes, seed=0)
+        for task in args.tasks
+    }
     for setting in args.settings:
         if "=" not in setting:
             parser.error(f"--set {setting!r}: expected NAME=VALUE, e.g. td3bc.tau=0.05")
@@ -237,15 +329,32 @@ def main() -> int:
 
     def job(algorithm: str, task: str, limit: float, seed: int) -> tuple:
         first = args.cost_limits[0]
-        reused = ({reuse[algorithm]: runs_dir / f"{task}-{algorithm}-{first:g}-s{seed}"}
-                  if algorithm in reuse and limit != first else None)
-        return (algorithm, task, datasets[task], limit, seed, args.steps, args.eval_episodes,
-                args.precision, args.settings, runs_dir / f"{task}-{algorithm}-{limit:g}-s{seed}",
-                reused)
+        reused = (
+            {reuse[algorithm]: runs_dir / f"{task}-{algorithm}-{first:g}-s{seed}"}
+            if algorithm in reuse and limit != first
+            else None
+        )
+        return (
+            algorithm,
+            task,
+            datasets[task],
+            limit,
+            seed,
+            args.steps,
+            args.eval_episodes,
+            args.precision,
+            args.settings,
+            runs_dir / f"{task}-{algorithm}-{limit:g}-s{seed}",
+            reused,
+        )
 
-    jobs = [job(algorithm, task, limit, seed)
-            for task in args.tasks for limit in args.cost_limits
-            for algorithm in args.algorithms for seed in args.seeds]
+    jobs = [
+        job(algorithm, task, limit, seed)
+        for task in args.tasks
+        for limit in args.cost_limits
+        for algorithm in args.algorithms
+        for seed in args.seeds
+    ]
     # runs that reuse another run's stage wait for the runs that train it
     waves = [[j for j in jobs if j[-1] is None], [j for j in jobs if j[-1] is not None]]
     results: list[dict] = []
@@ -256,21 +365,27 @@ def main() -> int:
             results.append(row)
             name = f"{row['task']}-{row['algorithm']}-{row['cost_limit']:g}-s{row['seed']}"
             (args.out / "results" / f"{name}.json").write_text(json.dumps(row, indent=2))
-            print(f"{row['task']} {row['algorithm']} kappa={row['cost_limit']:g} "
-                  f"seed={row['seed']}: reward {row['normalized_reward']:.2f} "
-                  f"cost {row['normalized_cost']:.2f} ({row['train_seconds']} s; stages "
-                  f"{row['stage_seconds']})", flush=True)
-            table = markdown_table(summarise(results), args.tasks, args.algorithms,
-                                   args.cost_limits)
-            (args.out / "quality.json").write_text(json.dumps(
-                {"settings": settings, "runs": results}, indent=2))
+            print(
+                f"{row['task']} {row['algorithm']} kappa={row['cost_limit']:g} "
+                f"seed={row['seed']}: reward {row['normalized_reward']:.2f} "
+                f"cost {row['normalized_cost']:.2f} ({row['train_seconds']} s; stages "
+                f"{row['stage_seconds']})",
+                flush=True,
+            )
+            table = markdown_table(
+                summarise(results), args.tasks, args.algorithms, args.cost_limits
+            )
+            (args.out / "quality.json").write_text(
+                json.dumps({"settings": settings, "runs": results}, indent=2)
+            )
             (args.out / "quality.md").write_text(
                 f"Settings: {args.steps} gradient steps for one-stage algorithms (staged ones "
                 f"take theirs from --set), {args.precision}, seeds {args.seeds}, "
                 f"settings {' '.join(args.settings) or 'none'}, "
                 f"{args.eval_episodes} evaluation episodes on seeds 10000+, datasets of "
                 f"{args.dataset_episodes} episodes from `safepolicy collect --seed 0`.\n\n"
-                f"{table}\n")
+                f"{table}\n"
+            )
     plot(summarise(results), args.out / "quality.png")
     print((args.out / "quality.md").read_text())
     return 0

@@ -46,9 +46,11 @@ async def main() -> None:
     servicer: Any
     try:  # since issue 16
         from safepolicy.server.policy_service import PolicyServicer
+
         servicer = PolicyServicer(server.plane, server.outcomes, server.reload)
     except ImportError:  # before: the servicer lived in app.py
         from safepolicy.server.app import PolicyServicer  # type: ignore[attr-defined,no-redef]
+
         servicer = PolicyServicer(server)
     echo = EchoServicer(2, str(tmp / "bench" / "1"))
     request = act_request("bench", np.random.default_rng(0).normal(size=60).astype(np.float32))
@@ -64,8 +66,10 @@ async def main() -> None:
                 await fn(request, ctx)
             times[name] = (time.perf_counter() - started) / 5000 * 1e6
         gaps.append(times["server"] - times["echo"])
-    print(f"{root}: server - echo+onnxruntime handler, median of 7 rounds: "
-          f"{statistics.median(gaps):.1f} us/call (rounds: {', '.join(f'{g:.1f}' for g in gaps)})")
+    print(
+        f"{root}: server - echo+onnxruntime handler, median of 7 rounds: "
+        f"{statistics.median(gaps):.1f} us/call (rounds: {', '.join(f'{g:.1f}' for g in gaps)})"
+    )
 
 
 if __name__ == "__main__":

@@ -71,14 +71,18 @@ class EchoServicer(policy_pb2_grpc.PolicyServiceServicer):
             observations = np.frombuffer(request.observations.data, dtype="<f4")
             if observations.size == self.policy.metadata.obs_dim:
                 action = self.policy.act_unchecked(observations.reshape(1, -1))[0].tobytes()
-        return policy_pb2.ActResponse(actions=policy_pb2.Tensor(
-            shape=[self.action_dim], data=action), policy=POLICY, version=1)
+        return policy_pb2.ActResponse(
+            actions=policy_pb2.Tensor(shape=[self.action_dim], data=action),
+            policy=POLICY,
+            version=1,
+        )
 
     async def Act(self, request: Any, context: Any) -> policy_pb2.ActResponse:
         return self._answer(request)
 
-    async def ActStream(self, request_iterator: AsyncIterator[Any],
-                        context: Any) -> AsyncIterator[policy_pb2.ActResponse]:
+    async def ActStream(
+        self, request_iterator: AsyncIterator[Any], context: Any
+    ) -> AsyncIterator[policy_pb2.ActResponse]:
         async for request in request_iterator:
             yield self._answer(request)
 
@@ -186,11 +190,14 @@ def measure(target: str, request: Any, count: int) -> dict[str, float]:
     eight, throughput = concurrent(target, request, 8, max(count // 4, 50))
     streamed = stream(target, request, count)
     return {
-        "act1_p50": percentile(one, 50), "act1_p99": percentile(one, 99),
+        "act1_p50": percentile(one, 50),
+        "act1_p99": percentile(one, 99),
         "act1_rps": len(one) / sum(one),
-        "act8_p50": percentile(eight, 50), "act8_p99": percentile(eight, 99),
+        "act8_p50": percentile(eight, 50),
+        "act8_p99": percentile(eight, 99),
         "act8_rps": throughput,
-        "stream_p50": percentile(streamed, 50), "stream_p99": percentile(streamed, 99),
+        "stream_p50": percentile(streamed, 50),
+        "stream_p99": percentile(streamed, 99),
         "stream_rps": len(streamed) / sum(streamed),
     }
 
@@ -202,37 +209,66 @@ def start(command: list[str], root: Path = ROOT) -> subprocess.Popen[bytes]:
 def export_tree(ref: str, into: Path) -> Path:
     """The source tree of git ``ref`` written under ``into`` (symlinks kept)."""
     into.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], check=True,
-                             capture_output=True).stdout
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", ref], check=True, capture_output=True
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return into
 
 
 def server_command(repo: Path, port: int, extra: list[str]) -> list[str]:
-    return [sys.executable, "-m", "safepolicy.server", "--repo", str(repo), "--host",
-            "127.0.0.1", "--port", str(port), "--metrics-port", "0", "--poll-interval-s", "0",
-            "--log-level", "WARNING", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "safepolicy.server",
+        "--repo",
+        str(repo),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--metrics-port",
+        "0",
+        "--poll-interval-s",
+        "0",
+        "--log-level",
+        "WARNING",
+        *extra,
+    ]
 
 
-TARGETS = {"act1": ("p50", 1.05, 1.15), "act8": ("rps", 0.95, None),
-           "stream": ("p50", 1.05, 1.15)}
-LABELS = {"act1": "Act, 1 client", "act8": "Act, 8 clients",
-          "stream": "ActStream, per message"}
+TARGETS = {"act1": ("p50", 1.05, 1.15), "act8": ("rps", 0.95, None), "stream": ("p50", 1.05, 1.15)}
+LABELS = {"act1": "Act, 1 client", "act8": "Act, 8 clients", "stream": "ActStream, per message"}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--requests", type=int, default=2000, help="calls per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per server")
     parser.add_argument("--obs-dim", type=int, default=60)
     parser.add_argument("--action-dim", type=int, default=2)
-    parser.add_argument("--repo", type=Path, help="existing repository holding policy 'bench' "
-                        "(default: export an untrained 256x256 actor into a temporary one)")
-    parser.add_argument("--compare", action="append", default=[], metavar="LABEL=GITREF",
-                        help="also measure the server of this commit (repeatable)")
-    parser.add_argument("--variant", action="append", default=[], metavar="LABEL=FLAGS",
-                        help="also measure this tree's server with these extra flags")
+    parser.add_argument(
+        "--repo",
+        type=Path,
+        help="existing repository holding policy 'bench' "
+        "(default: export an untrained 256x256 actor into a temporary one)",
+    )
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="LABEL=GITREF",
+        help="also measure the server of this commit (repeatable)",
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="LABEL=FLAGS",
+        help="also measure this tree's server with these extra flags",
+    )
     parser.add_argument("--serve-echo", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--echo-model", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -246,8 +282,14 @@ def main(argv: list[str] | None = None) -> int:
         from safepolicy.server.testing import make_policy
 
         repo = Path(scratch.name) / "repo"
-        make_policy(repo, POLICY, 1, obs_dim=args.obs_dim, action_dim=args.action_dim,
-                    hidden_sizes=(256, 256))
+        make_policy(
+            repo,
+            POLICY,
+            1,
+            obs_dim=args.obs_dim,
+            action_dim=args.action_dim,
+            hidden_sizes=(256, 256),
+        )
     # label -> (source tree, extra serve flags)
     trees: dict[str, tuple[Path, list[str]]] = {}
     for item in args.compare:
@@ -264,21 +306,44 @@ def main(argv: list[str] | None = None) -> int:
     echo_port, inference_port = free_port(), free_port()
     ports = {label: free_port() for label in trees}
     processes = [
-        start([sys.executable, __file__, "--serve-echo", str(echo_port),
-               "--action-dim", str(args.action_dim)]),
-        start([sys.executable, __file__, "--serve-echo", str(inference_port),
-               "--action-dim", str(args.action_dim), "--echo-model", str(repo / POLICY / "1")]),
-        *[start(server_command(repo, ports[label], extra), root)
-          for label, (root, extra) in trees.items()],
+        start(
+            [
+                sys.executable,
+                __file__,
+                "--serve-echo",
+                str(echo_port),
+                "--action-dim",
+                str(args.action_dim),
+            ]
+        ),
+        start(
+            [
+                sys.executable,
+                __file__,
+                "--serve-echo",
+                str(inference_port),
+                "--action-dim",
+                str(args.action_dim),
+                "--echo-model",
+                str(repo / POLICY / "1"),
+            ]
+        ),
+        *[
+            start(server_command(repo, ports[label], extra), root)
+            for label, (root, extra) in trees.items()
+        ],
     ]
     try:
-        targets = {"echo": f"127.0.0.1:{echo_port}",
-                   "echo+onnxruntime": f"127.0.0.1:{inference_port}",
-                   **{label: f"127.0.0.1:{port}" for label, port in ports.items()}}
+        targets = {
+            "echo": f"127.0.0.1:{echo_port}",
+            "echo+onnxruntime": f"127.0.0.1:{inference_port}",
+            **{label: f"127.0.0.1:{port}" for label, port in ports.items()},
+        }
         for target in targets.values():
             wait_ready(target)
-        request = act_request(POLICY, np.random.default_rng(0).normal(
-            size=args.obs_dim).astype(np.float32))
+        request = act_request(
+            POLICY, np.random.default_rng(0).normal(size=args.obs_dim).astype(np.float32)
+        )
         rounds: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
         for index in range(args.rounds):
             order = list(targets) if index % 2 == 0 else list(reversed(list(targets)))
@@ -294,20 +359,26 @@ def main(argv: list[str] | None = None) -> int:
     def median(name: str, key: str) -> float:
         return statistics.median(r[key] for r in rounds[name])
 
-    print(f"obs_dim={args.obs_dim} action_dim={args.action_dim} MLP 256x256, "
-          f"{args.requests} calls x {args.rounds} alternating rounds (median round), "
-          f"{os.cpu_count()} CPUs; compared: "
-          f"{', '.join(args.compare + args.variant) or 'none'}\n")
-    print("| path | echo p50 / p99 (ms) | echo+onnxruntime p50 / p99 (ms) | echo / "
-          "echo+onnxruntime req/s |")
+    print(
+        f"obs_dim={args.obs_dim} action_dim={args.action_dim} MLP 256x256, "
+        f"{args.requests} calls x {args.rounds} alternating rounds (median round), "
+        f"{os.cpu_count()} CPUs; compared: "
+        f"{', '.join(args.compare + args.variant) or 'none'}\n"
+    )
+    print(
+        "| path | echo p50 / p99 (ms) | echo+onnxruntime p50 / p99 (ms) | echo / "
+        "echo+onnxruntime req/s |"
+    )
     print("|---|---|---|---|")
     for key, label in LABELS.items():
-        print(f"| {label} | {median('echo', f'{key}_p50'):.3f} / "
-              f"{median('echo', f'{key}_p99'):.3f} | "
-              f"{median('echo+onnxruntime', f'{key}_p50'):.3f} / "
-              f"{median('echo+onnxruntime', f'{key}_p99'):.3f} | "
-              f"{median('echo', f'{key}_rps'):.0f} / "
-              f"{median('echo+onnxruntime', f'{key}_rps'):.0f} |")
+        print(
+            f"| {label} | {median('echo', f'{key}_p50'):.3f} / "
+            f"{median('echo', f'{key}_p99'):.3f} | "
+            f"{median('echo+onnxruntime', f'{key}_p50'):.3f} / "
+            f"{median('echo+onnxruntime', f'{key}_p99'):.3f} | "
+            f"{median('echo', f'{key}_rps'):.0f} / "
+            f"{median('echo+onnxruntime', f'{key}_rps'):.0f} |"
+        )
     print("\n| server | path | p50 / p99 (ms) | req/s | vs echo+onnxruntime | vs echo |")
     print("|---|---|---|---|---|---|")
     verdicts = []
@@ -318,8 +389,7 @@ def main(argv: list[str] | None = None) -> int:
             to_model = value / median("echo+onnxruntime", f"{key}_{metric}")
             to_echo = value / median("echo", f"{key}_{metric}")
             if metric == "p50":
-                ok = to_model <= against_model and (against_echo is None
-                                                    or to_echo <= against_echo)
+                ok = to_model <= against_model and (against_echo is None or to_echo <= against_echo)
                 wanted = f"p50 <= {against_model}x and <= {against_echo}x"
             else:
                 ok = to_model >= against_model
@@ -328,9 +398,11 @@ def main(argv: list[str] | None = None) -> int:
             if name == "safepolicy":
                 verdicts.append(ok)
                 verdict = f" ({wanted}: {'met' if ok else 'MISSED'})"
-            print(f"| {name} | {label} | {median(name, f'{key}_p50'):.3f} / "
-                  f"{median(name, f'{key}_p99'):.3f} | {median(name, f'{key}_rps'):.0f} | "
-                  f"{to_model:.3f}x{verdict} | {to_echo:.3f}x |")
+            print(
+                f"| {name} | {label} | {median(name, f'{key}_p50'):.3f} / "
+                f"{median(name, f'{key}_p99'):.3f} | {median(name, f'{key}_rps'):.0f} | "
+                f"{to_model:.3f}x{verdict} | {to_echo:.3f}x |"
+            )
     return 0 if all(verdicts) else 1
 
 

@@ -50,8 +50,18 @@ UNCONSTRAINED_LIMIT = 1e6
 # Measured on the 2-core machine (random actions, one env, us per transition): Swimmer 134,
 # Hopper 144, Walker2d 177, AntVelocity 377, DroneCircle 457, DroneRun 630, AntRun 1065,
 # AntCircle 1289, PointCircle1 2533, CarCircle1 3291. Both families first, then by that cost.
-DEFAULT_ORDER = ("DroneRun", "HopperVelocity", "DroneCircle", "Walker2dVelocity", "AntRun",
-                 "AntVelocity", "PointCircle1", "CarCircle1", "AntCircle", "SwimmerVelocity")
+DEFAULT_ORDER = (
+    "DroneRun",
+    "HopperVelocity",
+    "DroneCircle",
+    "Walker2dVelocity",
+    "AntRun",
+    "AntVelocity",
+    "PointCircle1",
+    "CarCircle1",
+    "AntCircle",
+    "SwimmerVelocity",
+)
 
 
 @dataclass(frozen=True)
@@ -61,8 +71,11 @@ class AgentPlan:
 
     @property
     def name(self) -> str:
-        return "sac-lag-unconstrained" if self.cost_limit is None else \
-            f"sac-lag-limit{self.cost_limit:g}"
+        return (
+            "sac-lag-unconstrained"
+            if self.cost_limit is None
+            else f"sac-lag-limit{self.cost_limit:g}"
+        )
 
 
 def tasks_without_a_controller() -> list[str]:
@@ -86,13 +99,32 @@ def middle_limit(spec: TaskSpec) -> float:
     return limits[len(limits) // 2]
 
 
-def train_command(plan: AgentPlan, run_dir: Path, steps: int, seed: int,
-                  settings: list[str], resume: bool) -> list[str]:
+def train_command(
+    plan: AgentPlan, run_dir: Path, steps: int, seed: int, settings: list[str], resume: bool
+) -> list[str]:
     limit = UNCONSTRAINED_LIMIT if plan.cost_limit is None else plan.cost_limit
-    command = [sys.executable, "-m", "safepolicy", "train", "sac-lag", "--task", plan.task,
-               "--cost-limit", f"{limit:g}", "--steps", str(steps), "--out", str(run_dir),
-               "--seed", str(seed), "--device", "auto", "--no-progress",
-               "--set", "run.eval_episodes=0"]
+    command = [
+        sys.executable,
+        "-m",
+        "safepolicy",
+        "train",
+        "sac-lag",
+        "--task",
+        plan.task,
+        "--cost-limit",
+        f"{limit:g}",
+        "--steps",
+        str(steps),
+        "--out",
+        str(run_dir),
+        "--seed",
+        str(seed),
+        "--device",
+        "auto",
+        "--no-progress",
+        "--set",
+        "run.eval_episodes=0",
+    ]
     for setting in settings:
         command += ["--set", setting]
     return command + (["--resume"] if resume else [])
@@ -117,11 +149,16 @@ def seconds_per_transition(task: str, args: argparse.Namespace) -> float:
             import shutil
 
             shutil.rmtree(run_dir)
-        command = train_command(AgentPlan(task, None), run_dir, steps, 0,
-                                [*args.set, "warmup_steps=0"], resume=False)
+        command = train_command(
+            AgentPlan(task, None), run_dir, steps, 0, [*args.set, "warmup_steps=0"], resume=False
+        )
         started = time.perf_counter()
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+        subprocess.run(
+            command,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
         times.append(time.perf_counter() - started)
         transitions.append(steps * num_envs_of(args.set))
     return max((times[1] - times[0]) / (transitions[1] - transitions[0]), 1e-5)
@@ -153,11 +190,20 @@ def train_agent(plan: AgentPlan, args: argparse.Namespace) -> None:
             rate_file.parent.mkdir(parents=True, exist_ok=True)
             rate_file.write_text(json.dumps({"seconds_per_transition": rate}) + "\n")
         env_steps = int(args.budget_s / rate)
-        print(f"{plan.task} {plan.name}: {1e3 * rate:.2f} ms per transition -> {env_steps} "
-              f"env steps in {args.budget_s:.0f} s", flush=True)
+        print(
+            f"{plan.task} {plan.name}: {1e3 * rate:.2f} ms per transition -> {env_steps} "
+            f"env steps in {args.budget_s:.0f} s",
+            flush=True,
+        )
     steps = max(1, env_steps // num_envs)
-    command = train_command(plan, run_dir, steps, args.seed, args.set,
-                            resume=run_dir.exists() and not (run_dir / "actor.pt").exists())
+    command = train_command(
+        plan,
+        run_dir,
+        steps,
+        args.seed,
+        args.set,
+        resume=run_dir.exists() and not (run_dir / "actor.pt").exists(),
+    )
     wall = 0.0
     if not (run_dir / "actor.pt").exists():
         started = time.perf_counter()
@@ -165,22 +211,39 @@ def train_agent(plan: AgentPlan, args: argparse.Namespace) -> None:
         subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
         wall = time.perf_counter() - started
     else:
-        wall = float(json.loads((run_dir / "train_wall.json").read_text())["wall_s"]) \
-            if (run_dir / "train_wall.json").exists() else 0.0
+        wall = (
+            float(json.loads((run_dir / "train_wall.json").read_text())["wall_s"])
+            if (run_dir / "train_wall.json").exists()
+            else 0.0
+        )
     (run_dir / "train_wall.json").write_text(json.dumps({"wall_s": wall}) + "\n")
-    shown = ["safepolicy", *command[command.index("train"):]]
+    shown = ["safepolicy", *command[command.index("train") :]]
     shown[shown.index("--out") + 1] = f"runs/zoo/{plan.task}/{plan.name}"
-    card = add_agent(run_dir, args.zoo, plan.task, plan.name, command=shlex.join(shown),
-                     algorithm="sac-lag", cost_limit=plan.cost_limit,
-                     train_env_steps=steps * num_envs, train_wall_s=wall,
-                     train_device=resolved_device(), eval_episodes=args.eval_episodes)
-    print(f"{plan.task} {plan.name}: {card.train_env_steps} env steps in {wall:.0f} s; eval "
-          f"return {card.eval_return_mean:.1f} (normalised {card.eval_normalized_reward:.2f}) "
-          f"cost {card.eval_cost_mean:.1f}", flush=True)
+    card = add_agent(
+        run_dir,
+        args.zoo,
+        plan.task,
+        plan.name,
+        command=shlex.join(shown),
+        algorithm="sac-lag",
+        cost_limit=plan.cost_limit,
+        train_env_steps=steps * num_envs,
+        train_wall_s=wall,
+        train_device=resolved_device(),
+        eval_episodes=args.eval_episodes,
+    )
+    print(
+        f"{plan.task} {plan.name}: {card.train_env_steps} env steps in {wall:.0f} s; eval "
+        f"return {card.eval_return_mean:.1f} (normalised {card.eval_normalized_reward:.2f}) "
+        f"cost {card.eval_cost_mean:.1f}",
+        flush=True,
+    )
     if args.commit:
-        message = (f"zoo: {plan.task} {plan.name} ({card.train_env_steps} env steps, "
-                   f"{wall:.0f} s; eval return {card.eval_return_mean:.1f}, cost "
-                   f"{card.eval_cost_mean:.1f})")
+        message = (
+            f"zoo: {plan.task} {plan.name} ({card.train_env_steps} env steps, "
+            f"{wall:.0f} s; eval return {card.eval_return_mean:.1f}, cost "
+            f"{card.eval_cost_mean:.1f})"
+        )
         commit_paths([args.zoo / plan.task / plan.name], message)
 
 
@@ -189,8 +252,9 @@ def commit_paths(paths: list[Path], message: str) -> None:
     lock, and never fatal (the files stay for a later commit)."""
     for attempt in range(5):
         added = subprocess.run(["git", "add", *map(str, paths)], cwd=ROOT)
-        committed = subprocess.run(["git", "commit", "-q", "-m", message, "--",
-                                    *map(str, paths)], cwd=ROOT)
+        committed = subprocess.run(
+            ["git", "commit", "-q", "-m", message, "--", *map(str, paths)], cwd=ROOT
+        )
         if added.returncode == 0 and committed.returncode == 0:
             return
         time.sleep(2 + 3 * attempt)
@@ -214,8 +278,11 @@ def measure_env_steps(tasks: list[str], transitions: int = 2000) -> None:
                 envs.step(rng.uniform(-1, 1, shape).astype(np.float32))
             elapsed = time.perf_counter() - started
             envs.close()
-            print(f"{task} num_envs={num_envs}: {1e6 * elapsed / (steps * num_envs):.0f} "
-                  "us/transition", flush=True)
+            print(
+                f"{task} num_envs={num_envs}: {1e6 * elapsed / (steps * num_envs):.0f} "
+                "us/transition",
+                flush=True,
+            )
 
 
 def measure_cost(tasks: list[str], args: argparse.Namespace) -> None:
@@ -230,18 +297,30 @@ def measure_cost(tasks: list[str], args: argparse.Namespace) -> None:
                 import shutil
 
                 shutil.rmtree(run_dir)
-            command = train_command(AgentPlan(task, None), run_dir, steps, 0,
-                                    [*args.set, f"warmup_steps={warmup}"], resume=False)
+            command = train_command(
+                AgentPlan(task, None),
+                run_dir,
+                steps,
+                0,
+                [*args.set, f"warmup_steps={warmup}"],
+                resume=False,
+            )
             started = time.perf_counter()
-            subprocess.run(command, check=True, stdout=subprocess.DEVNULL,
-                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+            subprocess.run(
+                command,
+                check=True,
+                stdout=subprocess.DEVNULL,
+                env={**os.environ, "OMP_NUM_THREADS": "1"},
+            )
             times[label] = time.perf_counter() - started
         env_us = 1e6 * times["env only"] / transitions
         update_us = 1e6 * (times["env + updates"] - times["env only"]) / transitions
-        print(f"{task}: {transitions} transitions; env only {times['env only']:.1f} s "
-              f"({env_us:.0f} us/transition, process start included), with updates "
-              f"{times['env + updates']:.1f} s: updates {update_us:.0f} us/transition",
-              flush=True)
+        print(
+            f"{task}: {transitions} transitions; env only {times['env only']:.1f} s "
+            f"({env_us:.0f} us/transition, process start included), with updates "
+            f"{times['env + updates']:.1f} s: updates {update_us:.0f} us/transition",
+            flush=True,
+        )
 
 
 def report_row(task: str, args: argparse.Namespace) -> str:
@@ -273,8 +352,10 @@ def report_row(task: str, args: argparse.Namespace) -> str:
     above = float(np.mean(costs > max(spec.default_cost_limits)))
     mid_best = normalised[costs <= middle_limit(spec)]
     bar = bool(mid_best.size and mid_best.max() >= 0.3)
-    return (f"| {task} | {', '.join(sorted(agents))} | {episodes} ({wall:.0f} s) | "
-            f"{' · '.join(cells)} | {above:.0%} | {'yes' if bar else 'no'} |")
+    return (
+        f"| {task} | {', '.join(sorted(agents))} | {episodes} ({wall:.0f} s) | "
+        f"{' · '.join(cells)} | {above:.0%} | {'yes' if bar else 'no'} |"
+    )
 
 
 REPORT_HEADER = [
@@ -300,19 +381,37 @@ def report(tasks: list[str], args: argparse.Namespace) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", nargs="*", default=None,
-                        help="tasks (default: every task without a scripted controller)")
-    parser.add_argument("--limits", nargs="*", default=None,
-                        help="cost limits ('none' = unconstrained; default: the task's middle "
-                        "listed limit and none)")
-    parser.add_argument("--env-steps", type=int, default=20_000,
-                        help="environment transitions per agent (the CPU budget)")
-    parser.add_argument("--budget-s", type=float, default=None,
-                        help="CPU budget per agent in seconds: sets the env steps from a short "
-                        "calibration run per task (overrides --env-steps)")
-    parser.add_argument("--report-each", action="store_true",
-                        help="after each task's agents, collect from its zoo and update the "
-                        "report (see --report)")
+    parser.add_argument(
+        "--tasks",
+        nargs="*",
+        default=None,
+        help="tasks (default: every task without a scripted controller)",
+    )
+    parser.add_argument(
+        "--limits",
+        nargs="*",
+        default=None,
+        help="cost limits ('none' = unconstrained; default: the task's middle "
+        "listed limit and none)",
+    )
+    parser.add_argument(
+        "--env-steps",
+        type=int,
+        default=20_000,
+        help="environment transitions per agent (the CPU budget)",
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="CPU budget per agent in seconds: sets the env steps from a short "
+        "calibration run per task (overrides --env-steps)",
+    )
+    parser.add_argument(
+        "--report-each",
+        action="store_true",
+        help="after each task's agents, collect from its zoo and update the report (see --report)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], help="sac-lag setting NAME=VALUE")
     parser.add_argument("--zoo", type=Path, default=ROOT / "zoo")
@@ -320,14 +419,25 @@ def main() -> int:
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--commit", action="store_true", help="git commit each agent")
     parser.add_argument("--measure-cost", action="store_true")
-    parser.add_argument("--measure-env", action="store_true",
-                        help="time the tasks' environment steps alone (random actions)")
+    parser.add_argument(
+        "--measure-env",
+        action="store_true",
+        help="time the tasks' environment steps alone (random actions)",
+    )
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--episodes", type=int, default=None, help="--report: episodes per task")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "zoo",
-                        help="report table and plots")
-    parser.add_argument("--data-dir", type=Path, default=ROOT / "data" / "zoo",
-                        help="--report: where the collected datasets go")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "benchmarks" / "results" / "zoo",
+        help="report table and plots",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=ROOT / "data" / "zoo",
+        help="--report: where the collected datasets go",
+    )
     args = parser.parse_args()
     tasks = args.tasks or tasks_without_a_controller()
     if args.measure_env:
@@ -349,9 +459,10 @@ def main() -> int:
         if args.report_each:
             report([task], args)
             if args.commit:
-                commit_paths([args.out / name for name in
-                              ("rows.json", "report.md", f"{task}.png")],
-                             f"benchmarks/results/zoo: {task} collected from its zoo")
+                commit_paths(
+                    [args.out / name for name in ("rows.json", "report.md", f"{task}.png")],
+                    f"benchmarks/results/zoo: {task} collected from its zoo",
+                )
     return 0
 
 

@@ -60,8 +60,9 @@ class ObservationError(SafepolicyError, ValueError):
     """Observations a policy cannot act on (wrong shape, wrong type, NaN or infinity)."""
 
 
-def validate_observations(observations: Any, obs_dim: int, *,
-                          accept_vector: bool = False) -> np.ndarray:
+def validate_observations(
+    observations: Any, obs_dim: int, *, accept_vector: bool = False
+) -> np.ndarray:
     """The one observation check (local policies and the server): a C-contiguous float32
     ``[batch, obs_dim]`` array of finite values, or :class:`ObservationError` saying what is
     wrong. ``accept_vector``: a single ``[obs_dim]`` observation becomes a batch of one (the
@@ -70,16 +71,21 @@ def validate_observations(observations: Any, obs_dim: int, *,
     try:
         array = np.ascontiguousarray(observations, dtype=np.float32)
     except (TypeError, ValueError) as error:
-        raise ObservationError(f"observations must be numeric, float32-convertible ({error})"
-                               ) from error
+        raise ObservationError(
+            f"observations must be numeric, float32-convertible ({error})"
+        ) from error
     if accept_vector and array.ndim == 1:
         array = array.reshape(1, -1)
     if array.ndim != 2 or array.shape[1] != obs_dim:
         allowed = f"[batch, {obs_dim}] or [{obs_dim}]" if accept_vector else f"[batch, {obs_dim}]"
-        hint = (" (for one observation pass observations[None])"
-                if array.ndim == 1 and not accept_vector else "")
-        raise ObservationError(f"observations must have shape {allowed}, got "
-                               f"{list(array.shape)}{hint}")
+        hint = (
+            " (for one observation pass observations[None])"
+            if array.ndim == 1 and not accept_vector
+            else ""
+        )
+        raise ObservationError(
+            f"observations must have shape {allowed}, got {list(array.shape)}{hint}"
+        )
     # x.x is finite exactly when every x is, unless the float32 sum of squares overflows
     # (|x| above about 1e19): one BLAS dot (about 0.4 us against 1.2 us for
     # isfinite().all() on a server request), and the exact check only when it is not finite
@@ -88,9 +94,11 @@ def validate_observations(observations: Any, obs_dim: int, *,
         finite = np.isfinite(array)
         if not finite.all():
             rows = np.flatnonzero(~finite.all(axis=1))
-            raise ObservationError(f"observations contain NaN or infinity in row(s) "
-                                   f"{rows[:10].tolist()}{' ...' if rows.size > 10 else ''}; "
-                                   "send finite values")
+            raise ObservationError(
+                f"observations contain NaN or infinity in row(s) "
+                f"{rows[:10].tolist()}{' ...' if rows.size > 10 else ''}; "
+                "send finite values"
+            )
     return array
 
 
@@ -129,17 +137,22 @@ class PolicyMetadata(BaseModel):
     trained_at: datetime | None = Field(default=None, description="when the checkpoint was saved")
     created_at: datetime = Field(default_factory=utc_now, description="when the export ran (UTC)")
     evaluation: dict[str, Any] | None = Field(
-        default=None, description="evaluation figures the training run recorded, if any")
+        default=None, description="evaluation figures the training run recorded, if any"
+    )
     hidden_sizes: list[int] = Field(default_factory=list)
     log_std_min: float | None = None
     log_std_max: float | None = None
     onnx_opset: int = Field(ge=1)
     input_name: Literal["obs"] = "obs"
     output_names: tuple[Literal["action"], Literal["mean"], Literal["log_std"]] = (
-        "action", "mean", "log_std")
+        "action",
+        "mean",
+        "log_std",
+    )
     signature: str = SIGNATURE
     verification: dict[str, Any] | None = Field(
-        default=None, description="how the export was checked against torch (source, max diffs)")
+        default=None, description="how the export was checked against torch (source, max diffs)"
+    )
 
     @field_validator("created_at", "trained_at")
     @classmethod
@@ -151,11 +164,13 @@ class PolicyMetadata(BaseModel):
         if len(self.action_low) != self.action_dim or len(self.action_high) != self.action_dim:
             raise ValueError(
                 f"action_low/action_high need action_dim={self.action_dim} entries, got "
-                f"{len(self.action_low)} and {len(self.action_high)}")
+                f"{len(self.action_low)} and {len(self.action_high)}"
+            )
         for low, high in zip(self.action_low, self.action_high, strict=True):
             if not (math.isfinite(low) and math.isfinite(high) and low < high):
                 raise ValueError(
-                    f"action bounds must be finite with low < high, got [{low}, {high}]")
+                    f"action bounds must be finite with low < high, got [{low}, {high}]"
+                )
         return self
 
     def to_json(self) -> str:
@@ -201,12 +216,15 @@ def read_metadata(version_dir: str | os.PathLike[str]) -> PolicyMetadata:
     except OSError as error:
         raise ArtifactError(
             f"{path}: cannot read policy metadata ({error.strerror or error}); "
-            "is this a version directory written by `safepolicy export`?") from error
+            "is this a version directory written by `safepolicy export`?"
+        ) from error
     try:
         return PolicyMetadata.model_validate_json(text)
     except ValidationError as error:
-        raise ArtifactError(f"{path}: invalid policy metadata ({error}); re-export the policy "
-                            "with `safepolicy export`") from error
+        raise ArtifactError(
+            f"{path}: invalid policy metadata ({error}); re-export the policy "
+            "with `safepolicy export`"
+        ) from error
 
 
 def write_audit_verdict(version_dir: str | os.PathLike[str], verdict: AuditVerdict) -> Path:
@@ -214,8 +232,10 @@ def write_audit_verdict(version_dir: str | os.PathLike[str], verdict: AuditVerdi
     a half-written file) and return its path."""
     directory = Path(version_dir)
     if not directory.is_dir():
-        raise ArtifactError(f"{directory}: not a policy version directory; audit an exported "
-                            "policy (MODEL_REPO/NAME/VERSION)")
+        raise ArtifactError(
+            f"{directory}: not a policy version directory; audit an exported "
+            "policy (MODEL_REPO/NAME/VERSION)"
+        )
     path = directory / AUDIT_FILENAME
     atomic_write_text(path, verdict.model_dump_json(indent=2) + "\n")
     return path
@@ -236,8 +256,9 @@ def read_audit_verdict(version_dir: str | os.PathLike[str]) -> AuditVerdict | No
     try:
         return AuditVerdict.model_validate_json(text)
     except ValidationError as error:
-        raise ArtifactError(f"{path}: invalid audit verdict ({error}); re-run "
-                            "`safepolicy audit` on this version") from error
+        raise ArtifactError(
+            f"{path}: invalid audit verdict ({error}); re-run `safepolicy audit` on this version"
+        ) from error
 
 
 class PolicyOutputs(NamedTuple):
@@ -283,8 +304,10 @@ class OnnxPolicy:
         return self.metadata.action_dim
 
     def __repr__(self) -> str:
-        return (f"OnnxPolicy({self.metadata.name!r}, version={self.metadata.version}, "
-                f"obs_dim={self.obs_dim}, action_dim={self.action_dim})")
+        return (
+            f"OnnxPolicy({self.metadata.name!r}, version={self.metadata.version}, "
+            f"obs_dim={self.obs_dim}, action_dim={self.action_dim})"
+        )
 
     def check_observations(self, observations: Any) -> np.ndarray:
         """Observations as a C-contiguous float32 ``[batch, obs_dim]`` array, or
@@ -300,8 +323,9 @@ class OnnxPolicy:
         action, mean, log_std = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: array})
         return PolicyOutputs(action, mean, log_std)
 
-    def __call__(self, observations: Any, deterministic: bool = True,
-                 rng: np.random.Generator | None = None) -> np.ndarray:
+    def __call__(
+        self, observations: Any, deterministic: bool = True, rng: np.random.Generator | None = None
+    ) -> np.ndarray:
         """Actions float32 ``[batch, action_dim]`` within the action bounds.
 
         Deterministic actions are the graph's ``action`` output; stochastic ones sample the
@@ -312,8 +336,12 @@ class OnnxPolicy:
             return np.empty((0, self.action_dim), dtype=np.float32)
         return self.act_unchecked(array, deterministic, rng)
 
-    def act_unchecked(self, observations: np.ndarray, deterministic: bool = True,
-                      rng: np.random.Generator | None = None) -> np.ndarray:
+    def act_unchecked(
+        self,
+        observations: np.ndarray,
+        deterministic: bool = True,
+        rng: np.random.Generator | None = None,
+    ) -> np.ndarray:
         """:meth:`__call__` without checking its input: the fast path for callers that have.
 
         ``observations`` must already be what :meth:`check_observations` returns, a
@@ -358,14 +386,18 @@ def _check_signature(session: Any, metadata: PolicyMetadata, path: Path) -> None
         dims = _graph_dims(outputs[name])
         if len(dims) != 2 or dims[1] != metadata.action_dim:
             problems.append(
-                f"output {name!r} shape {dims}, expected [batch, {metadata.action_dim}]")
+                f"output {name!r} shape {dims}, expected [batch, {metadata.action_dim}]"
+            )
     if problems:
-        raise ArtifactError(f"{path}: ONNX graph does not match metadata.json: "
-                            f"{'; '.join(problems)}; re-export the policy with `safepolicy export`")
+        raise ArtifactError(
+            f"{path}: ONNX graph does not match metadata.json: "
+            f"{'; '.join(problems)}; re-export the policy with `safepolicy export`"
+        )
 
 
-def load_policy(version_dir: str | os.PathLike[str], providers: Sequence[str] | None = None,
-                threads: int = 1) -> OnnxPolicy:
+def load_policy(
+    version_dir: str | os.PathLike[str], providers: Sequence[str] | None = None, threads: int = 1
+) -> OnnxPolicy:
     """Open the policy artifact in ``version_dir`` for inference.
 
     Validates ``metadata.json`` (pydantic), that the ONNX model carries the same metadata, and
@@ -377,8 +409,10 @@ def load_policy(version_dir: str | os.PathLike[str], providers: Sequence[str] | 
 
     directory = Path(version_dir)
     if not directory.is_dir():
-        raise ArtifactError(f"{directory}: no such policy version directory; export one with "
-                            "`safepolicy export --run RUN_DIR --repo MODEL_REPO --name NAME`")
+        raise ArtifactError(
+            f"{directory}: no such policy version directory; export one with "
+            "`safepolicy export --run RUN_DIR --repo MODEL_REPO --name NAME`"
+        )
     metadata = read_metadata(directory)
     model_path = directory / ONNX_FILENAME
     if not model_path.is_file():
@@ -390,21 +424,28 @@ def load_policy(version_dir: str | os.PathLike[str], providers: Sequence[str] | 
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     try:
         session = onnxruntime.InferenceSession(
-            str(model_path), sess_options=options,
-            providers=list(providers) if providers is not None else default_providers())
+            str(model_path),
+            sess_options=options,
+            providers=list(providers) if providers is not None else default_providers(),
+        )
     except Exception as error:  # onnxruntime raises its own untyped Fail/InvalidGraph errors
-        raise ArtifactError(f"{model_path}: onnxruntime cannot load the model ({error}); "
-                            "re-export the policy") from error
+        raise ArtifactError(
+            f"{model_path}: onnxruntime cannot load the model ({error}); re-export the policy"
+        ) from error
     embedded = session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
     if embedded is None:
-        raise ArtifactError(f"{model_path}: no {ONNX_METADATA_KEY!r} in the model's "
-                            "metadata_props; not a safepolicy export, re-export the policy")
+        raise ArtifactError(
+            f"{model_path}: no {ONNX_METADATA_KEY!r} in the model's "
+            "metadata_props; not a safepolicy export, re-export the policy"
+        )
     try:
         embedded_metadata = PolicyMetadata.model_validate(json.loads(embedded))
     except (ValueError, ValidationError) as error:
         raise ArtifactError(f"{model_path}: invalid embedded metadata ({error})") from error
     if embedded_metadata != metadata:
-        raise ArtifactError(f"{directory}: metadata.json and the metadata inside policy.onnx "
-                            "differ; the files come from different exports, re-export the policy")
+        raise ArtifactError(
+            f"{directory}: metadata.json and the metadata inside policy.onnx "
+            "differ; the files come from different exports, re-export the policy"
+        )
     _check_signature(session, metadata, model_path)
     return OnnxPolicy(session, metadata, directory)

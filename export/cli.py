@@ -27,19 +27,31 @@ def _version(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The command-line options of ``safepolicy export``."""
     parser = argparse.ArgumentParser(
-        prog="safepolicy export", formatter_class=HelpFormatter,
+        prog="safepolicy export",
+        formatter_class=HelpFormatter,
         description="Turn a trained actor (RUN_DIR/actor.pt) into a verified, versioned ONNX "
-                    "policy artifact MODEL_REPO/NAME/VERSION/{policy.onnx, metadata.json}.")
-    parser.add_argument("--run", required=True, metavar="RUN_DIR",
-                        help="training run directory holding actor.pt")
-    parser.add_argument("--repo", required=True, metavar="MODEL_REPO",
-                        help="model repository directory (created if missing)")
+        "policy artifact MODEL_REPO/NAME/VERSION/{policy.onnx, metadata.json}.",
+    )
+    parser.add_argument(
+        "--run", required=True, metavar="RUN_DIR", help="training run directory holding actor.pt"
+    )
+    parser.add_argument(
+        "--repo",
+        required=True,
+        metavar="MODEL_REPO",
+        help="model repository directory (created if missing)",
+    )
     parser.add_argument("--name", required=True, help="policy name in the repository")
-    parser.add_argument("--version", type=_version, default=None,
-                        help="positive integer version (default: the next free one); "
-                             "an existing version is never overwritten")
-    parser.add_argument("--print-path", action="store_true",
-                        help="print only the version directory (for scripts)")
+    parser.add_argument(
+        "--version",
+        type=_version,
+        default=None,
+        help="positive integer version (default: the next free one); "
+        "an existing version is never overwritten",
+    )
+    parser.add_argument(
+        "--print-path", action="store_true", help="print only the version directory (for scripts)"
+    )
     # the old spelling; --quiet means "hide the progress bar" in every other command
     parser.add_argument("--quiet", dest="print_path", action="store_true", help=argparse.SUPPRESS)
     return parser
@@ -65,10 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     metadata = read_metadata(version_dir)
     verification = metadata.verification or {}
     print(f"exported {metadata.name} version {metadata.version} -> {version_dir}")
-    print(f"  task {metadata.task} ({metadata.env_id}), algorithm {metadata.algorithm}, "
-          f"obs_dim {metadata.obs_dim}, action_dim {metadata.action_dim}, "
-          f"opset {metadata.onnx_opset}")
-    print(f"  verified on {verification.get('observations')} {verification.get('source')} "
-          f"observations: max |onnxruntime - torch| = "
-          f"{max_abs(verification.get('max_abs_difference', {})):.2e}")
+    print(
+        f"  task {metadata.task} ({metadata.env_id}), algorithm {metadata.algorithm}, "
+        f"obs_dim {metadata.obs_dim}, action_dim {metadata.action_dim}, "
+        f"opset {metadata.onnx_opset}"
+    )
+    print(
+        f"  verified on {verification.get('observations')} {verification.get('source')} "
+        f"observations: max |onnxruntime - torch| = "
+        f"{max_abs(verification.get('max_abs_difference', {})):.2e}"
+    )
     return 0

@@ -84,8 +84,10 @@ class _PolicyGraph(nn.Module):
         super().__init__()
         self.actor = actor
 
-    def forward(self, observations: torch.Tensor,
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        observations: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mean, log_std = self.actor.distribution(observations)
         return self.actor.scale(torch.tanh(mean)), mean, log_std
 
@@ -98,8 +100,9 @@ class VerificationObservations:
     source: str
 
 
-def default_verification_observations(actor: SquashedGaussianActor, metadata: ActorMetadata,
-                              count: int = VERIFICATION_BATCH) -> VerificationObservations:
+def default_verification_observations(
+    actor: SquashedGaussianActor, metadata: ActorMetadata, count: int = VERIFICATION_BATCH
+) -> VerificationObservations:
     """Observations from the run's dataset when it is readable, else random ones around the
     actor's normalizer statistics (mean +- 3 std, so the tails are exercised too)."""
     if metadata.dataset_path:
@@ -113,8 +116,12 @@ def default_verification_observations(actor: SquashedGaussianActor, metadata: Ac
             if dataset.obs_dim == actor.obs_dim and len(dataset) > 0:
                 rows = np.linspace(0, len(dataset) - 1, num=min(count, len(dataset))).astype(int)
                 return VerificationObservations(dataset.observations[rows], "dataset")
-            log.warning("verifying on random observations: dataset %s has obs_dim %d, actor %d",
-                        metadata.dataset_path, dataset.obs_dim, actor.obs_dim)
+            log.warning(
+                "verifying on random observations: dataset %s has obs_dim %d, actor %d",
+                metadata.dataset_path,
+                dataset.obs_dim,
+                actor.obs_dim,
+            )
     rng = np.random.default_rng(VERIFICATION_SEED)
     mean = actor.normalizer.mean.detach().cpu().numpy()
     std = actor.normalizer.std.detach().cpu().numpy()
@@ -127,11 +134,15 @@ def _json_safe(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def build_metadata(actor: SquashedGaussianActor, actor_metadata: ActorMetadata, name: str,
-                   version: int) -> PolicyMetadata:
+def build_metadata(
+    actor: SquashedGaussianActor, actor_metadata: ActorMetadata, name: str, version: int
+) -> PolicyMetadata:
     """The artifact metadata for ``actor``: its shapes and bounds plus the run's lineage."""
-    trained_at = (datetime.fromtimestamp(actor_metadata.created_at, UTC)
-                  if actor_metadata.created_at else None)
+    trained_at = (
+        datetime.fromtimestamp(actor_metadata.created_at, UTC)
+        if actor_metadata.created_at
+        else None
+    )
     return PolicyMetadata(
         name=name,
         version=version,
@@ -167,10 +178,15 @@ def _to_onnx(actor: SquashedGaussianActor, example: np.ndarray, path: Path) -> o
         warnings.simplefilter("ignore", FutureWarning)
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
         torch.onnx.export(
-            _PolicyGraph(actor), (torch.from_numpy(example),), str(path),
-            input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+            _PolicyGraph(actor),
+            (torch.from_numpy(example),),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
             dynamic_axes={key: {0: "batch"} for key in (INPUT_NAME, *OUTPUT_NAMES)},
-            opset_version=OPSET, do_constant_folding=True, dynamo=False,
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
         )
     model = onnx.load(str(path))
     # chunk() leaves the mean/log_std widths symbolic; pin them so readers can check shapes
@@ -181,8 +197,10 @@ def _to_onnx(actor: SquashedGaussianActor, example: np.ndarray, path: Path) -> o
     return model
 
 
-def _torch_reference(actor: SquashedGaussianActor, observations: np.ndarray,
-                     ) -> dict[str, np.ndarray]:
+def _torch_reference(
+    actor: SquashedGaussianActor,
+    observations: np.ndarray,
+) -> dict[str, np.ndarray]:
     # computed through the actor's own methods, not _PolicyGraph, so a graph that drops a step
     # fails verification instead of agreeing with itself
     with torch.no_grad():
@@ -192,8 +210,9 @@ def _torch_reference(actor: SquashedGaussianActor, observations: np.ndarray,
     return {"action": action.numpy(), "mean": mean.numpy(), "log_std": log_std.numpy()}
 
 
-def verify_artifact(version_dir: Path, actor: SquashedGaussianActor,
-                    observations: np.ndarray) -> dict[str, float]:
+def verify_artifact(
+    version_dir: Path, actor: SquashedGaussianActor, observations: np.ndarray
+) -> dict[str, float]:
     """Check the artifact in ``version_dir`` and compare it with ``actor``; return max abs diffs.
 
     Raises :class:`ExportError` when ``onnx.checker`` rejects the model, the server's loader
@@ -214,16 +233,20 @@ def verify_artifact(version_dir: Path, actor: SquashedGaussianActor,
     for key in OUTPUT_NAMES:
         expected = reference[key]
         if not np.isfinite(expected).all():
-            raise ExportError(f"the torch actor itself produces non-finite {key!r} on the "
-                              "verification observations; check its normalizer std for zeros")
+            raise ExportError(
+                f"the torch actor itself produces non-finite {key!r} on the "
+                "verification observations; check its normalizer std for zeros"
+            )
         if outputs[key].shape != expected.shape:
-            raise ExportError(f"onnxruntime {key!r} has shape {outputs[key].shape}, torch "
-                              f"{expected.shape}")
+            raise ExportError(
+                f"onnxruntime {key!r} has shape {outputs[key].shape}, torch {expected.shape}"
+            )
         difference = float(np.max(np.abs(outputs[key].astype(np.float64) - expected)))
         if not difference <= TOLERANCE:  # also catches NaN
             raise ExportError(
                 f"onnxruntime and torch disagree on {key!r}: max abs difference {difference:.3g} "
-                f"> {TOLERANCE:g}; the exported graph does not compute what the actor does")
+                f"> {TOLERANCE:g}; the exported graph does not compute what the actor does"
+            )
         differences[key] = difference
     return differences
 
@@ -238,13 +261,19 @@ def _resolve_version(repository: ModelRepository, name: str, version: int | None
     if repository.path_for(name, version).exists():
         raise ExportError(
             f"{repository.path_for(name, version)}: version {version} of {name!r} already exists; "
-            f"versions are immutable, omit --version to get {repository.next_version(name)}")
+            f"versions are immutable, omit --version to get {repository.next_version(name)}"
+        )
     return version
 
 
-def export_actor(actor: SquashedGaussianActor, actor_metadata: ActorMetadata,
-                 repo: str | os.PathLike[str], name: str, version: int | None = None,
-                 verification_observations: np.ndarray | None = None) -> Path:
+def export_actor(
+    actor: SquashedGaussianActor,
+    actor_metadata: ActorMetadata,
+    repo: str | os.PathLike[str],
+    name: str,
+    version: int | None = None,
+    verification_observations: np.ndarray | None = None,
+) -> Path:
     """Export ``actor`` as ``repo/name/version`` and return that version directory.
 
     ``version`` defaults to the next free one. ``verification_observations`` (float32
@@ -266,10 +295,15 @@ def export_actor(actor: SquashedGaussianActor, actor_metadata: ActorMetadata,
         checked = default_verification_observations(actor, actor_metadata)
     else:
         observations = np.asarray(verification_observations, dtype=np.float32)
-        if (observations.ndim != 2 or observations.shape[1] != actor.obs_dim
-                or not len(observations)):
-            raise ExportError(f"verification observations must have shape [n >= 1, "
-                              f"{actor.obs_dim}], got {list(observations.shape)}")
+        if (
+            observations.ndim != 2
+            or observations.shape[1] != actor.obs_dim
+            or not len(observations)
+        ):
+            raise ExportError(
+                f"verification observations must have shape [n >= 1, "
+                f"{actor.obs_dim}], got {list(observations.shape)}"
+            )
         checked = VerificationObservations(observations, "given")
     observations = np.ascontiguousarray(checked.observations, dtype=np.float32)
 
@@ -283,19 +317,27 @@ def export_actor(actor: SquashedGaussianActor, actor_metadata: ActorMetadata,
     staging = make_staging_dir(name_dir, TEMP_PREFIX)
     try:
         metadata = build_metadata(actor, actor_metadata, name, version)
-        model = _to_onnx(actor, observations[: min(len(observations), 2)],
-                         staging / ONNX_FILENAME)
+        model = _to_onnx(actor, observations[: min(len(observations), 2)], staging / ONNX_FILENAME)
         # the metadata's verification figures are only known after verifying, but both copies
         # must match: verify a first build, then write the figures and re-check the final files
         differences = _write_and_verify(staging, model, metadata, actor, observations)
-        metadata = metadata.model_copy(update={"verification": {
-            "source": checked.source, "observations": len(observations),
-            "tolerance": TOLERANCE, "max_abs_difference": differences}})
+        metadata = metadata.model_copy(
+            update={
+                "verification": {
+                    "source": checked.source,
+                    "observations": len(observations),
+                    "tolerance": TOLERANCE,
+                    "max_abs_difference": differences,
+                }
+            }
+        )
         _write_and_verify(staging, model, metadata, actor, observations)
         target = repository.path_for(name, version)
         if target.exists():
-            raise ExportError(f"{target}: version {version} of {name!r} appeared during the "
-                              "export (a concurrent export?); export again")
+            raise ExportError(
+                f"{target}: version {version} of {name!r} appeared during the "
+                "export (a concurrent export?); export again"
+            )
         _fsync_tree(staging)
         os.rename(staging, target)
         fsync_directory(name_dir)  # make the rename itself durable
@@ -341,8 +383,13 @@ def _fsync_tree(directory: Path) -> None:
     fsync_directory(directory)
 
 
-def _write_and_verify(staging: Path, model: onnx.ModelProto, metadata: PolicyMetadata,
-                      actor: SquashedGaussianActor, observations: np.ndarray) -> dict[str, float]:
+def _write_and_verify(
+    staging: Path,
+    model: onnx.ModelProto,
+    metadata: PolicyMetadata,
+    actor: SquashedGaussianActor,
+    observations: np.ndarray,
+) -> dict[str, float]:
     del model.metadata_props[:]
     onnx.helper.set_model_props(model, {ONNX_METADATA_KEY: metadata.model_dump_json()})
     model.producer_name = "safepolicy"
@@ -352,13 +399,18 @@ def _write_and_verify(staging: Path, model: onnx.ModelProto, metadata: PolicyMet
     return verify_artifact(staging, actor, observations)
 
 
-def export_run(run_dir: str | os.PathLike[str], repo: str | os.PathLike[str], name: str,
-               version: int | None = None) -> Path:
+def export_run(
+    run_dir: str | os.PathLike[str],
+    repo: str | os.PathLike[str],
+    name: str,
+    version: int | None = None,
+) -> Path:
     """Export ``RUN_DIR/actor.pt`` (see :func:`export_actor`) and return the version directory."""
     run_path = Path(run_dir)
     if not run_path.is_dir():
-        raise ExportError(f"{run_path}: no such run directory; pass the --out directory of "
-                          "`safepolicy train`")
+        raise ExportError(
+            f"{run_path}: no such run directory; pass the --out directory of `safepolicy train`"
+        )
     try:
         actor, actor_metadata = load_actor(run_path)
     except CheckpointError as error:

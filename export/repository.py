@@ -29,15 +29,17 @@ def check_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise RepositoryError(
             f"invalid policy name {name!r}: use 1-128 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit")
+            "starting with a letter or digit"
+        )
     return name
 
 
 def check_version(version: int) -> int:
     """Return ``version`` if it is a positive integer, else :class:`RepositoryError`."""
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise RepositoryError(f"invalid version {version!r}: versions are positive integers "
-                              "(1, 2, ...)")
+        raise RepositoryError(
+            f"invalid version {version!r}: versions are positive integers (1, 2, ...)"
+        )
     return version
 
 
@@ -57,8 +59,10 @@ class ModelRepository:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         if self.root.exists() and not self.root.is_dir():
-            raise RepositoryError(f"{self.root}: model repository path is a file; pass a "
-                                  "directory (it is created on first export)")
+            raise RepositoryError(
+                f"{self.root}: model repository path is a file; pass a "
+                "directory (it is created on first export)"
+            )
 
     def __repr__(self) -> str:
         return f"ModelRepository({str(self.root)!r})"
@@ -70,12 +74,18 @@ class ModelRepository:
         try:
             entries = list(self.root.iterdir())
         except OSError as error:
-            raise RepositoryError(f"{self.root}: cannot list the model repository "
-                                  f"({error.strerror or error}); make it readable by this "
-                                  "user") from error
-        return sorted(entry.name for entry in entries
-                      if entry.is_dir() and NAME_PATTERN.fullmatch(entry.name)
-                      and self._listable_with_versions(entry.name))
+            raise RepositoryError(
+                f"{self.root}: cannot list the model repository "
+                f"({error.strerror or error}); make it readable by this "
+                "user"
+            ) from error
+        return sorted(
+            entry.name
+            for entry in entries
+            if entry.is_dir()
+            and NAME_PATTERN.fullmatch(entry.name)
+            and self._listable_with_versions(entry.name)
+        )
 
     def _listable_with_versions(self, name: str) -> bool:
         # a directory this user cannot list is still a policy: it shows as unavailable, with
@@ -93,9 +103,11 @@ class ModelRepository:
         try:
             entries = list(directory.iterdir())
         except OSError as error:
-            raise RepositoryError(f"{directory}: cannot list the versions of {name!r} "
-                                  f"({error.strerror or error}); make it readable by the "
-                                  "server's user") from error
+            raise RepositoryError(
+                f"{directory}: cannot list the versions of {name!r} "
+                f"({error.strerror or error}); make it readable by the "
+                "server's user"
+            ) from error
         found = (parse_version(entry.name) for entry in entries if entry.is_dir())
         return sorted(version for version in found if version is not None)
 
@@ -115,12 +127,16 @@ class ModelRepository:
             version = self.latest_version(name)
             if version is None:
                 known = ", ".join(self.names()) or "none"
-                raise RepositoryError(f"{self.root}: no versions of policy {name!r} (policies: "
-                                      f"{known}); export one with `safepolicy export`")
+                raise RepositoryError(
+                    f"{self.root}: no versions of policy {name!r} (policies: "
+                    f"{known}); export one with `safepolicy export`"
+                )
         path = self.path_for(name, version)
         if not path.is_dir():
-            raise RepositoryError(f"{path}: no version {version} of policy {name!r} (versions: "
-                                  f"{self.versions(name) or 'none'})")
+            raise RepositoryError(
+                f"{path}: no version {version} of policy {name!r} (versions: "
+                f"{self.versions(name) or 'none'})"
+            )
         return path
 
     def path_for(self, name: str, version: int) -> Path:

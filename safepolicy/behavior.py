@@ -400,8 +400,9 @@ class VelocityController(Controller):
         self.threshold = VELOCITY_THRESHOLDS[spec.name]
         cost_max = spec.cost_max if math.isfinite(spec.cost_max) else 250.0
         self.max_unsafe_fraction = min(1.0, 2.0 * cost_max / spec.max_episode_steps)
-        safe = [v for v, u in zip(gait.speeds, gait.unsafe, strict=True)
-                if u <= self.SAFE_STEP_FRACTION]
+        safe = [
+            v for v, u in zip(gait.speeds, gait.unsafe, strict=True) if u <= self.SAFE_STEP_FRACTION
+        ]
         self.safe_top_speed = max(safe, default=0.5 * self.threshold)
 
     def begin_episode(self, style: EpisodeStyle, rng: np.random.Generator) -> None:
@@ -478,8 +479,9 @@ class ZooController(Controller):
     (a mode switch: DSRL's episodes also change character mid-way), deterministic actions
     (the episode's Gaussian noise is added by :class:`BehaviorMix`)."""
 
-    def __init__(self, spec: TaskSpec, action_space: gym.spaces.Box,
-                 settings: ZooSettings, obs_dim: int) -> None:
+    def __init__(
+        self, spec: TaskSpec, action_space: gym.spaces.Box, settings: ZooSettings, obs_dim: int
+    ) -> None:
         super().__init__(spec, action_space)
         if not settings.agents:
             raise BehaviorError(f"task {spec.name} has no zoo agents to play")
@@ -489,7 +491,8 @@ class ZooController(Controller):
                 raise BehaviorError(
                     f"zoo agent {agent.version_dir} maps {policy.obs_dim} observations to "
                     f"{policy.action_dim} actions; {spec.name} has {obs_dim} and "
-                    f"{action_space.shape[0]}: it belongs to another task")
+                    f"{action_space.shape[0]}: it belongs to another task"
+                )
         self.settings = settings
         self.agents = {agent.name: agent for agent in settings.agents}
         self.names = [name for name in self.agents if settings.weights.get(name, 0.0) > 0]
@@ -524,8 +527,13 @@ class ZooController(Controller):
 class BehaviorMix:
     """Per episode, draw a style from the mix and act with the task's controller plus noise."""
 
-    def __init__(self, spec: TaskSpec, env: gym.Env, mix: str = DEFAULT_BEHAVIOR,
-                 zoo: ZooSettings | None = None) -> None:
+    def __init__(
+        self,
+        spec: TaskSpec,
+        env: gym.Env,
+        mix: str = DEFAULT_BEHAVIOR,
+        zoo: ZooSettings | None = None,
+    ) -> None:
         self.spec = spec
         self.weights = parse_behavior_mix(mix)
         self.action_space = _box(env)
@@ -536,7 +544,8 @@ class BehaviorMix:
             if zoo is None or not zoo.agents:
                 raise BehaviorError(
                     f"the mix {mix!r} plays zoo agents but {spec.name} has none; train some "
-                    "with benchmarks/train_zoo.py or use scripted, cautious and random")
+                    "with benchmarks/train_zoo.py or use scripted, cautious and random"
+                )
             obs_shape = env.observation_space.shape or (0,)
             self.zoo = ZooController(spec, self.action_space, zoo, int(np.prod(obs_shape)))
         self.controller: Controller = self.random

@@ -20,11 +20,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dataset": ("safepolicy.dataset_cli", "validate a DSRL-format file and print its summary"),
     "tasks": ("safepolicy.tasks_cli", "list the known tasks with their environments and scores"),
     "train": ("safepolicy.training.cli", "train a policy offline (o3srl, bc-safe, td3bc-lag, ...)"),
-    "export": ("safepolicy.export.cli",
-               "turn a trained actor into a versioned ONNX policy artifact"),
+    "export": (
+        "safepolicy.export.cli",
+        "turn a trained actor into a versioned ONNX policy artifact",
+    ),
     "serve": ("safepolicy.server.cli", "serve policies over gRPC with Prometheus metrics"),
-    "audit": ("safepolicy.audit.cli",
-              "replay a policy in the safety gyms: does it keep its budget?"),
+    "audit": (
+        "safepolicy.audit.cli",
+        "replay a policy in the safety gyms: does it keep its budget?",
+    ),
     "demo": ("safepolicy.demo", "collect, train, export, audit and serve a policy end to end"),
 }
 
@@ -38,9 +42,15 @@ class _ShowDefaults:
     def _get_help_string(self, action: argparse.Action) -> str | None:
         help_text = action.help or ""
         default = action.default
-        if (help_text == argparse.SUPPRESS or "%(default)" in help_text
-                or not action.option_strings or default is argparse.SUPPRESS
-                or default is None or default is False or default == []):
+        if (
+            help_text == argparse.SUPPRESS
+            or "%(default)" in help_text
+            or not action.option_strings
+            or default is argparse.SUPPRESS
+            or default is None
+            or default is False
+            or default == []
+        ):
             return action.help
         return f"{help_text} (default: %(default)s)"
 
@@ -59,8 +69,7 @@ class RawDescriptionHelpFormatter(_ShowDefaults, argparse.RawDescriptionHelpForm
 def add_quiet_flag(parser: argparse.ArgumentParser) -> None:
     """``--quiet``: hide progress bars (``--no-progress`` is kept as a hidden alias)."""
     parser.add_argument("--quiet", action="store_true", help="hide the progress bar")
-    parser.add_argument("--no-progress", dest="quiet", action="store_true",
-                        help=argparse.SUPPRESS)
+    parser.add_argument("--no-progress", dest="quiet", action="store_true", help=argparse.SUPPRESS)
 
 
 def report_error(prog: str, error: BaseException | str) -> None:

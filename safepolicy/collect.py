@@ -71,8 +71,10 @@ def check_output_path(out: Path, overwrite: bool = False) -> None:
             f"{out}: cannot write in {ancestor} (permission denied); choose another --out"
         )
     if out.exists() and not overwrite:
-        raise CollectError(f"{out}: exists (runs trained on it refer to it by path); choose "
-                           "another --out, or pass --overwrite to replace it")
+        raise CollectError(
+            f"{out}: exists (runs trained on it refer to it by path); choose "
+            "another --out, or pass --overwrite to replace it"
+        )
     if out.exists() and not os.access(out, os.W_OK):
         raise CollectError(f"{out}: exists and is not writable; remove it or choose another --out")
 
@@ -121,7 +123,8 @@ def collect(
         raise BehaviorError(
             f"the mix {behavior!r} plays zoo agents but {spec.name} has none in "
             f"{options.zoo_dir or default_zoo_dir()}; train some with benchmarks/train_zoo.py "
-            "or use scripted, cautious and random")
+            "or use scripted, cautious and random"
+        )
     rng = np.random.default_rng(seed)
     reset_seeds = rng.integers(0, 2**31 - 1, size=episodes)
     columns: dict[str, list[Any]] = {key: [] for key in DSRL_KEYS}
@@ -129,8 +132,9 @@ def collect(
     try:
         env.action_space.seed(seed)
         mix = BehaviorMix(spec, env, behavior, zoo=settings)
-        for reset_seed in tqdm(reset_seeds, desc=f"collect {spec.name}", unit="episode",
-                               disable=not progress):
+        for reset_seed in tqdm(
+            reset_seeds, desc=f"collect {spec.name}", unit="episode", disable=not progress
+        ):
             observation, _ = env.reset(seed=int(reset_seed))
             mix.begin_episode(rng)
             step, done = 0, False
@@ -169,9 +173,15 @@ def collect(
     )
 
 
-def density_filter(returns: np.ndarray, costs: np.ndarray, cost_bins: int = 10,
-                   reward_bins: int = 50, max_per_bin: int = 5, min_per_bin: int = 0,
-                   rng: np.random.Generator | None = None) -> np.ndarray:
+def density_filter(
+    returns: np.ndarray,
+    costs: np.ndarray,
+    cost_bins: int = 10,
+    reward_bins: int = 50,
+    max_per_bin: int = 5,
+    min_per_bin: int = 0,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
     """DSRL's density filter: the sorted indices of the episodes kept.
 
     Episodes are binned on a ``cost_bins`` x ``reward_bins`` grid spanning their (cost, return)
@@ -180,8 +190,10 @@ def density_filter(returns: np.ndarray, costs: np.ndarray, cost_bins: int = 10,
     the default 0 keeps them).
     """
     if max_per_bin < 1 or min_per_bin < 0 or cost_bins < 1 or reward_bins < 1:
-        raise CollectError("the density filter needs at least one bin each way, a per-bin cap "
-                           "of at least 1 and a non-negative minimum")
+        raise CollectError(
+            "the density filter needs at least one bin each way, a per-bin cap "
+            "of at least 1 and a non-negative minimum"
+        )
     rng = rng or np.random.default_rng(0)
 
     def bin_index(values: np.ndarray, bins: int) -> np.ndarray:
@@ -208,8 +220,11 @@ def density_filter(returns: np.ndarray, costs: np.ndarray, cost_bins: int = 10,
 def select_episodes(dataset: Dataset, indices: np.ndarray) -> Dataset:
     """The dataset restricted to the episodes numbered ``indices`` (in episode order)."""
     slices = list(dataset.episode_slices())
-    rows = np.concatenate([np.arange(len(dataset))[slices[int(i)]] for i in indices]) \
-        if len(indices) else np.zeros(0, dtype=np.int64)
+    rows = (
+        np.concatenate([np.arange(len(dataset))[slices[int(i)]] for i in indices])
+        if len(indices)
+        else np.zeros(0, dtype=np.int64)
+    )
     arrays = {key: getattr(dataset, key)[rows] for key in DSRL_KEYS}
     return Dataset(**arrays, attrs=dict(dataset.attrs), path=dataset.path)
 
@@ -239,45 +254,79 @@ def _positive_int(text: str) -> int:
 def _bins(text: str) -> tuple[int, int]:
     parts = text.split(",")
     if len(parts) != 2:
-        raise argparse.ArgumentTypeError(f"must be COST_BINS,REWARD_BINS such as 10,50, "
-                                         f"got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"must be COST_BINS,REWARD_BINS such as 10,50, got {text!r}"
+        )
     cost_bins, reward_bins = (_positive_int(part) for part in parts)
     return cost_bins, reward_bins
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="safepolicy collect", formatter_class=HelpFormatter,
+        prog="safepolicy collect",
+        formatter_class=HelpFormatter,
         description="Roll out behaviour policies in a task's environment and write a "
         "DSRL-format HDF5 dataset (plus FILE.summary.json).",
     )
     parser.add_argument("--task", required=True, help="task name, see `safepolicy tasks`")
     parser.add_argument("--out", required=True, type=Path, help="output file, e.g. data/BallRun.h5")
-    parser.add_argument("--episodes", type=_positive_int, default=None,
-                        help="episodes to collect (default: 200 for Bullet tasks, 100 otherwise)")
+    parser.add_argument(
+        "--episodes",
+        type=_positive_int,
+        default=None,
+        help="episodes to collect (default: 200 for Bullet tasks, 100 otherwise)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of everything random")
-    parser.add_argument("--behavior", default=None,
-                        help="behaviour mix, kind=weight,... of scripted, cautious, random, zoo "
-                        f"(default {ZOO_BEHAVIOR!r} for a task with a zoo, else "
-                        f"{DEFAULT_BEHAVIOR!r})")
-    parser.add_argument("--zoo", type=Path, default=None, metavar="DIR",
-                        help="behaviour zoo directory (default $SAFEPOLICY_ZOO or the "
-                        "checkout's zoo/)")
-    parser.add_argument("--zoo-weights", default=None, metavar="AGENT=W,...",
-                        help="mixture weights of the task's zoo agents (equal when not given)")
-    parser.add_argument("--zoo-noise", type=float, default=0.3,
-                        help="largest per-episode action-noise std of zoo episodes")
-    parser.add_argument("--zoo-switch", type=float, default=0.3,
-                        help="probability that a zoo episode switches agent once")
-    parser.add_argument("--density-filter", type=_positive_int, default=None,
-                        metavar="MAX_PER_BIN",
-                        help="thin the episodes as DSRL's density filter: keep at most this "
-                        "many per (cost, reward) bin")
-    parser.add_argument("--density-bins", type=_bins, default=(10, 50),
-                        metavar="COST_BINS,REWARD_BINS",
-                        help="grid of the density filter (DSRL's is 10,50)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace --out if it exists (refused by default)")
+    parser.add_argument(
+        "--behavior",
+        default=None,
+        help="behaviour mix, kind=weight,... of scripted, cautious, random, zoo "
+        f"(default {ZOO_BEHAVIOR!r} for a task with a zoo, else "
+        f"{DEFAULT_BEHAVIOR!r})",
+    )
+    parser.add_argument(
+        "--zoo",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="behaviour zoo directory (default $SAFEPOLICY_ZOO or the checkout's zoo/)",
+    )
+    parser.add_argument(
+        "--zoo-weights",
+        default=None,
+        metavar="AGENT=W,...",
+        help="mixture weights of the task's zoo agents (equal when not given)",
+    )
+    parser.add_argument(
+        "--zoo-noise",
+        type=float,
+        default=0.3,
+        help="largest per-episode action-noise std of zoo episodes",
+    )
+    parser.add_argument(
+        "--zoo-switch",
+        type=float,
+        default=0.3,
+        help="probability that a zoo episode switches agent once",
+    )
+    parser.add_argument(
+        "--density-filter",
+        type=_positive_int,
+        default=None,
+        metavar="MAX_PER_BIN",
+        help="thin the episodes as DSRL's density filter: keep at most this "
+        "many per (cost, reward) bin",
+    )
+    parser.add_argument(
+        "--density-bins",
+        type=_bins,
+        default=(10, 50),
+        metavar="COST_BINS,REWARD_BINS",
+        help="grid of the density filter (DSRL's is 10,50)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace --out if it exists (refused by default)"
+    )
     add_quiet_flag(parser)
     return parser
 
@@ -297,26 +346,38 @@ def main(argv: list[str] | None = None) -> int:
         episodes = args.episodes or DEFAULT_EPISODES[spec.family]
         zoo = ZooOptions(args.zoo, args.zoo_weights, args.zoo_noise, args.zoo_switch)
         started = time.perf_counter()
-        dataset = collect(spec, episodes, args.seed, args.behavior, progress=not args.quiet,
-                          zoo=zoo)
+        dataset = collect(
+            spec, episodes, args.seed, args.behavior, progress=not args.quiet, zoo=zoo
+        )
         if args.density_filter is not None:
             returns, costs = dataset.episode_returns_and_costs()
             cost_bins, reward_bins = args.density_bins
-            kept = density_filter(returns, costs, cost_bins, reward_bins, args.density_filter,
-                                  rng=np.random.default_rng(args.seed))
+            kept = density_filter(
+                returns,
+                costs,
+                cost_bins,
+                reward_bins,
+                args.density_filter,
+                rng=np.random.default_rng(args.seed),
+            )
             dataset = select_episodes(dataset, kept)
             dataset.attrs["density_filter"] = {
-                "cost_bins": cost_bins, "reward_bins": reward_bins,
-                "max_per_bin": args.density_filter, "episodes_kept": int(kept.size),
-                "episodes_collected": int(returns.size)}
+                "cost_bins": cost_bins,
+                "reward_bins": reward_bins,
+                "max_per_bin": args.density_filter,
+                "episodes_kept": int(kept.size),
+                "episodes_collected": int(returns.size),
+            }
             print(f"density filter kept {kept.size} of {returns.size} episodes")
         text = save(dataset, out)
     except SafepolicyError as error:
         report_error("safepolicy collect", error)
         return 2
     except OSError as error:
-        print(f"safepolicy collect: error: {args.out}: could not write the dataset ({error})",
-              file=sys.stderr)
+        print(
+            f"safepolicy collect: error: {args.out}: could not write the dataset ({error})",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print("safepolicy collect: interrupted; nothing was written", file=sys.stderr)

@@ -24,8 +24,9 @@ from safepolicy.plots import new_figure, save_figure
 from safepolicy.tasks import TaskSpec, UnknownTaskError, get_task
 
 
-def plot_reward_cost(dataset: Dataset, out: Path, spec: TaskSpec | None = None,
-                     title: str | None = None) -> Path:
+def plot_reward_cost(
+    dataset: Dataset, out: Path, spec: TaskSpec | None = None, title: str | None = None
+) -> Path:
     """Write a PNG scatter of the dataset's episodes (cost on x, return on y) to ``out``, with
     the task's cost limits as vertical lines; written atomically."""
     returns, costs = dataset.episode_returns_and_costs()
@@ -35,8 +36,15 @@ def plot_reward_cost(dataset: Dataset, out: Path, spec: TaskSpec | None = None,
     if spec is not None:
         for limit in spec.default_cost_limits:
             axes.axvline(limit, color="tab:red", linestyle="--", linewidth=0.8)
-            axes.annotate(f"{limit:g}", (limit, 1.0), xycoords=("data", "axes fraction"),
-                          ha="left", va="top", fontsize=8, color="tab:red")
+            axes.annotate(
+                f"{limit:g}",
+                (limit, 1.0),
+                xycoords=("data", "axes fraction"),
+                ha="left",
+                va="top",
+                fontsize=8,
+                color="tab:red",
+            )
         low, span = spec.reward_min, spec.reward_max - spec.reward_min
 
         def to_normalised(values: ArrayLike) -> np.ndarray:
@@ -45,8 +53,7 @@ def plot_reward_cost(dataset: Dataset, out: Path, spec: TaskSpec | None = None,
         def from_normalised(values: ArrayLike) -> np.ndarray:
             return low + np.asarray(values) * span
 
-        normalised = axes.secondary_yaxis("right",
-                                          functions=(to_normalised, from_normalised))
+        normalised = axes.secondary_yaxis("right", functions=(to_normalised, from_normalised))
         normalised.set_ylabel("DSRL-normalised reward")
     axes.set_xlabel("episode cost")
     axes.set_ylabel("episode return")
@@ -58,16 +65,26 @@ def plot_reward_cost(dataset: Dataset, out: Path, spec: TaskSpec | None = None,
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="safepolicy dataset", formatter_class=HelpFormatter,
+        prog="safepolicy dataset",
+        formatter_class=HelpFormatter,
         description="Validate a DSRL-format HDF5 dataset and print its summary.",
     )
-    parser.add_argument("file", help="a .h5/.hdf5 file, or a task name whose DSRL download is in "
-                        "DSRL_DATASET_DIR (default ~/.dsrl/datasets, as dsrl)")
+    parser.add_argument(
+        "file",
+        help="a .h5/.hdf5 file, or a task name whose DSRL download is in "
+        "DSRL_DATASET_DIR (default ~/.dsrl/datasets, as dsrl)",
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
-    parser.add_argument("--plot", type=Path, default=None, metavar="OUT.png",
-                        help="also draw the episodes' reward-cost scatter into this PNG")
-    parser.add_argument("--task", default=None,
-                        help="task whose cost limits the plot marks (default: the file's)")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        metavar="OUT.png",
+        help="also draw the episodes' reward-cost scatter into this PNG",
+    )
+    parser.add_argument(
+        "--task", default=None, help="task whose cost limits the plot marks (default: the file's)"
+    )
     return parser
 
 
@@ -87,8 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot is not None:
         out: Path = args.plot
         if out.suffix.lower() != ".png":
-            print(f"safepolicy dataset: error: {out}: the plot is a PNG; name it *.png",
-                  file=sys.stderr)
+            print(
+                f"safepolicy dataset: error: {out}: the plot is a PNG; name it *.png",
+                file=sys.stderr,
+            )
             return 2
         task = args.task or dataset.attrs.get("task")
         try:
@@ -101,8 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             plot_reward_cost(dataset, out, spec)
         except OSError as error:
-            print(f"safepolicy dataset: error: {out}: could not write the plot ({error})",
-                  file=sys.stderr)
+            print(
+                f"safepolicy dataset: error: {out}: could not write the plot ({error})",
+                file=sys.stderr,
+            )
             return 1
         print(f"wrote {out}")
     return 0

@@ -166,12 +166,16 @@ def validate_arrays(arrays: dict[str, np.ndarray], source: str) -> None:
             )
     for key in VECTOR_KEYS:
         if arrays[key].ndim != 2 or arrays[key].shape[1] == 0:
-            raise DatasetError(f"{source}: '{key}' must be 2-D [transitions, dim] with dim >= 1, "
-                               f"got shape {arrays[key].shape}")
+            raise DatasetError(
+                f"{source}: '{key}' must be 2-D [transitions, dim] with dim >= 1, "
+                f"got shape {arrays[key].shape}"
+            )
     for key in SCALAR_KEYS:
         if arrays[key].ndim > 2 or (arrays[key].ndim == 2 and arrays[key].shape[1] != 1):
-            raise DatasetError(f"{source}: '{key}' must hold one value per transition, shape "
-                               f"[transitions] or [transitions, 1], got {arrays[key].shape}")
+            raise DatasetError(
+                f"{source}: '{key}' must hold one value per transition, shape "
+                f"[transitions] or [transitions, 1], got {arrays[key].shape}"
+            )
     if arrays["next_observations"].shape != arrays["observations"].shape:
         raise DatasetError(
             f"{source}: 'next_observations' shape {arrays['next_observations'].shape}"
@@ -195,12 +199,20 @@ SCALAR_KEYS = ("rewards", "costs", "terminals", "timeouts")
 def _check_column_type(values: object, key: str, source: str) -> None:
     """Every column must be a real-valued (or boolean) array: no text, records or complex."""
     dtype = getattr(values, "dtype", None)
-    if not isinstance(values, np.ndarray) or dtype is None or not (
-            np.issubdtype(dtype, np.bool_) or np.issubdtype(dtype, np.integer)
-            or np.issubdtype(dtype, np.floating)):
+    if (
+        not isinstance(values, np.ndarray)
+        or dtype is None
+        or not (
+            np.issubdtype(dtype, np.bool_)
+            or np.issubdtype(dtype, np.integer)
+            or np.issubdtype(dtype, np.floating)
+        )
+    ):
         kind = type(values).__name__ if dtype is None else f"dtype {dtype}"
-        raise DatasetError(f"{source}: '{key}' must be a numeric array, got {kind}; a DSRL "
-                           "dataset stores numbers (float, int or bool) in every column")
+        raise DatasetError(
+            f"{source}: '{key}' must be a numeric array, got {kind}; a DSRL "
+            "dataset stores numbers (float, int or bool) in every column"
+        )
 
 
 def _flatten_scalar_column(values: np.ndarray) -> np.ndarray:
@@ -211,8 +223,10 @@ def load_dataset(path: str | os.PathLike[str]) -> Dataset:
     """Read and validate a DSRL-format HDF5 file (the project's own or a real DSRL one)."""
     path = Path(path)
     if not path.exists():
-        raise DatasetError(f"{path}: no such dataset file; make one with `safepolicy collect` "
-                           "or pass the path of a DSRL download")
+        raise DatasetError(
+            f"{path}: no such dataset file; make one with `safepolicy collect` "
+            "or pass the path of a DSRL download"
+        )
     if path.is_dir():
         raise DatasetError(f"{path}: is a directory, expected a DSRL .h5/.hdf5 file")
     try:
@@ -220,8 +234,10 @@ def load_dataset(path: str | os.PathLike[str]) -> Dataset:
             arrays = {key: _read_column(handle, key, path) for key in DSRL_KEYS if key in handle}
             attrs = {key: _attr_value(value) for key, value in handle.attrs.items()}
     except (OSError, KeyError) as error:
-        raise DatasetError(f"{path}: not a readable HDF5 file ({error}); the file may be "
-                           "truncated or not a dataset: regenerate or re-download it") from error
+        raise DatasetError(
+            f"{path}: not a readable HDF5 file ({error}); the file may be "
+            "truncated or not a dataset: regenerate or re-download it"
+        ) from error
     validate_arrays(arrays, str(path))
     return Dataset(
         observations=arrays["observations"].astype(np.float32, copy=False),
@@ -239,8 +255,10 @@ def load_dataset(path: str | os.PathLike[str]) -> Dataset:
 def _read_column(handle: h5py.File, key: str, path: Path) -> np.ndarray:
     item = handle[key]
     if not isinstance(item, h5py.Dataset):
-        raise DatasetError(f"{path}: '{key}' is an HDF5 {type(item).__name__.lower()}, not an "
-                           "array; a DSRL dataset stores each key as one array")
+        raise DatasetError(
+            f"{path}: '{key}' is an HDF5 {type(item).__name__.lower()}, not an "
+            "array; a DSRL dataset stores each key as one array"
+        )
     return np.asarray(item[()])
 
 

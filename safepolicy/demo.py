@@ -45,8 +45,9 @@ def _run(*args: str, ok_codes: tuple[int, ...] = (0,)) -> int:
     print(f"\n$ safepolicy {shlex.join(args)}", flush=True)
     code = subprocess.run(command).returncode
     if code not in ok_codes:
-        raise DemoError(f"`safepolicy {args[0]}` failed with exit code {code} (see its "
-                        "message above)")
+        raise DemoError(
+            f"`safepolicy {args[0]}` failed with exit code {code} (see its message above)"
+        )
     return code
 
 
@@ -74,21 +75,37 @@ def _wait_for_metrics(url: str, server: subprocess.Popen[bytes], timeout_s: floa
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``safepolicy demo``."""
-    parser = argparse.ArgumentParser(prog="safepolicy demo", description=__doc__,
-                                     formatter_class=RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", type=Path, default=Path("demo-output"),
-                        help="where the dataset, run, models and reports go")
+    parser = argparse.ArgumentParser(
+        prog="safepolicy demo", description=__doc__, formatter_class=RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("demo-output"),
+        help="where the dataset, run, models and reports go",
+    )
     parser.add_argument("--task", default="BallRun", help="task (see `safepolicy tasks`)")
-    parser.add_argument("--algorithm", default="o3srl",
-                        help="training algorithm (o3srl is the seed paper's method)")
+    parser.add_argument(
+        "--algorithm", default="o3srl", help="training algorithm (o3srl is the seed paper's method)"
+    )
     parser.add_argument("--cost-limit", type=float, default=10.0, help="episode cost budget")
     parser.add_argument("--steps", type=int, default=1000, help="gradient updates")
     parser.add_argument("--episodes", type=int, default=100, help="dataset episodes")
-    parser.add_argument("--audit-episodes", type=int, default=20,
-                        help="episodes of the artifact audit (the deployed audit runs half)")
-    parser.add_argument("--set", dest="overrides", action="append", default=None,
-                        metavar="NAME=VALUE", help="training config override (default: "
-                        "td3bc.tau=0.05 for o3srl, the short-budget setting)")
+    parser.add_argument(
+        "--audit-episodes",
+        type=int,
+        default=20,
+        help="episodes of the artifact audit (the deployed audit runs half)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=None,
+        metavar="NAME=VALUE",
+        help="training config override (default: "
+        "td3bc.tau=0.05 for o3srl, the short-budget setting)",
+    )
     args = parser.parse_args(argv)
     try:
         return run_demo(args)
@@ -107,40 +124,96 @@ def run_demo(args: argparse.Namespace) -> int:
         overrides = ["td3bc.tau=0.05"] if args.algorithm == "o3srl" else []
     started = time.monotonic()
     if not dataset.exists():
-        _run("collect", "--task", args.task, "--episodes", str(args.episodes), "--out",
-             str(dataset))
+        _run(
+            "collect", "--task", args.task, "--episodes", str(args.episodes), "--out", str(dataset)
+        )
     if not (run / "actor.pt").exists():
-        _run("train", args.algorithm, "--task", args.task, "--dataset", str(dataset),
-             "--cost-limit", f"{args.cost_limit:g}", "--steps", str(args.steps), "--out",
-             str(run), "--resume", "--quiet",
-             *[part for override in overrides for part in ("--set", override)])
+        _run(
+            "train",
+            args.algorithm,
+            "--task",
+            args.task,
+            "--dataset",
+            str(dataset),
+            "--cost-limit",
+            f"{args.cost_limit:g}",
+            "--steps",
+            str(args.steps),
+            "--out",
+            str(run),
+            "--resume",
+            "--quiet",
+            *[part for override in overrides for part in ("--set", override)],
+        )
     _run("export", "--run", str(run), "--repo", str(repo), "--name", name)
     version = max(int(p.name) for p in (repo / name).iterdir() if p.name.isdigit())
-    _run("audit", "--policy", str(repo / name / str(version)), "--episodes",
-         str(args.audit_episodes), "--out", str(work / "audit-artifact"), "--quiet",
-         ok_codes=AUDIT_VERDICT_CODES)
+    _run(
+        "audit",
+        "--policy",
+        str(repo / name / str(version)),
+        "--episodes",
+        str(args.audit_episodes),
+        "--out",
+        str(work / "audit-artifact"),
+        "--quiet",
+        ok_codes=AUDIT_VERDICT_CODES,
+    )
     verdict = _verdict(work / "audit-artifact")
     if verdict != "PASS":
-        print(f"\naudit verdict {verdict}: the artifact did not show that it keeps its cost "
-              f"limit {args.cost_limit:g}. That is a result, not an error: serving it anyway "
-              "to audit it through the server (production servers refuse it with "
-              "--require-audit).", flush=True)
+        print(
+            f"\naudit verdict {verdict}: the artifact did not show that it keeps its cost "
+            f"limit {args.cost_limit:g}. That is a result, not an error: serving it anyway "
+            "to audit it through the server (production servers refuse it with "
+            "--require-audit).",
+            flush=True,
+        )
 
     port, metrics_port = _free_port(), _free_port()
-    print(f"\n$ safepolicy serve --repo {repo} --port {port} --metrics-port {metrics_port}",
-          flush=True)
-    server = subprocess.Popen([sys.executable, "-m", "safepolicy", "serve", "--repo", str(repo),
-                               "--host", "127.0.0.1", "--port", str(port),
-                               "--metrics-port", str(metrics_port)])
+    print(
+        f"\n$ safepolicy serve --repo {repo} --port {port} --metrics-port {metrics_port}",
+        flush=True,
+    )
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "safepolicy",
+            "serve",
+            "--repo",
+            str(repo),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--metrics-port",
+            str(metrics_port),
+        ]
+    )
     try:
         _wait_for_metrics(f"http://127.0.0.1:{metrics_port}/metrics", server, timeout_s=60)
-        _run("audit", "--server", f"127.0.0.1:{port}", "--name", name, "--task", args.task,
-             "--cost-limit", f"{args.cost_limit:g}", "--episodes",
-             str(max(1, args.audit_episodes // 2)), "--out", str(work / "audit-deployed"),
-             "--quiet", ok_codes=AUDIT_VERDICT_CODES)
+        _run(
+            "audit",
+            "--server",
+            f"127.0.0.1:{port}",
+            "--name",
+            name,
+            "--task",
+            args.task,
+            "--cost-limit",
+            f"{args.cost_limit:g}",
+            "--episodes",
+            str(max(1, args.audit_episodes // 2)),
+            "--out",
+            str(work / "audit-deployed"),
+            "--quiet",
+            ok_codes=AUDIT_VERDICT_CODES,
+        )
         metrics = _wait_for_metrics(f"http://127.0.0.1:{metrics_port}/metrics", server, 10)
-        served = [line for line in metrics.splitlines()
-                  if line.startswith("safepolicy_server_requests_total")]
+        served = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith("safepolicy_server_requests_total")
+        ]
         print("\nserver metrics after the deployed audit:")
         print("\n".join(served) or "(no request counters found)")
     finally:
@@ -150,8 +223,10 @@ def run_demo(args: argparse.Namespace) -> int:
         except subprocess.TimeoutExpired:
             server.kill()
     deployed = _verdict(work / "audit-deployed")
-    print(f"\nDemo finished in {time.monotonic() - started:.0f} s. {args.algorithm} on "
-          f"{args.task}, cost limit {args.cost_limit:g}: artifact audit {verdict}, deployed "
-          f"audit {deployed}.\nReports: {work / 'audit-artifact' / 'report.md'} and "
-          f"{work / 'audit-deployed' / 'report.md'}")
+    print(
+        f"\nDemo finished in {time.monotonic() - started:.0f} s. {args.algorithm} on "
+        f"{args.task}, cost limit {args.cost_limit:g}: artifact audit {verdict}, deployed "
+        f"audit {deployed}.\nReports: {work / 'audit-artifact' / 'report.md'} and "
+        f"{work / 'audit-deployed' / 'report.md'}"
+    )
     return 0

@@ -111,17 +111,22 @@ def _env_factory(spec: TaskSpec, seeds: list[int], record_costs: bool) -> Callab
     return build
 
 
-def make_vector_env(task: str | TaskSpec, seeds: Sequence[int], num_envs: int = 1,
-                    vectorization: Vectorization = "auto", record_costs: bool = False,
-                    ) -> gym.vector.VectorEnv:
+def make_vector_env(
+    task: str | TaskSpec,
+    seeds: Sequence[int],
+    num_envs: int = 1,
+    vectorization: Vectorization = "auto",
+    record_costs: bool = False,
+) -> gym.vector.VectorEnv:
     """A vector env of ``num_envs`` copies of ``task`` that plays ``seeds`` round-robin."""
     spec = task if isinstance(task, TaskSpec) else get_task(task)
     if num_envs < 1:
         raise ValueError(f"num_envs must be at least 1, got {num_envs}")
     if vectorization not in ("auto", "sync", "async"):
         raise ValueError(f"vectorization must be 'auto', 'sync' or 'async', got {vectorization!r}")
-    factories = [_env_factory(spec, list(seeds[j::num_envs]), record_costs)
-                 for j in range(num_envs)]
+    factories = [
+        _env_factory(spec, list(seeds[j::num_envs]), record_costs) for j in range(num_envs)
+    ]
     if vectorization == "async":
         return gym.vector.AsyncVectorEnv(factories)
     return gym.vector.SyncVectorEnv(factories)

@@ -147,8 +147,10 @@ def get_task(name: str) -> TaskSpec:
         return spec
     close = difflib.get_close_matches(task_key(name), list(by_key), n=1, cutoff=0.6)
     hint = f"did you mean {by_key[close[0]].name}? " if close else ""
-    raise UnknownTaskError(f"unknown task {name!r}; {hint}`safepolicy tasks` lists the "
-                           f"{len(tasks)} known tasks ({', '.join(sorted(tasks))})")
+    raise UnknownTaskError(
+        f"unknown task {name!r}; {hint}`safepolicy tasks` lists the "
+        f"{len(tasks)} known tasks ({', '.join(sorted(tasks))})"
+    )
 
 
 class Float32Observation(gym.ObservationWrapper):  # type: ignore[misc]
@@ -215,9 +217,7 @@ def make_env(task: str | TaskSpec, **kwargs: Any) -> gym.Env:
         env = SeedGlobalNumpyOnReset(env)
     else:
         safety_gymnasium = import_safety_gymnasium()
-        env = safety_gymnasium.make(
-            spec.env_id, max_episode_steps=spec.max_episode_steps, **kwargs
-        )
+        env = safety_gymnasium.make(spec.env_id, max_episode_steps=spec.max_episode_steps, **kwargs)
         env = safety_gymnasium.wrappers.SafetyGymnasium2Gymnasium(env)
     return CostAsFloat(Float32Observation(env))
 

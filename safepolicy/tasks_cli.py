@@ -12,7 +12,14 @@ from safepolicy.tasks import registry
 def format_table() -> str:
     """One row per task: family, environment id, episode length, DSRL reference scores, limits."""
     header = (
-        "task", "family", "env_id", "steps", "reward_min", "reward_max", "cost_max", "cost_limits"
+        "task",
+        "family",
+        "env_id",
+        "steps",
+        "reward_min",
+        "reward_max",
+        "cost_max",
+        "cost_limits",
     )
     rows = [header] + [
         (
@@ -30,8 +37,10 @@ def format_table() -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     numeric = {3, 4, 5, 6}
     lines = [
-        "  ".join(cell.rjust(w) if i in numeric else cell.ljust(w)
-                  for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+        "  ".join(
+            cell.rjust(w) if i in numeric else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
         for row in rows
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -41,7 +50,8 @@ def format_table() -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``safepolicy tasks``."""
     parser = argparse.ArgumentParser(
-        prog="safepolicy tasks", formatter_class=HelpFormatter,
+        prog="safepolicy tasks",
+        formatter_class=HelpFormatter,
         description="List the known tasks with their environments and DSRL reference scores.",
     )
     try:

@@ -92,8 +92,10 @@ def read_card(version_dir: str | os.PathLike[str]) -> AgentCard | None:
     try:
         return AgentCard.model_validate_json(text)
     except ValidationError as error:
-        raise ZooError(f"{path}: invalid agent card ({error}); delete the version directory "
-                       "and re-run benchmarks/train_zoo.py for it") from error
+        raise ZooError(
+            f"{path}: invalid agent card ({error}); delete the version directory "
+            "and re-run benchmarks/train_zoo.py for it"
+        ) from error
 
 
 @dataclass(frozen=True)
@@ -130,19 +132,24 @@ def has_zoo(task: str, zoo_dir: Path | None = None) -> bool:
     return bool(carded_versions(zoo_dir or default_zoo_dir(), task))
 
 
-def load_agents(task: str, zoo_dir: Path | None = None,
-                names: Sequence[str] | None = None) -> list[ZooAgent]:
+def load_agents(
+    task: str, zoo_dir: Path | None = None, names: Sequence[str] | None = None
+) -> list[ZooAgent]:
     """The task's agents (all, or those in ``names``), sorted by name, policies loaded."""
     directory = zoo_dir or default_zoo_dir()
     available = carded_versions(directory, task)
     if not available:
-        raise ZooError(f"task {task} has no zoo agents in {directory}; train some with "
-                       "`benchmarks/train_zoo.py`, or collect with --behavior scripted/random")
+        raise ZooError(
+            f"task {task} has no zoo agents in {directory}; train some with "
+            "`benchmarks/train_zoo.py`, or collect with --behavior scripted/random"
+        )
     wanted = sorted(available) if names is None else list(names)
     unknown = [name for name in wanted if name not in available]
     if unknown:
-        raise ZooError(f"no zoo agent(s) {', '.join(unknown)} for {task} in {directory}; "
-                       f"it has {', '.join(sorted(available))}")
+        raise ZooError(
+            f"no zoo agent(s) {', '.join(unknown)} for {task} in {directory}; "
+            f"it has {', '.join(sorted(available))}"
+        )
     agents = []
     for name in wanted:
         version_dir = available[name]
@@ -150,15 +157,18 @@ def load_agents(task: str, zoo_dir: Path | None = None,
         if card is None:
             raise ZooError(f"{version_dir}: its card vanished while loading; retry")
         if card.task != task:
-            raise ZooError(f"{version_dir}: the card is for task {card.task}, not {task}; "
-                           "move the agent to its task's folder")
+            raise ZooError(
+                f"{version_dir}: the card is for task {card.task}, not {task}; "
+                "move the agent to its task's folder"
+            )
         try:
             policy = load_policy(version_dir)
         except ArtifactError as error:
             raise ZooError(str(error)) from error
         if policy.metadata.task != task:
-            raise ZooError(f"{version_dir}: the policy was trained for {policy.metadata.task}, "
-                           f"not {task}")
+            raise ZooError(
+                f"{version_dir}: the policy was trained for {policy.metadata.task}, not {task}"
+            )
         agents.append(ZooAgent(card, version_dir, policy))
     return agents
 
@@ -173,15 +183,18 @@ def parse_agent_weights(text: str | None, names: Sequence[str]) -> dict[str, flo
         name, _, value = part.partition("=")
         name = name.strip()
         if name not in weights:
-            raise ZooError(f"unknown zoo agent {name!r} in --zoo-weights {text!r}; the task's "
-                           f"agents are {', '.join(names)}")
+            raise ZooError(
+                f"unknown zoo agent {name!r} in --zoo-weights {text!r}; the task's "
+                f"agents are {', '.join(names)}"
+            )
         try:
             weight = float(value) if value else 1.0
         except ValueError as error:
             raise ZooError(f"weight {value!r} of zoo agent {name!r} is not a number") from error
         if not np.isfinite(weight) or weight < 0:
-            raise ZooError(f"weight of zoo agent {name!r} must be a non-negative number, "
-                           f"got {value!r}")
+            raise ZooError(
+                f"weight of zoo agent {name!r} must be a non-negative number, got {value!r}"
+            )
         weights[name] += weight
     total = sum(weights.values())
     if total <= 0:
@@ -189,10 +202,21 @@ def parse_agent_weights(text: str | None, names: Sequence[str]) -> dict[str, flo
     return {name: weight / total for name, weight in weights.items()}
 
 
-def add_agent(run_dir: Path, zoo_dir: Path, task: str, agent: str, *, command: str,
-              algorithm: str, cost_limit: float | None, train_env_steps: int,
-              train_wall_s: float, train_device: str = "", eval_episodes: int = 10,
-              eval_seed: int = 50_000) -> AgentCard:
+def add_agent(
+    run_dir: Path,
+    zoo_dir: Path,
+    task: str,
+    agent: str,
+    *,
+    command: str,
+    algorithm: str,
+    cost_limit: float | None,
+    train_env_steps: int,
+    train_wall_s: float,
+    train_device: str = "",
+    eval_episodes: int = 10,
+    eval_seed: int = 50_000,
+) -> AgentCard:
     """Export the run's actor into ``zoo_dir/task/agent``, evaluate it there (deterministic
     actions, ``eval_episodes`` episodes from ``eval_seed``) and write its card last."""
     from safepolicy.export.onnx_export import export_run
@@ -206,10 +230,18 @@ def add_agent(run_dir: Path, zoo_dir: Path, task: str, agent: str, *, command: s
     returns = np.array([record.episode_return for record in records])
     costs = np.array([record.episode_cost for record in records])
     card = AgentCard(
-        task=task, agent=agent, algorithm=algorithm, cost_limit=cost_limit, command=command,
-        train_env_steps=train_env_steps, train_wall_s=round(train_wall_s, 1),
-        train_device=train_device, eval_episodes=eval_episodes, eval_seed=eval_seed,
-        eval_return_mean=float(returns.mean()), eval_cost_mean=float(costs.mean()),
+        task=task,
+        agent=agent,
+        algorithm=algorithm,
+        cost_limit=cost_limit,
+        command=command,
+        train_env_steps=train_env_steps,
+        train_wall_s=round(train_wall_s, 1),
+        train_device=train_device,
+        eval_episodes=eval_episodes,
+        eval_seed=eval_seed,
+        eval_return_mean=float(returns.mean()),
+        eval_cost_mean=float(costs.mean()),
         eval_normalized_reward=float(spec.normalized_reward(float(returns.mean()))),
     )
     write_card(version_dir, card)

@@ -26,13 +26,16 @@ from safepolicy.tasks import get_task, make_env
 # (0.6 Hz, square-ish waves of amplitude 3 clipped to +-1, the tail 0.8 rad behind): from a broad
 # guess the search settles on a slow drift of 0.04 m/s.
 INITIAL = {
-    "HalfCheetahVelocity": dict(frequency=(2.0, 1.0), amplitude=(0.6, 0.3),
-                                phase=(0.0, math.pi), bias=(0.0, 0.3)),
-    "SwimmerVelocity": dict(frequency=(0.6, 0.15), amplitude=(3.0, 0.5),
-                            phase=([0.0, -0.8], 0.4), bias=(0.0, 0.1)),
+    "HalfCheetahVelocity": dict(
+        frequency=(2.0, 1.0), amplitude=(0.6, 0.3), phase=(0.0, math.pi), bias=(0.0, 0.3)
+    ),
+    "SwimmerVelocity": dict(
+        frequency=(0.6, 0.15), amplitude=(3.0, 0.5), phase=([0.0, -0.8], 0.4), bias=(0.0, 0.1)
+    ),
 }
-DEFAULT_INITIAL = dict(frequency=(2.0, 1.0), amplitude=(0.6, 0.3), phase=(0.0, math.pi),
-                       bias=(0.0, 0.3))
+DEFAULT_INITIAL = dict(
+    frequency=(2.0, 1.0), amplitude=(0.6, 0.3), phase=(0.0, math.pi), bias=(0.0, 0.3)
+)
 MAX_AMPLITUDE = 3.0
 
 
@@ -71,27 +74,45 @@ def fit(task: str, iterations: int, population: int, elites: int, seed: int) -> 
     joints = int(env.action_space.shape[0])
     planar = task == "AntVelocity"
     init = INITIAL.get(task, DEFAULT_INITIAL)
-    mean = np.concatenate([np.broadcast_to(np.asarray(init[k][0], dtype=float), (n,))
-                           for k, n in (("frequency", 1), ("amplitude", joints),
-                                        ("phase", joints), ("bias", joints))])
-    std = np.concatenate([np.broadcast_to(np.asarray(init[k][1], dtype=float), (n,))
-                          for k, n in (("frequency", 1), ("amplitude", joints),
-                                       ("phase", joints), ("bias", joints))])
+    mean = np.concatenate(
+        [
+            np.broadcast_to(np.asarray(init[k][0], dtype=float), (n,))
+            for k, n in (
+                ("frequency", 1),
+                ("amplitude", joints),
+                ("phase", joints),
+                ("bias", joints),
+            )
+        ]
+    )
+    std = np.concatenate(
+        [
+            np.broadcast_to(np.asarray(init[k][1], dtype=float), (n,))
+            for k, n in (
+                ("frequency", 1),
+                ("amplitude", joints),
+                ("phase", joints),
+                ("bias", joints),
+            )
+        ]
+    )
     rng = np.random.default_rng(seed)
     started = time.perf_counter()
     for iteration in range(iterations):
         candidates = mean + std * rng.standard_normal((population, mean.size))
         candidates[:, 0] = np.clip(np.abs(candidates[:, 0]), 0.05, None)
         candidates[:, 1 : 1 + joints] = np.clip(candidates[:, 1 : 1 + joints], 0.0, MAX_AMPLITUDE)
-        returns = np.array([
-            rollout(env, to_gait(x, joints), 1.0, 1000 + iteration, planar)[0]
-            for x in candidates
-        ])
+        returns = np.array(
+            [rollout(env, to_gait(x, joints), 1.0, 1000 + iteration, planar)[0] for x in candidates]
+        )
         best = candidates[np.argsort(returns)[-elites:]]
         mean, std = best.mean(axis=0), best.std(axis=0) + 0.02
-        print(f"iteration {iteration:2d}: best return {returns.max():8.1f}, "
-              f"elite mean {np.sort(returns)[-elites:].mean():8.1f} "
-              f"({time.perf_counter() - started:.0f} s)", flush=True)
+        print(
+            f"iteration {iteration:2d}: best return {returns.max():8.1f}, "
+            f"elite mean {np.sort(returns)[-elites:].mean():8.1f} "
+            f"({time.perf_counter() - started:.0f} s)",
+            flush=True,
+        )
     threshold = VELOCITY_THRESHOLDS[task]
     speeds, unsafe = [], []
     for scale in np.linspace(0.0, 1.0, 11):
@@ -99,9 +120,11 @@ def fit(task: str, iterations: int, population: int, elites: int, seed: int) -> 
         per_step = np.concatenate([r[1] for r in results])
         speeds.append(float(per_step.mean()))
         unsafe.append(float((per_step > threshold).mean()))
-        print(f"scale {scale:.1f}: return {np.mean([r[0] for r in results]):8.1f}, "
-              f"mean speed {per_step.mean():.3f}, steps over threshold "
-              f"{(per_step > threshold).mean():.2f}, episode length {len(per_step) / 2:.0f}")
+        print(
+            f"scale {scale:.1f}: return {np.mean([r[0] for r in results]):8.1f}, "
+            f"mean speed {per_step.mean():.3f}, steps over threshold "
+            f"{(per_step > threshold).mean():.2f}, episode length {len(per_step) / 2:.0f}"
+        )
     env.close()
     return to_gait(mean, joints, tuple(speeds), tuple(unsafe))
 
@@ -110,12 +133,14 @@ def literal(gait: Gait) -> str:
     def numbers(values: tuple[float, ...], digits: int) -> str:
         return "(" + ", ".join(f"{v:.{digits}f}" for v in values) + ")"
 
-    return (f"Gait(\n    frequency={gait.frequency:.4f},\n"
-            f"    amplitude={numbers(gait.amplitude, 4)},\n"
-            f"    phase={numbers(gait.phase, 4)},\n"
-            f"    bias={numbers(gait.bias, 4)},\n"
-            f"    speeds={numbers(gait.speeds, 3)},\n"
-            f"    unsafe={numbers(gait.unsafe, 2)},\n)")
+    return (
+        f"Gait(\n    frequency={gait.frequency:.4f},\n"
+        f"    amplitude={numbers(gait.amplitude, 4)},\n"
+        f"    phase={numbers(gait.phase, 4)},\n"
+        f"    bias={numbers(gait.bias, 4)},\n"
+        f"    speeds={numbers(gait.speeds, 3)},\n"
+        f"    unsafe={numbers(gait.unsafe, 2)},\n)"
+    )
 
 
 def main() -> None:

@@ -48,7 +48,8 @@ log = logging.getLogger(__name__)
 
 POLICY_SERVICE = policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name
 INFERENCE_SERVICE = grpc_predict_v2_pb2.DESCRIPTOR.services_by_name[
-    "GRPCInferenceService"].full_name
+    "GRPCInferenceService"
+].full_name
 HEALTH_SERVICES = ("", POLICY_SERVICE, INFERENCE_SERVICE)
 # SERVING from the moment the gRPC server runs until shutdown, whatever the repository holds:
 # the Kubernetes liveness probe (readiness uses "", SERVING only with a policy loaded)
@@ -61,9 +62,14 @@ class PolicyServer:
     def __init__(self, settings: ServerSettings, metrics: ServerMetrics | None = None) -> None:
         self.settings = settings
         self.store = PolicyStore(
-            settings.repo, version_policy=settings.version_policy, pins=settings.pins,
-            require_audit=settings.require_audit, max_batch_size=settings.max_batch_size,
-            threads=settings.onnx_threads, providers=resolve_providers(settings.onnx_providers))
+            settings.repo,
+            version_policy=settings.version_policy,
+            pins=settings.pins,
+            require_audit=settings.require_audit,
+            max_batch_size=settings.max_batch_size,
+            threads=settings.onnx_threads,
+            providers=resolve_providers(settings.onnx_providers),
+        )
         self.metrics = metrics if metrics is not None else ServerMetrics()
         self.metrics.onnx_providers.info({"providers": ",".join(self.store.providers)})
         self.outcomes = OutcomeTracker()
@@ -103,47 +109,78 @@ class PolicyServer:
         ]
         interceptors = [BearerTokenInterceptor(self._token)] if self._token else []
         server = grpc.aio.server(interceptors=interceptors, options=options)
-        add_guarded(policy_pb2_grpc.add_PolicyServiceServicer_to_server,
-                    PolicyServicer(self.plane, self.outcomes, self.reload), server)
-        add_guarded(grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
-                    InferenceServicer(self.plane), server)
+        add_guarded(
+            policy_pb2_grpc.add_PolicyServiceServicer_to_server,
+            PolicyServicer(self.plane, self.outcomes, self.reload),
+            server,
+        )
+        add_guarded(
+            grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
+            InferenceServicer(self.plane),
+            server,
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            (POLICY_SERVICE, INFERENCE_SERVICE, health_pb2.DESCRIPTOR.services_by_name[
-                "Health"].full_name, reflection.SERVICE_NAME), server)
+            (
+                POLICY_SERVICE,
+                INFERENCE_SERVICE,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
         address = f"{self.settings.host}:{self.settings.port}"
         if self._tls is not None:
             cert, key, client_ca = self._tls
             credentials = grpc.ssl_server_credentials(
-                [(key, cert)], root_certificates=client_ca,
-                require_client_auth=client_ca is not None)
+                [(key, cert)],
+                root_certificates=client_ca,
+                require_client_auth=client_ca is not None,
+            )
             port = server.add_secure_port(address, credentials)
         else:
             port = server.add_insecure_port(address)
         if port == 0:
-            raise OSError(f"cannot listen on {address}: the port is taken or the address is "
-                          "not local; choose another --port")
+            raise OSError(
+                f"cannot listen on {address}: the port is taken or the address is "
+                "not local; choose another --port"
+            )
         await server.start()
         await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         self._server, self.port = server, port
         if self.settings.metrics_port is not None:
             self._metrics_http = start_metrics_server(
-                self.metrics, self.settings.metrics_port, self.settings.metrics_host)
+                self.metrics, self.settings.metrics_port, self.settings.metrics_host
+            )
             self.metrics_port = int(self._metrics_http.server_port)
         if self.settings.http_port is not None:
-            self._rest = RestServer(self.plane, token=self._token,
-                                    max_body_bytes=self.settings.max_message_bytes)
-            ssl_context = None if self._tls is None else server_ssl_context(
-                str(self.settings.tls_cert_file), str(self.settings.tls_key_file),
-                None if self.settings.tls_client_ca_file is None
-                else str(self.settings.tls_client_ca_file))
-            self.http_port = await self._rest.start(self.settings.host, self.settings.http_port,
-                                                    ssl_context)
+            self._rest = RestServer(
+                self.plane, token=self._token, max_body_bytes=self.settings.max_message_bytes
+            )
+            ssl_context = (
+                None
+                if self._tls is None
+                else server_ssl_context(
+                    str(self.settings.tls_cert_file),
+                    str(self.settings.tls_key_file),
+                    None
+                    if self.settings.tls_client_ca_file is None
+                    else str(self.settings.tls_client_ca_file),
+                )
+            )
+            self.http_port = await self._rest.start(
+                self.settings.host, self.settings.http_port, ssl_context
+            )
         if self.settings.poll_interval_s > 0:
             self._poller = asyncio.create_task(self._poll(), name="repository-poller")
-        log.info("serving %s on %s (HTTP on %s, metrics on %s), onnxruntime providers %s",
-                 self.settings.repo, port, self.http_port, self.metrics_port,
-                 ",".join(self.store.providers))
+        log.info(
+            "serving %s on %s (HTTP on %s, metrics on %s), onnxruntime providers %s",
+            self.settings.repo,
+            port,
+            self.http_port,
+            self.metrics_port,
+            ",".join(self.store.providers),
+        )
         return port
 
     async def _poll(self) -> None:
@@ -163,12 +200,16 @@ class PolicyServer:
             self.metrics.reloads.labels("failed" if report.failed else "ok").inc()
             for name, version, _reason in report.failed:
                 self.metrics.child(self.metrics.reload_failures, name, str(version)).inc()
-            self.metrics.set_loaded((entry.name, sorted(entry.versions))
-                                    for entry in self.store.entries())
+            self.metrics.set_loaded(
+                (entry.name, sorted(entry.versions)) for entry in self.store.entries()
+            )
             self.metrics.ready.set(1 if self.store.ready else 0)
             if not self.draining:
-                status = (health_pb2.HealthCheckResponse.SERVING if self.store.ready
-                          else health_pb2.HealthCheckResponse.NOT_SERVING)
+                status = (
+                    health_pb2.HealthCheckResponse.SERVING
+                    if self.store.ready
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
                 for service in HEALTH_SERVICES:
                     await self.health.set(service, status)
             return report
@@ -185,8 +226,11 @@ class PolicyServer:
         # Kubernetes order: report NOT_SERVING first but keep answering through the drain
         # delay (load balancers need that window to move traffic), then refuse new calls and
         # end open streams at their next message, then stop as soon as in-flight calls finish
-        log.info("shutting down: NOT_SERVING, still serving for %.1f s, then draining for up "
-                 "to %.1f s", self.settings.drain_delay_s, grace)
+        log.info(
+            "shutting down: NOT_SERVING, still serving for %.1f s, then draining for up to %.1f s",
+            self.settings.drain_delay_s,
+            grace,
+        )
         await self.health.enter_graceful_shutdown()
         self.metrics.ready.set(0)
         if self.settings.drain_delay_s > 0:
@@ -219,5 +263,6 @@ class PolicyServer:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.shutdown)
         await self.wait()
+
 
 REFUSAL_PERIOD_S = 0.5

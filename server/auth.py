@@ -32,7 +32,8 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         return False
 
     async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
@@ -46,8 +47,11 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
 
 def _refusing(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
     """A handler of the same kind as ``handler`` that aborts with UNAUTHENTICATED."""
-    code, message = status_of(Unauthenticated(
-        f"{method} needs an 'authorization: Bearer <token>' header with the server's token"))
+    code, message = status_of(
+        Unauthenticated(
+            f"{method} needs an 'authorization: Bearer <token>' header with the server's token"
+        )
+    )
 
     async def refuse_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
         await context.abort(code, message)
@@ -56,8 +60,10 @@ def _refusing(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHand
         await context.abort(code, message)
         yield  # pragma: no cover - makes this an async generator
 
-    kwargs = {"request_deserializer": handler.request_deserializer,
-              "response_serializer": handler.response_serializer}
+    kwargs = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
     if handler.request_streaming and handler.response_streaming:
         return grpc.stream_stream_rpc_method_handler(refuse_stream, **kwargs)
     if handler.request_streaming:

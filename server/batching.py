@@ -33,8 +33,9 @@ class _Pending:
 class MicroBatcher:
     """Collects observations per loaded version and runs them together (event-loop only)."""
 
-    def __init__(self, run: RunBatch, *, max_rows: int, max_delay_s: float,
-                 max_queue_rows: int) -> None:
+    def __init__(
+        self, run: RunBatch, *, max_rows: int, max_delay_s: float, max_queue_rows: int
+    ) -> None:
         self.run = run
         self.max_rows = max_rows
         self.max_delay_s = max_delay_s
@@ -46,8 +47,10 @@ class MicroBatcher:
         """Actions for ``observations`` (checked already), computed in a shared batch."""
         rows = observations.shape[0]
         if self._queued_rows + rows > self.max_queue_rows:
-            raise Overloaded(f"micro-batching queue full ({self._queued_rows} observations "
-                             "waiting); retry with backoff")
+            raise Overloaded(
+                f"micro-batching queue full ({self._queued_rows} observations "
+                "waiting); retry with backoff"
+            )
         loop = asyncio.get_running_loop()
         key = id(loaded)
         pending = self._pending.get(key)
@@ -71,8 +74,11 @@ class MicroBatcher:
         if pending.timer is not None:
             pending.timer.cancel()
         self._queued_rows -= pending.rows
-        live = [(part, fut) for part, fut in zip(pending.parts, pending.futures, strict=True)
-                if not fut.done()]  # callers whose deadline passed are gone
+        live = [
+            (part, fut)
+            for part, fut in zip(pending.parts, pending.futures, strict=True)
+            if not fut.done()
+        ]  # callers whose deadline passed are gone
         if not live:
             return
         batch = np.concatenate([part for part, _ in live]) if len(live) > 1 else live[0][0]

@@ -70,21 +70,28 @@ class Servicer(Protocol):
     plane: CallRecorder
 
 
-async def _abort(plane: CallRecorder, call: Call, error: Exception,
-                 context: grpc.aio.ServicerContext) -> None:
+async def _abort(
+    plane: CallRecorder, call: Call, error: Exception, context: grpc.aio.ServicerContext
+) -> None:
     code, message = status_of(error)
     plane.record_failure(call, code.name)
     await context.abort(code, message)
 
 
-def unary(method: str, *, track_in_flight: bool = False,
-          ) -> Callable[[Callable[[Any, Any, grpc.aio.ServicerContext, Call], Awaitable[Any]]],
-                        Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]]:
+def unary(
+    method: str,
+    *,
+    track_in_flight: bool = False,
+) -> Callable[
+    [Callable[[Any, Any, grpc.aio.ServicerContext, Call], Awaitable[Any]]],
+    Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]],
+]:
     """Run a unary-response servicer method in the call scope (see the module docstring);
     ``track_in_flight`` keeps the method's in-flight gauge (inference methods)."""
 
-    def decorate(handler: Callable[[Any, Any, grpc.aio.ServicerContext, Call], Awaitable[Any]],
-                 ) -> Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+    def decorate(
+        handler: Callable[[Any, Any, grpc.aio.ServicerContext, Call], Awaitable[Any]],
+    ) -> Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]:
         @functools.wraps(handler)
         async def serve(self: Servicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
             call = Call(method)
@@ -112,9 +119,12 @@ def unary(method: str, *, track_in_flight: bool = False,
     return decorate
 
 
-def streaming(method: str) -> Callable[
-        [Callable[[Any, Any, grpc.aio.ServicerContext, Call], Awaitable[Any]]],
-        Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[None]]]:
+def streaming(
+    method: str,
+) -> Callable[
+    [Callable[[Any, Any, grpc.aio.ServicerContext, Call], Awaitable[Any]]],
+    Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[None]],
+]:
     """Run a stream-stream servicer method in the call scope, one message at a time.
 
     The wrapped method answers one request message; the scope opens the stream only while
@@ -124,11 +134,15 @@ def streaming(method: str) -> Callable[
     response generator off the per-message path.
     """
 
-    def decorate(handler: Callable[[Any, Any, grpc.aio.ServicerContext, Call], Awaitable[Any]],
-                 ) -> Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[None]]:
+    def decorate(
+        handler: Callable[[Any, Any, grpc.aio.ServicerContext, Call], Awaitable[Any]],
+    ) -> Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[None]]:
         @functools.wraps(handler)
-        async def serve(self: Servicer, requests: Any, context: grpc.aio.ServicerContext,
-                        ) -> None:
+        async def serve(
+            self: Servicer,
+            requests: Any,
+            context: grpc.aio.ServicerContext,
+        ) -> None:
             del requests  # read through the context instead
             call = Call(method)
             plane = self.plane

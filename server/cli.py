@@ -37,8 +37,11 @@ log = logging.getLogger("server")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, description=__doc__,
-        formatter_class=RawDescriptionHelpFormatter, argument_default=None)
+        prog=PROG,
+        description=__doc__,
+        formatter_class=RawDescriptionHelpFormatter,
+        argument_default=None,
+    )
     fields = ServerSettings.model_fields
 
     def add(flag: str, **kwargs: Any) -> None:
@@ -46,10 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
         description = fields[name].description or ""
         env = f"SAFEPOLICY_SERVER_{name.upper()}"
         default = fields[name].default
-        shown = "" if default in (None, False) or not isinstance(default, str | int | float) \
+        shown = (
+            ""
+            if default in (None, False) or not isinstance(default, str | int | float)
             else f" (default: {default})"
-        parser.add_argument(flag, help=f"{description}{shown} [env {env}]".replace("%", "%%"),
-                            **kwargs)
+        )
+        parser.add_argument(
+            flag, help=f"{description}{shown} [env {env}]".replace("%", "%%"), **kwargs
+        )
 
     add("--repo", type=Path)
     add("--allow-empty-repo", action="store_const", const=True)
@@ -86,8 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from(args: argparse.Namespace) -> ServerSettings:
     """Flags that were given, over the environment, over the defaults."""
-    given = {key: value for key, value in vars(args).items()
-             if value is not None and key != "worker_index"}
+    given = {
+        key: value
+        for key, value in vars(args).items()
+        if value is not None and key != "worker_index"
+    }
     return ServerSettings(**given)
 
 
@@ -111,22 +121,27 @@ def check_free(host: str, port: int, what: str, flag: str) -> None:
         return
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
-            host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+            host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
     except socket.gaierror as error:
-        raise SettingsError(f"{what} address {host!r} cannot be resolved ({error.strerror}); "
-                            "pass an address of this machine, e.g. 0.0.0.0 or 127.0.0.1"
-                            ) from error
+        raise SettingsError(
+            f"{what} address {host!r} cannot be resolved ({error.strerror}); "
+            "pass an address of this machine, e.g. 0.0.0.0 or 127.0.0.1"
+        ) from error
     with socket.socket(family, kind, proto) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc and http.server
         try:
             probe.bind(address)
         except OSError as error:
             if error.errno == errno.EADDRINUSE:
-                raise SettingsError(f"{what} port {port} on {host} is already in use; stop "
-                                    f"what holds it or pass another {flag} (0 picks a free one)"
-                                    ) from error
-            raise SettingsError(f"cannot listen on {host}:{port} for the {what} "
-                                f"({error.strerror}); pass another {flag} or address") from error
+                raise SettingsError(
+                    f"{what} port {port} on {host} is already in use; stop "
+                    f"what holds it or pass another {flag} (0 picks a free one)"
+                ) from error
+            raise SettingsError(
+                f"cannot listen on {host}:{port} for the {what} "
+                f"({error.strerror}); pass another {flag} or address"
+            ) from error
 
 
 def check_repository(settings: ServerSettings) -> None:
@@ -140,9 +155,11 @@ def check_repository(settings: ServerSettings) -> None:
         problem = "holds no policy (no NAME/VERSION/policy.onnx)"
     else:
         return
-    raise SettingsError(f"model repository {repo} {problem}; export one with `safepolicy export "
-                        f"--repo {repo} ...`, or pass --allow-empty-repo to start anyway and "
-                        "serve policies as they appear")
+    raise SettingsError(
+        f"model repository {repo} {problem}; export one with `safepolicy export "
+        f"--repo {repo} ...`, or pass --allow-empty-repo to start anyway and "
+        "serve policies as they appear"
+    )
 
 
 def preflight(settings: ServerSettings, worker_index: int | None) -> None:
@@ -155,17 +172,21 @@ def preflight(settings: ServerSettings, worker_index: int | None) -> None:
     if settings.metrics_port:
         count = settings.workers if worker_index is None else 1
         for offset in range(count):
-            check_free(settings.metrics_host, settings.metrics_port + offset, "metrics",
-                       "--metrics-port")
+            check_free(
+                settings.metrics_host, settings.metrics_port + offset, "metrics", "--metrics-port"
+            )
     if settings.http_port:
         check_free(settings.host, settings.http_port, "HTTP", "--http-port")
 
 
 def run_workers(argv: list[str], settings: ServerSettings) -> int:
     """Start ``settings.workers`` server processes on the shared port and supervise them."""
-    children = [subprocess.Popen([sys.executable, "-m", "safepolicy.server", *argv,
-                                  "--worker-index", str(index)])
-                for index in range(settings.workers)]
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", "safepolicy.server", *argv, "--worker-index", str(index)]
+        )
+        for index in range(settings.workers)
+    ]
 
     def forward(signum: int, _frame: Any) -> None:
         for child in children:
@@ -187,11 +208,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as error:
         print(f"{PROG}: error: {settings_error_line(error)}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+    )
     if args.worker_index is not None and settings.metrics_port:
-        settings = settings.model_copy(update={
-            "metrics_port": settings.metrics_port + args.worker_index})
+        settings = settings.model_copy(
+            update={"metrics_port": settings.metrics_port + args.worker_index}
+        )
     try:
         preflight(settings, args.worker_index)
     except SafepolicyError as error:
@@ -200,8 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     if settings.workers > 1 and args.worker_index is None:
         return run_workers(argv, settings)
     if not any(settings.repo.glob("*/*/policy.onnx")):
-        log.warning("model repository %s holds no policy yet (--allow-empty-repo): serving "
-                    "nothing until one is exported into it", settings.repo)
+        log.warning(
+            "model repository %s holds no policy yet (--allow-empty-repo): serving "
+            "nothing until one is exported into it",
+            settings.repo,
+        )
     from safepolicy.server.app import PolicyServer  # after settings: `--help` stays fast
 
     # onnxruntime releases the GIL for each run; with grpc's poller thread busy, getting it
@@ -218,8 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as error:  # grpc's "Failed to bind" when a port was taken meanwhile
         if "bind" not in str(error).lower():
             raise
-        report_error(PROG, f"cannot listen on {settings.host}:{settings.port} ({error}); "
-                           "pass another --port")
+        report_error(
+            PROG, f"cannot listen on {settings.host}:{settings.port} ({error}); pass another --port"
+        )
         return 1
     log.info("stopped (pid %d)", os.getpid())
     return 0

@@ -111,8 +111,10 @@ def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(error, ServerError):
         return error.code, error.message
     log.error("unexpected error while serving a call", exc_info=error)
-    return (grpc.StatusCode.INTERNAL,
-            f"internal server error ({type(error).__name__}); the server log has the traceback")
+    return (
+        grpc.StatusCode.INTERNAL,
+        f"internal server error ({type(error).__name__}); the server log has the traceback",
+    )
 
 
 def all_error_types() -> list[type[ServerError]]:

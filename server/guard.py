@@ -26,8 +26,10 @@ class _Malformed:
 
 
 MALFORMED = _Malformed()
-MALFORMED_MESSAGE = ("the request bytes are not a valid protobuf message of this method's "
-                     "request type; check the client's generated code and the method name")
+MALFORMED_MESSAGE = (
+    "the request bytes are not a valid protobuf message of this method's "
+    "request type; check the client's generated code and the method name"
+)
 
 
 def _guard_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
@@ -61,14 +63,17 @@ class _GuardingServer:
     def add_generic_rpc_handlers(self, handlers: Any) -> None:
         self._server.add_generic_rpc_handlers(tuple(_GuardedGenericHandler(h) for h in handlers))
 
-    def add_registered_method_handlers(self, service: str,
-                                       handlers: Mapping[str, grpc.RpcMethodHandler]) -> None:
+    def add_registered_method_handlers(
+        self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]
+    ) -> None:
         self._server.add_registered_method_handlers(  # type: ignore[attr-defined]
-            service, {name: _guard_handler(h) for name, h in handlers.items()})
+            service, {name: _guard_handler(h) for name, h in handlers.items()}
+        )
 
 
-def add_guarded(add_to_server: Callable[[Any, Any], None], servicer: Any,
-                server: grpc.aio.Server) -> None:
+def add_guarded(
+    add_to_server: Callable[[Any, Any], None], servicer: Any, server: grpc.aio.Server
+) -> None:
     """``add_to_server(servicer, server)`` with undecodable unary requests delivered as
     :data:`MALFORMED` (every unary method of ``servicer`` must run in the call scope)."""
     add_to_server(servicer, _GuardingServer(server))

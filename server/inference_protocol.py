@@ -40,8 +40,10 @@ def parse_version(text: str) -> int | None:
     if not text:
         return None
     if not (text.isascii() and text.isdigit()):  # "²".isdigit() is True, int("²") fails
-        raise InvalidRequest(f"model_version {text!r} is not an integer version; leave it empty "
-                             "for the serving version")
+        raise InvalidRequest(
+            f"model_version {text!r} is not an integer version; leave it empty "
+            "for the serving version"
+        )
     return int(text)
 
 
@@ -65,26 +67,31 @@ def check_parameters(sample: Any, seed: Any) -> tuple[bool, int | None]:
     return bool(sample), seed
 
 
-def check_input(loaded: LoadedVersion, names: Sequence[str], datatype: str,
-                shape: Sequence[int]) -> None:
+def check_input(
+    loaded: LoadedVersion, names: Sequence[str], datatype: str, shape: Sequence[int]
+) -> None:
     """The request's inputs are the one ``obs`` tensor, FP32 ``[batch, obs_dim]``."""
     obs_dim = loaded.metadata.obs_dim
     if len(names) != 1 or names[0] != INPUT_NAME:
-        raise InvalidRequest(f"model {loaded.name!r} takes exactly one input named "
-                             f"{INPUT_NAME!r} ({DATATYPE} [batch, {obs_dim}]), got {list(names)}")
+        raise InvalidRequest(
+            f"model {loaded.name!r} takes exactly one input named "
+            f"{INPUT_NAME!r} ({DATATYPE} [batch, {obs_dim}]), got {list(names)}"
+        )
     if datatype != DATATYPE:
         raise InvalidRequest(f"input {INPUT_NAME!r} must be {DATATYPE}, got {datatype!r}")
     if len(shape) != 2:
-        raise InvalidRequest(f"input {INPUT_NAME!r} needs shape [batch, {obs_dim}], got "
-                             f"{list(shape)}")
+        raise InvalidRequest(
+            f"input {INPUT_NAME!r} needs shape [batch, {obs_dim}], got {list(shape)}"
+        )
 
 
 def requested_outputs(loaded: LoadedVersion, names: Sequence[str]) -> tuple[str, ...]:
     """The outputs a request names, in its order (``action`` alone when it names none)."""
     for name in names:
         if name not in OUTPUT_NAMES:
-            raise InvalidRequest(f"unknown output {name!r}; model {loaded.name!r} has outputs "
-                                 f"{list(OUTPUT_NAMES)}")
+            raise InvalidRequest(
+                f"unknown output {name!r}; model {loaded.name!r} has outputs {list(OUTPUT_NAMES)}"
+            )
     if len(set(names)) != len(names):
         raise InvalidRequest(f"output names repeat in {list(names)}; name each at most once")
     return tuple(names) if names else (OUTPUT_NAME,)
@@ -105,8 +112,9 @@ class InferRequest:
     seed: Any = None
 
 
-async def infer(plane: DataPlane, call: Call, request: InferRequest,
-                time_remaining: float | None = None) -> dict[str, np.ndarray]:
+async def infer(
+    plane: DataPlane, call: Call, request: InferRequest, time_remaining: float | None = None
+) -> dict[str, np.ndarray]:
     """The requested outputs (name -> float32 ``[batch, action_dim]``) of one request."""
     plane.check_accepting()
     loaded = plane.resolve(call, request.model, parse_version(request.version))
@@ -116,8 +124,9 @@ async def infer(plane: DataPlane, call: Call, request: InferRequest,
     observations, _ = plane.observations(call, loaded, request.shape, request.data)
     results: dict[str, np.ndarray] = {}
     if OUTPUT_NAME in names:
-        results[OUTPUT_NAME] = await plane.run(loaded, observations, sample=sample, seed=seed,
-                                               time_remaining=time_remaining)
+        results[OUTPUT_NAME] = await plane.run(
+            loaded, observations, sample=sample, seed=seed, time_remaining=time_remaining
+        )
     if any(name in EXTRA_OUTPUTS for name in names):
         outputs = await plane.run_outputs(loaded, observations)
         results["mean"], results["log_std"] = outputs.mean, outputs.log_std
@@ -128,11 +137,14 @@ def model_metadata(plane: DataPlane, loaded: LoadedVersion) -> dict[str, Any]:
     """The model metadata response (the protocol's JSON form)."""
     metadata = loaded.metadata
     return {
-        "name": loaded.name, "versions": [str(v) for v in plane.store.versions_of(loaded)],
+        "name": loaded.name,
+        "versions": [str(v) for v in plane.store.versions_of(loaded)],
         "platform": PLATFORM,
         "inputs": [{"name": INPUT_NAME, "datatype": DATATYPE, "shape": [-1, metadata.obs_dim]}],
-        "outputs": [{"name": name, "datatype": DATATYPE, "shape": [-1, metadata.action_dim]}
-                    for name in OUTPUT_NAMES],
+        "outputs": [
+            {"name": name, "datatype": DATATYPE, "shape": [-1, metadata.action_dim]}
+            for name in OUTPUT_NAMES
+        ],
     }
 
 
@@ -148,12 +160,17 @@ def model_config(plane: DataPlane, loaded: LoadedVersion) -> dict[str, Any]:
         version_policy = {"latest": {"num_versions": 1}}
     action_dim = loaded.metadata.action_dim
     return {
-        "name": loaded.name, "platform": PLATFORM, "backend": BACKEND,
-        "version_policy": version_policy, "max_batch_size": store.max_batch_size,
-        "input": [{"name": INPUT_NAME, "data_type": "TYPE_FP32",
-                   "dims": [loaded.metadata.obs_dim]}],
-        "output": [{"name": name, "data_type": "TYPE_FP32", "dims": [action_dim]}
-                   for name in OUTPUT_NAMES],
+        "name": loaded.name,
+        "platform": PLATFORM,
+        "backend": BACKEND,
+        "version_policy": version_policy,
+        "max_batch_size": store.max_batch_size,
+        "input": [
+            {"name": INPUT_NAME, "data_type": "TYPE_FP32", "dims": [loaded.metadata.obs_dim]}
+        ],
+        "output": [
+            {"name": name, "data_type": "TYPE_FP32", "dims": [action_dim]} for name in OUTPUT_NAMES
+        ],
     }
 
 
@@ -164,16 +181,26 @@ def repository_index(plane: DataPlane, ready_only: bool = False) -> list[dict[st
     models: list[dict[str, str]] = []
     for entry in plane.store.entries():
         for version in sorted(entry.versions):
-            models.append({"name": entry.name, "version": str(version), "state": "READY",
-                           "reason": ""})
+            models.append(
+                {"name": entry.name, "version": str(version), "state": "READY", "reason": ""}
+            )
         if not entry.versions and not ready_only:
-            models.append({"name": entry.name, "version": "", "state": "UNAVAILABLE",
-                           "reason": (entry.problem or "").replace(root, "MODEL_REPO")})
+            models.append(
+                {
+                    "name": entry.name,
+                    "version": "",
+                    "state": "UNAVAILABLE",
+                    "reason": (entry.problem or "").replace(root, "MODEL_REPO"),
+                }
+            )
     return models
 
 
-def model_statistics(plane: DataPlane, name: str, version_text: str,
-                     ) -> list[dict[str, Any]]:
+def model_statistics(
+    plane: DataPlane,
+    name: str,
+    version_text: str,
+) -> list[dict[str, Any]]:
     """Per loaded version: last inference (ms since the epoch), inferred rows, requests that
     ran the model, and successful and failed request counts with their total nanoseconds
     (failures' durations are not kept: ``fail.ns`` is 0). Empty ``name``: every model."""
@@ -190,14 +217,22 @@ def model_statistics(plane: DataPlane, name: str, version_text: str,
     stats = []
     for loaded in versions:
         count, rows, seconds, last_ms = plane.call_totals(loaded)
-        stats.append({
-            "name": loaded.name, "version": str(loaded.version), "last_inference": last_ms,
-            "inference_count": rows, "execution_count": count,
-            "inference_stats": {
-                "success": {"count": count, "ns": int(seconds * 1e9)},
-                "fail": {"count": plane.failures.get((loaded.name, loaded.version), 0),
-                         "ns": 0}},
-        })
+        stats.append(
+            {
+                "name": loaded.name,
+                "version": str(loaded.version),
+                "last_inference": last_ms,
+                "inference_count": rows,
+                "execution_count": count,
+                "inference_stats": {
+                    "success": {"count": count, "ns": int(seconds * 1e9)},
+                    "fail": {
+                        "count": plane.failures.get((loaded.name, loaded.version), 0),
+                        "ns": 0,
+                    },
+                },
+            }
+        )
     return stats
 
 

@@ -40,13 +40,46 @@ from prometheus_client.core import (
 
 PREFIX = "safepolicy_server"
 # sub-millisecond resolution where unary calls live (about 0.5-1.5 ms on loopback)
-LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005,
-                   0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.00075,
+    0.001,
+    0.0015,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    10.0,
+)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 EPISODE_COST_BUCKETS = (0, 1, 2, 5, 10, 15, 20, 25, 30, 40, 50, 75, 100, 200, 500, 1000)
-METHODS = ("Act", "ActStream", "ListPolicies", "GetPolicy", "ReportOutcome", "Reload",
-           "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata",
-           "ModelInfer", "RepositoryIndex", "ModelConfig", "ModelStatistics")
+METHODS = (
+    "Act",
+    "ActStream",
+    "ListPolicies",
+    "GetPolicy",
+    "ReportOutcome",
+    "Reload",
+    "ServerLive",
+    "ServerReady",
+    "ModelReady",
+    "ServerMetadata",
+    "ModelMetadata",
+    "ModelInfer",
+    "RepositoryIndex",
+    "ModelConfig",
+    "ModelStatistics",
+)
 
 
 class ServerMetrics:
@@ -62,50 +95,89 @@ class ServerMetrics:
         self.batch_size: dict[str, RunningHistogram] = {}
         self._bound: dict[tuple[str, str, int], BoundCall] = {}
         r.register(CallCollector(self))
-        self.loaded_versions = Gauge(f"{PREFIX}_loaded_versions",
-                                     "Versions of a policy loaded and servable", ["policy"],
-                                     registry=r)
-        self.serving_version = Gauge(f"{PREFIX}_serving_version",
-                                     "Version answering requests that name none", ["policy"],
-                                     registry=r)
-        self.ready = Gauge(f"{PREFIX}_ready", "1 when at least one policy is servable",
-                           registry=r)
-        self.reloads = Counter(f"{PREFIX}_reloads", "Repository scans by result (ok, failed)",
-                               ["result"], registry=r)
-        self.reload_failures = Counter(f"{PREFIX}_reload_failures",
-                                       "Versions that failed to load (the previous one kept "
-                                       "serving)", ["policy", "version"], registry=r)
+        self.loaded_versions = Gauge(
+            f"{PREFIX}_loaded_versions",
+            "Versions of a policy loaded and servable",
+            ["policy"],
+            registry=r,
+        )
+        self.serving_version = Gauge(
+            f"{PREFIX}_serving_version",
+            "Version answering requests that name none",
+            ["policy"],
+            registry=r,
+        )
+        self.ready = Gauge(f"{PREFIX}_ready", "1 when at least one policy is servable", registry=r)
+        self.reloads = Counter(
+            f"{PREFIX}_reloads", "Repository scans by result (ok, failed)", ["result"], registry=r
+        )
+        self.reload_failures = Counter(
+            f"{PREFIX}_reload_failures",
+            "Versions that failed to load (the previous one kept serving)",
+            ["policy", "version"],
+            registry=r,
+        )
         # from ReportOutcome: what clients observe in the field
-        self.outcome_steps = Counter(f"{PREFIX}_outcome_steps",
-                                     "Environment steps reported by clients",
-                                     ["policy", "version"], registry=r)
-        self.outcome_cost = Counter(f"{PREFIX}_outcome_cost", "Cost reported by clients",
-                                    ["policy", "version"], registry=r)
-        self.episodes = Counter(f"{PREFIX}_episodes", "Episodes reported finished",
-                                ["policy", "version"], registry=r)
-        self.episode_cost = Histogram(f"{PREFIX}_episode_cost", "Cost of finished episodes",
-                                      ["policy", "version"], buckets=EPISODE_COST_BUCKETS,
-                                      registry=r)
-        self.last_episode_cost = Gauge(f"{PREFIX}_last_episode_cost",
-                                       "Cost of the latest finished episode",
-                                       ["policy", "version"], registry=r)
-        self.last_episode_return = Gauge(f"{PREFIX}_last_episode_return",
-                                         "Return of the latest finished episode",
-                                         ["policy", "version"], registry=r)
-        self.violations = Counter(f"{PREFIX}_cost_limit_violations",
-                                  "Finished episodes whose cost exceeded the policy's cost_limit",
-                                  ["policy", "version"], registry=r)
-        self.cost_limit = Gauge(f"{PREFIX}_cost_limit", "The policy's episode cost budget",
-                                ["policy", "version"], registry=r)
-        self.cost_rate = Gauge(f"{PREFIX}_cost_rate",
-                               "Cost per step over the most recent reported steps", ["policy"],
-                               registry=r)
-        self.rolling_episode_cost = Gauge(f"{PREFIX}_rolling_episode_cost",
-                                          "Mean cost of the most recent finished episodes",
-                                          ["policy"], registry=r)
-        self.onnx_providers = Info(f"{PREFIX}_onnx_providers", "onnxruntime execution "
-                                   "providers the server asks its sessions for, in order",
-                                   registry=r)
+        self.outcome_steps = Counter(
+            f"{PREFIX}_outcome_steps",
+            "Environment steps reported by clients",
+            ["policy", "version"],
+            registry=r,
+        )
+        self.outcome_cost = Counter(
+            f"{PREFIX}_outcome_cost", "Cost reported by clients", ["policy", "version"], registry=r
+        )
+        self.episodes = Counter(
+            f"{PREFIX}_episodes", "Episodes reported finished", ["policy", "version"], registry=r
+        )
+        self.episode_cost = Histogram(
+            f"{PREFIX}_episode_cost",
+            "Cost of finished episodes",
+            ["policy", "version"],
+            buckets=EPISODE_COST_BUCKETS,
+            registry=r,
+        )
+        self.last_episode_cost = Gauge(
+            f"{PREFIX}_last_episode_cost",
+            "Cost of the latest finished episode",
+            ["policy", "version"],
+            registry=r,
+        )
+        self.last_episode_return = Gauge(
+            f"{PREFIX}_last_episode_return",
+            "Return of the latest finished episode",
+            ["policy", "version"],
+            registry=r,
+        )
+        self.violations = Counter(
+            f"{PREFIX}_cost_limit_violations",
+            "Finished episodes whose cost exceeded the policy's cost_limit",
+            ["policy", "version"],
+            registry=r,
+        )
+        self.cost_limit = Gauge(
+            f"{PREFIX}_cost_limit",
+            "The policy's episode cost budget",
+            ["policy", "version"],
+            registry=r,
+        )
+        self.cost_rate = Gauge(
+            f"{PREFIX}_cost_rate",
+            "Cost per step over the most recent reported steps",
+            ["policy"],
+            registry=r,
+        )
+        self.rolling_episode_cost = Gauge(
+            f"{PREFIX}_rolling_episode_cost",
+            "Mean cost of the most recent finished episodes",
+            ["policy"],
+            registry=r,
+        )
+        self.onnx_providers = Info(
+            f"{PREFIX}_onnx_providers",
+            "onnxruntime execution providers the server asks its sessions for, in order",
+            registry=r,
+        )
         self._children: dict[tuple[Any, ...], Any] = {}
         for method in METHODS:
             self.latency_of(method)
@@ -150,8 +222,9 @@ class ServerMetrics:
             found = self.batch_size[policy] = RunningHistogram(BATCH_BUCKETS)
         return found
 
-    def record_call(self, method: str, policy: str, version: str, code: str,
-                    seconds: float) -> None:
+    def record_call(
+        self, method: str, policy: str, version: str, code: str, seconds: float
+    ) -> None:
         """Count one call outside the :class:`BoundCall` path (failures, unlabelled calls)."""
         key = (method, policy, version, code)
         self.requests[key] = self.requests.get(key, 0) + 1
@@ -160,8 +233,11 @@ class ServerMetrics:
     def calls_of(self, policy: str, version: int) -> list[BoundCall]:
         """Every :class:`BoundCall` of ``policy``/``version`` so far (one per method that
         resolved it)."""
-        return [bound for (_, name, number), bound in list(self._bound.items())
-                if name == policy and number == version]
+        return [
+            bound
+            for (_, name, number), bound in list(self._bound.items())
+            if name == policy and number == version
+        ]
 
     def set_loaded(self, entries: Iterable[tuple[str, list[int]]]) -> None:
         """Loaded-version gauges for every policy (zero for policies with nothing servable)."""
@@ -217,8 +293,7 @@ class BoundCall:
     the rows, seconds and last wall-clock time that the Open Inference Protocol's model
     statistics read."""
 
-    __slots__ = ("count", "last_ms", "latency", "method", "policy", "rows", "seconds",
-                 "version")
+    __slots__ = ("count", "last_ms", "latency", "method", "policy", "rows", "seconds", "version")
 
     def __init__(self, metrics: ServerMetrics, method: str, policy: str, version: str) -> None:
         self.method, self.policy, self.version = method, policy, version
@@ -249,8 +324,10 @@ class CallCollector:
     def collect(self) -> Iterator[Metric]:
         m = self.metrics
         requests = CounterMetricFamily(
-            f"{PREFIX}_requests", "Calls (stream messages for ActStream) by method, policy, "
-            "version and gRPC status code", labels=["method", "policy", "version", "code"])
+            f"{PREFIX}_requests",
+            "Calls (stream messages for ActStream) by method, policy, version and gRPC status code",
+            labels=["method", "policy", "version", "code"],
+        )
         counts = dict(m.requests)
         for bound in list(m._bound.values()):
             if bound.count:
@@ -261,18 +338,23 @@ class CallCollector:
         yield requests
         latency = HistogramMetricFamily(
             f"{PREFIX}_request_duration_seconds",
-            "Time from receiving a call (stream message) to its answer", labels=["method"])
+            "Time from receiving a call (stream message) to its answer",
+            labels=["method"],
+        )
         for method, histogram in sorted(m.latency.items()):
             latency.add_metric([method], histogram.cumulative(), histogram.sum)
         yield latency
-        in_flight = GaugeMetricFamily(f"{PREFIX}_in_flight_requests", "Calls being served now",
-                                      labels=["method"])
+        in_flight = GaugeMetricFamily(
+            f"{PREFIX}_in_flight_requests", "Calls being served now", labels=["method"]
+        )
         for method, gauge in sorted(m.in_flight.items()):
             in_flight.add_metric([method], gauge.value)
         yield in_flight
         batch = HistogramMetricFamily(
-            f"{PREFIX}_batch_size", "Observations per onnxruntime call (after micro-batching)",
-            labels=["policy"])
+            f"{PREFIX}_batch_size",
+            "Observations per onnxruntime call (after micro-batching)",
+            labels=["policy"],
+        )
         for policy, histogram in sorted(m.batch_size.items()):
             batch.add_metric([policy], histogram.cumulative(), histogram.sum)
         yield batch

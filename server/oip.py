@@ -52,17 +52,23 @@ def _infer_request(request: pb.ModelInferRequest) -> InferRequest:
     tensor = request.inputs[0] if request.inputs else pb.ModelInferRequest.InferInputTensor()
     if request.raw_input_contents:
         if len(request.raw_input_contents) != len(request.inputs):
-            raise InvalidRequest("raw_input_contents must hold one entry per input "
-                                 f"({len(request.inputs)})")
+            raise InvalidRequest(
+                f"raw_input_contents must hold one entry per input ({len(request.inputs)})"
+            )
         data = request.raw_input_contents[0]
     else:
         data = encode_float32(np.asarray(tensor.contents.fp32_contents, dtype=np.float32))[1]
     return InferRequest(
-        model=request.model_name, version=request.model_version, input_names=names,
-        datatype=tensor.datatype, shape=list(tensor.shape), data=data,
+        model=request.model_name,
+        version=request.model_version,
+        input_names=names,
+        datatype=tensor.datatype,
+        shape=list(tensor.shape),
+        data=data,
         outputs=[output.name for output in request.outputs],
         sample=_parameter(request.parameters, "sample"),
-        seed=_parameter(request.parameters, "seed"))
+        seed=_parameter(request.parameters, "seed"),
+    )
 
 
 class InferenceServicer(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):
@@ -74,52 +80,72 @@ class InferenceServicer(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):
         self._version = package_version()
 
     @unary("ServerLive")
-    async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext,
-                         call: Call) -> pb.ServerLiveResponse:
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext, call: Call
+    ) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
     @unary("ServerReady")
-    async def ServerReady(self, request: pb.ServerReadyRequest,
-                          context: grpc.aio.ServicerContext, call: Call,
-                          ) -> pb.ServerReadyResponse:
+    async def ServerReady(
+        self,
+        request: pb.ServerReadyRequest,
+        context: grpc.aio.ServicerContext,
+        call: Call,
+    ) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self.store.ready and not self.plane.draining)
 
     @unary("ModelReady")
-    async def ModelReady(self, request: pb.ModelReadyRequest,
-                         context: grpc.aio.ServicerContext, call: Call,
-                         ) -> pb.ModelReadyResponse:
-        return pb.ModelReadyResponse(ready=model_ready(self.plane, request.name,
-                                                       request.version))
+    async def ModelReady(
+        self,
+        request: pb.ModelReadyRequest,
+        context: grpc.aio.ServicerContext,
+        call: Call,
+    ) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=model_ready(self.plane, request.name, request.version))
 
     @unary("ServerMetadata")
-    async def ServerMetadata(self, request: pb.ServerMetadataRequest,
-                             context: grpc.aio.ServicerContext, call: Call,
-                             ) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name=SERVER_NAME, version=self._version,
-                                         extensions=list(EXTENSIONS))
+    async def ServerMetadata(
+        self,
+        request: pb.ServerMetadataRequest,
+        context: grpc.aio.ServicerContext,
+        call: Call,
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(
+            name=SERVER_NAME, version=self._version, extensions=list(EXTENSIONS)
+        )
 
     @unary("ModelMetadata")
-    async def ModelMetadata(self, request: pb.ModelMetadataRequest,
-                            context: grpc.aio.ServicerContext, call: Call,
-                            ) -> pb.ModelMetadataResponse:
+    async def ModelMetadata(
+        self,
+        request: pb.ModelMetadataRequest,
+        context: grpc.aio.ServicerContext,
+        call: Call,
+    ) -> pb.ModelMetadataResponse:
         loaded = self.plane.resolve(call, request.name, parse_version(request.version))
         metadata = model_metadata(self.plane, loaded)
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
-            name=metadata["name"], versions=metadata["versions"],
+            name=metadata["name"],
+            versions=metadata["versions"],
             platform=metadata["platform"],
             inputs=[tensor(**item) for item in metadata["inputs"]],
-            outputs=[tensor(**item) for item in metadata["outputs"]])
+            outputs=[tensor(**item) for item in metadata["outputs"]],
+        )
 
     @unary("ModelInfer", track_in_flight=True)
-    async def ModelInfer(self, request: pb.ModelInferRequest,
-                         context: grpc.aio.ServicerContext, call: Call,
-                         ) -> pb.ModelInferResponse:
-        outputs = await infer(self.plane, call, _infer_request(request),
-                              time_remaining=context.time_remaining())
+    async def ModelInfer(
+        self,
+        request: pb.ModelInferRequest,
+        context: grpc.aio.ServicerContext,
+        call: Call,
+    ) -> pb.ModelInferResponse:
+        outputs = await infer(
+            self.plane, call, _infer_request(request), time_remaining=context.time_remaining()
+        )
         assert call.loaded is not None
-        response = pb.ModelInferResponse(model_name=call.loaded.name,
-                                         model_version=str(call.loaded.version), id=request.id)
+        response = pb.ModelInferResponse(
+            model_name=call.loaded.name, model_version=str(call.loaded.version), id=request.id
+        )
         for name, values in outputs.items():
             shape, raw = encode_float32(values)
             response.outputs.add(name=name, datatype=DATATYPE, shape=shape)
@@ -127,47 +153,80 @@ class InferenceServicer(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):
         return response
 
     @unary("RepositoryIndex")
-    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest,
-                              context: grpc.aio.ServicerContext, call: Call,
-                              ) -> pb.RepositoryIndexResponse:
+    async def RepositoryIndex(
+        self,
+        request: pb.RepositoryIndexRequest,
+        context: grpc.aio.ServicerContext,
+        call: Call,
+    ) -> pb.RepositoryIndexResponse:
         index = pb.RepositoryIndexResponse.ModelIndex
-        return pb.RepositoryIndexResponse(models=[
-            index(**model) for model in repository_index(self.plane, request.ready)])
+        return pb.RepositoryIndexResponse(
+            models=[index(**model) for model in repository_index(self.plane, request.ready)]
+        )
 
     @unary("ModelConfig")
-    async def ModelConfig(self, request: pb.ModelConfigRequest,
-                          context: grpc.aio.ServicerContext, call: Call,
-                          ) -> pb.ModelConfigResponse:
+    async def ModelConfig(
+        self,
+        request: pb.ModelConfigRequest,
+        context: grpc.aio.ServicerContext,
+        call: Call,
+    ) -> pb.ModelConfigResponse:
         loaded = self.plane.resolve(call, request.name, parse_version(request.version))
         config = model_config(self.plane, loaded)
         policy = config["version_policy"]
-        return pb.ModelConfigResponse(config=pb.ModelConfig(
-            name=config["name"], platform=config["platform"], backend=config["backend"],
-            max_batch_size=config["max_batch_size"],
-            version_policy=pb.ModelVersionPolicy(
-                latest=pb.ModelVersionPolicy.Latest(**policy["latest"])
-                if "latest" in policy else None,
-                all=pb.ModelVersionPolicy.All() if "all" in policy else None,
-                specific=pb.ModelVersionPolicy.Specific(**policy["specific"])
-                if "specific" in policy else None),
-            input=[pb.ModelInput(name=item["name"], data_type=DATA_TYPES[item["data_type"]],
-                                 dims=item["dims"]) for item in config["input"]],
-            output=[pb.ModelOutput(name=item["name"], data_type=DATA_TYPES[item["data_type"]],
-                                   dims=item["dims"]) for item in config["output"]]))
+        return pb.ModelConfigResponse(
+            config=pb.ModelConfig(
+                name=config["name"],
+                platform=config["platform"],
+                backend=config["backend"],
+                max_batch_size=config["max_batch_size"],
+                version_policy=pb.ModelVersionPolicy(
+                    latest=pb.ModelVersionPolicy.Latest(**policy["latest"])
+                    if "latest" in policy
+                    else None,
+                    all=pb.ModelVersionPolicy.All() if "all" in policy else None,
+                    specific=pb.ModelVersionPolicy.Specific(**policy["specific"])
+                    if "specific" in policy
+                    else None,
+                ),
+                input=[
+                    pb.ModelInput(
+                        name=item["name"],
+                        data_type=DATA_TYPES[item["data_type"]],
+                        dims=item["dims"],
+                    )
+                    for item in config["input"]
+                ],
+                output=[
+                    pb.ModelOutput(
+                        name=item["name"],
+                        data_type=DATA_TYPES[item["data_type"]],
+                        dims=item["dims"],
+                    )
+                    for item in config["output"]
+                ],
+            )
+        )
 
     @unary("ModelStatistics")
-    async def ModelStatistics(self, request: pb.ModelStatisticsRequest,
-                              context: grpc.aio.ServicerContext, call: Call,
-                              ) -> pb.ModelStatisticsResponse:
+    async def ModelStatistics(
+        self,
+        request: pb.ModelStatisticsRequest,
+        context: grpc.aio.ServicerContext,
+        call: Call,
+    ) -> pb.ModelStatisticsResponse:
         duration = pb.StatisticDuration
         response = pb.ModelStatisticsResponse()
         for stats in model_statistics(self.plane, request.name, request.version):
             inference = stats["inference_stats"]
             response.model_stats.add(
-                name=stats["name"], version=stats["version"],
+                name=stats["name"],
+                version=stats["version"],
                 last_inference=stats["last_inference"],
                 inference_count=stats["inference_count"],
                 execution_count=stats["execution_count"],
-                inference_stats=pb.InferStatistics(success=duration(**inference["success"]),
-                                                   fail=duration(**inference["fail"])))
+                inference_stats=pb.InferStatistics(
+                    success=duration(**inference["success"]), fail=duration(**inference["fail"])
+                ),
+            )
         return response

@@ -56,28 +56,43 @@ class _PolicyWindow:
 class OutcomeTracker:
     """Open episodes and rolling windows, per policy."""
 
-    def __init__(self, window_steps: int = 10_000, window_episodes: int = 20,
-                 max_open_episodes: int = 10_000) -> None:
+    def __init__(
+        self, window_steps: int = 10_000, window_episodes: int = 20, max_open_episodes: int = 10_000
+    ) -> None:
         self.window_steps = window_steps
         self.window_episodes = window_episodes
         self.max_open_episodes = max_open_episodes
         self._open: OrderedDict[tuple[str, int, str], _OpenEpisode] = OrderedDict()
         self._windows: dict[str, _PolicyWindow] = {}
 
-    def report(self, policy: str, version: int, cost_limit: float, *, granularity: Granularity,
-               reward: float, cost: float, steps: int = 1, done: bool = False,
-               episode_id: str = "") -> OutcomeUpdate:
+    def report(
+        self,
+        policy: str,
+        version: int,
+        cost_limit: float,
+        *,
+        granularity: Granularity,
+        reward: float,
+        cost: float,
+        steps: int = 1,
+        done: bool = False,
+        episode_id: str = "",
+    ) -> OutcomeUpdate:
         """Record one report; :class:`InvalidRequest` says what is wrong with a bad one."""
         if not (math.isfinite(reward) and math.isfinite(cost)):
             raise InvalidRequest("reward and cost must be finite numbers")
         if cost < 0:
             raise InvalidRequest(f"cost must be >= 0 (got {cost}); safety costs are non-negative")
         if abs(reward) > MAX_OUTCOME_VALUE or cost > MAX_OUTCOME_VALUE:
-            raise InvalidRequest(f"reward and cost must lie within +-{MAX_OUTCOME_VALUE:g} (got "
-                                 f"reward {reward:g}, cost {cost:g}); report real figures")
+            raise InvalidRequest(
+                f"reward and cost must lie within +-{MAX_OUTCOME_VALUE:g} (got "
+                f"reward {reward:g}, cost {cost:g}); report real figures"
+            )
         if len(episode_id) > MAX_EPISODE_ID_CHARS:
-            raise InvalidRequest(f"episode_id is {len(episode_id)} characters long; use at most "
-                                 f"{MAX_EPISODE_ID_CHARS} (a UUID is 36)")
+            raise InvalidRequest(
+                f"episode_id is {len(episode_id)} characters long; use at most "
+                f"{MAX_EPISODE_ID_CHARS} (a UUID is 36)"
+            )
         if steps < 0:
             raise InvalidRequest(f"steps must be >= 1 (got {steps}); 0 means 1")
         steps = steps or 1
@@ -85,8 +100,9 @@ class OutcomeTracker:
         if granularity == "episode":
             return self._finish(policy, cost_limit, cost, reward, steps)
         if not episode_id:
-            raise InvalidRequest("a STEP report needs an episode_id naming the episode it "
-                                 "belongs to")
+            raise InvalidRequest(
+                "a STEP report needs an episode_id naming the episode it belongs to"
+            )
         key = (policy, version, episode_id)
         episode = self._open.pop(key, None) or _OpenEpisode()
         episode.cost += cost
@@ -109,8 +125,9 @@ class OutcomeTracker:
             window.step_total -= old_steps
             window.cost_total -= old_cost
 
-    def _finish(self, policy: str, cost_limit: float, cost: float, reward: float,
-                steps: int) -> OutcomeUpdate:
+    def _finish(
+        self, policy: str, cost_limit: float, cost: float, reward: float, steps: int
+    ) -> OutcomeUpdate:
         window = self._windows.setdefault(policy, _PolicyWindow())
         window.episode_costs.append(cost)
         if len(window.episode_costs) > self.window_episodes:

@@ -122,10 +122,17 @@ class ReloadReport:
 class PolicyStore:
     """Loaded policy versions of one model repository, swapped atomically on reload."""
 
-    def __init__(self, repo: str | os.PathLike[str], *, version_policy: VersionPolicy = "latest",
-                 pins: Mapping[str, Sequence[int]] | None = None, require_audit: bool = False,
-                 max_batch_size: int = 1024, threads: int = 1,
-                 providers: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        repo: str | os.PathLike[str],
+        *,
+        version_policy: VersionPolicy = "latest",
+        pins: Mapping[str, Sequence[int]] | None = None,
+        require_audit: bool = False,
+        max_batch_size: int = 1024,
+        threads: int = 1,
+        providers: Sequence[str] | None = None,
+    ) -> None:
         self.repository = ModelRepository(repo)
         self.version_policy = version_policy
         self.pins = {name: sorted(set(versions)) for name, versions in (pins or {}).items()}
@@ -170,7 +177,8 @@ class PolicyStore:
             raise VersionNotFound(
                 f"version {version} of policy {name!r} is not served (served: "
                 f"{sorted(entry.versions)}); omit the version for the newest, or start the "
-                f"server with --version-policy all or --pin {name}={version}")
+                f"server with --version-policy all or --pin {name}={version}"
+            )
         return loaded
 
     def versions_of(self, loaded: LoadedVersion) -> list[int]:
@@ -189,20 +197,29 @@ class PolicyStore:
         :meth:`OnnxPolicy.act_unchecked <export.artifact.OnnxPolicy.act_unchecked>`.
         """
         try:
-            observations = validate_observations(observations, loaded.metadata.obs_dim,
-                                                 accept_vector=True)
+            observations = validate_observations(
+                observations, loaded.metadata.obs_dim, accept_vector=True
+            )
         except ObservationError as error:
             raise InvalidObservations(f"policy {loaded.label}: {error}") from error
         batch = observations.shape[0]
         if batch == 0:
             raise BatchSizeError("empty batch: send at least one observation")
         if batch > self.max_batch_size:
-            raise BatchSizeError(f"batch of {batch} observations exceeds the server's limit of "
-                                 f"{self.max_batch_size}; split the request")
+            raise BatchSizeError(
+                f"batch of {batch} observations exceeds the server's limit of "
+                f"{self.max_batch_size}; split the request"
+            )
         return observations
 
-    def run(self, loaded: LoadedVersion, observations: np.ndarray, *, deterministic: bool = True,
-            seed: int | None = None) -> np.ndarray:
+    def run(
+        self,
+        loaded: LoadedVersion,
+        observations: np.ndarray,
+        *,
+        deterministic: bool = True,
+        seed: int | None = None,
+    ) -> np.ndarray:
         """Actions float32 ``[batch, action_dim]`` for observations that came through
         :meth:`check_observations` (they are not checked again)."""
         rng = None if deterministic else np.random.default_rng(seed)
@@ -214,7 +231,8 @@ class PolicyStore:
             log.exception("inference failed on %s", loaded.label)
             raise InferenceFailed(
                 f"policy {loaded.label} failed to compute actions ({type(error).__name__}); "
-                "the server log has details") from error
+                "the server log has details"
+            ) from error
 
     def outputs(self, loaded: LoadedVersion, observations: np.ndarray) -> PolicyOutputs:
         """The graph's three outputs (deterministic action, pre-tanh mean and log-std) for
@@ -227,11 +245,18 @@ class PolicyStore:
             log.exception("inference failed on %s", loaded.label)
             raise InferenceFailed(
                 f"policy {loaded.label} failed to compute its outputs ({type(error).__name__}); "
-                "the server log has details") from error
+                "the server log has details"
+            ) from error
 
-    def act(self, name: str, version: int | None, observations: np.ndarray, *,
-            deterministic: bool = True, seed: int | None = None,
-            ) -> tuple[np.ndarray, LoadedVersion]:
+    def act(
+        self,
+        name: str,
+        version: int | None,
+        observations: np.ndarray,
+        *,
+        deterministic: bool = True,
+        seed: int | None = None,
+    ) -> tuple[np.ndarray, LoadedVersion]:
         """Resolve, check and run: the actions and the version that computed them."""
         loaded = self.resolve(name, version)
         checked = self.check_observations(loaded, observations)
@@ -267,13 +292,20 @@ class PolicyStore:
             return [], str(error)
         if name in self.pins:
             missing = [v for v in self.pins[name] if v not in available]
-            problem = (f"pinned version(s) {missing} not in the repository (available: "
-                       f"{available or 'none'})") if missing else None
+            problem = (
+                (
+                    f"pinned version(s) {missing} not in the repository (available: "
+                    f"{available or 'none'})"
+                )
+                if missing
+                else None
+            )
             return [v for v in self.pins[name] if v in available], problem
         return available, None
 
-    def _reload_policy(self, name: str, previous: PolicyEntry | None,
-                       report: ReloadReport) -> PolicyEntry:
+    def _reload_policy(
+        self, name: str, previous: PolicyEntry | None, report: ReloadReport
+    ) -> PolicyEntry:
         wanted, problem = self._wanted_versions(name)
         single = self.version_policy == "latest" and name not in self.pins
         loaded: dict[int, LoadedVersion] = {}
@@ -288,11 +320,13 @@ class PolicyStore:
                 break
         if not loaded and not wanted and not reasons:
             reasons.append("no versions in the repository")
-        return PolicyEntry(name, dict(sorted(loaded.items())),
-                           None if loaded else "; ".join(reasons))
+        return PolicyEntry(
+            name, dict(sorted(loaded.items())), None if loaded else "; ".join(reasons)
+        )
 
-    def _load_version(self, name: str, version: int, previous: PolicyEntry | None,
-                      report: ReloadReport) -> tuple[LoadedVersion | None, str]:
+    def _load_version(
+        self, name: str, version: int, previous: PolicyEntry | None, report: ReloadReport
+    ) -> tuple[LoadedVersion | None, str]:
         """The version loaded (reused when unchanged), or ``None`` and why not."""
         directory = self.repository.path_for(name, version)
         signature = version_signature(directory)
@@ -307,29 +341,37 @@ class PolicyStore:
             audit = read_audit_verdict(directory)
             if self.require_audit and (audit is None or audit.verdict != "PASS"):
                 verdict = "not audited" if audit is None else f"audit verdict {audit.verdict}"
-                return None, (f"{verdict}, and the server requires PASS (--require-audit); "
-                              "run `safepolicy audit` on it")
+                return None, (
+                    f"{verdict}, and the server requires PASS (--require-audit); "
+                    "run `safepolicy audit` on it"
+                )
             if self.require_audit and audit is not None:
                 # a PASS only vouches for the limit it was checked against: one obtained
                 # with a looser limit than the policy's own says nothing about that budget
                 cost_limit = read_metadata(directory).cost_limit
                 if audit.cost_limit > cost_limit:
-                    return None, (f"audit PASS was against cost_limit {audit.cost_limit:g}, "
-                                  f"looser than the policy's cost_limit {cost_limit:g}; the "
-                                  "server requires an audit at the policy's limit or stricter "
-                                  "(--require-audit); re-run `safepolicy audit` with "
-                                  f"--cost-limit {cost_limit:g}")
+                    return None, (
+                        f"audit PASS was against cost_limit {audit.cost_limit:g}, "
+                        f"looser than the policy's cost_limit {cost_limit:g}; the "
+                        "server requires an audit at the policy's limit or stricter "
+                        "(--require-audit); re-run `safepolicy audit` with "
+                        f"--cost-limit {cost_limit:g}"
+                    )
             policy = load_policy(directory, providers=self.providers, threads=self.threads)
             if policy.metadata.name != name or policy.metadata.version != version:
                 raise ArtifactError(
                     f"{directory}: metadata says {policy.metadata.name}/{policy.metadata.version}"
-                    "; the directory was renamed or copied, re-export it in place")
+                    "; the directory was renamed or copied, re-export it in place"
+                )
         except (ArtifactError, OSError) as error:
             # one unreadable version (written by a job under another uid, say) is marked
             # unavailable; the rest of the repository keeps loading and serving
-            reason = (str(error) if isinstance(error, ArtifactError) else
-                      f"{directory}: cannot read the version ({error.strerror or error}); make "
-                      "it readable by the server's user (the exporter honours the umask)")
+            reason = (
+                str(error)
+                if isinstance(error, ArtifactError)
+                else f"{directory}: cannot read the version ({error.strerror or error}); make "
+                "it readable by the server's user (the exporter honours the umask)"
+            )
             self._failed[(name, version)] = (signature, reason)
             report.failed.append((name, version, reason))
             log.error("failed to load %s/%s, keeping what was serving: %s", name, version, reason)

@@ -22,8 +22,10 @@ from safepolicy.server.policies import LoadedVersion, ReloadReport
 from safepolicy.server.providers import session_providers
 from safepolicy.server.tensors import FLOAT32
 
-GRANULARITIES = {policy_pb2.ReportOutcomeRequest.STEP: "step",
-                 policy_pb2.ReportOutcomeRequest.EPISODE: "episode"}
+GRANULARITIES = {
+    policy_pb2.ReportOutcomeRequest.STEP: "step",
+    policy_pb2.ReportOutcomeRequest.EPISODE: "episode",
+}
 
 
 def _optional_version(request: Any) -> int | None:
@@ -41,7 +43,9 @@ def act_response(loaded: LoadedVersion, actions: np.ndarray) -> policy_pb2.ActRe
         actions = actions.astype(FLOAT32)
     return policy_pb2.ActResponse(
         actions={"shape": list(actions.shape), "data": actions.tobytes()},
-        policy=loaded.name, version=loaded.version)
+        policy=loaded.name,
+        version=loaded.version,
+    )
 
 
 class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
@@ -50,23 +54,33 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     ``reload`` is the lifecycle's repository reload (the ``Reload`` method calls it).
     """
 
-    def __init__(self, plane: DataPlane, outcomes: OutcomeTracker,
-                 reload: Callable[[], Awaitable[ReloadReport]]) -> None:
+    def __init__(
+        self,
+        plane: DataPlane,
+        outcomes: OutcomeTracker,
+        reload: Callable[[], Awaitable[ReloadReport]],
+    ) -> None:
         self.plane = plane
         self.store = plane.store
         self.metrics: ServerMetrics = plane.metrics
         self.outcomes = outcomes
         self._reload = reload
 
-    async def _act(self, request: policy_pb2.ActRequest, context: grpc.aio.ServicerContext,
-                   call: Call) -> policy_pb2.ActResponse:
+    async def _act(
+        self, request: policy_pb2.ActRequest, context: grpc.aio.ServicerContext, call: Call
+    ) -> policy_pb2.ActResponse:
         sample = request.sample
         observations = request.observations
         actions, single = await self.plane.act(
-            call, request.policy, _optional_version(request), observations.shape,
-            observations.data, sample=sample,
+            call,
+            request.policy,
+            _optional_version(request),
+            observations.shape,
+            observations.data,
+            sample=sample,
             seed=request.seed if sample and request.HasField("seed") else None,
-            time_remaining=context.time_remaining())
+            time_remaining=context.time_remaining(),
+        )
         assert call.loaded is not None
         return act_response(call.loaded, actions[0] if single else actions)
 
@@ -74,9 +88,12 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     ActStream = streaming("ActStream")(_act)
 
     @unary("ListPolicies")
-    async def ListPolicies(self, request: policy_pb2.ListPoliciesRequest,
-                           context: grpc.aio.ServicerContext, call: Call,
-                           ) -> policy_pb2.ListPoliciesResponse:
+    async def ListPolicies(
+        self,
+        request: policy_pb2.ListPoliciesRequest,
+        context: grpc.aio.ServicerContext,
+        call: Call,
+    ) -> policy_pb2.ListPoliciesResponse:
         response = policy_pb2.ListPoliciesResponse()
         for entry in self.store.entries():
             serving = entry.serving
@@ -87,27 +104,43 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         return response
 
     @unary("GetPolicy")
-    async def GetPolicy(self, request: policy_pb2.GetPolicyRequest,
-                        context: grpc.aio.ServicerContext, call: Call,
-                        ) -> policy_pb2.GetPolicyResponse:
+    async def GetPolicy(
+        self,
+        request: policy_pb2.GetPolicyRequest,
+        context: grpc.aio.ServicerContext,
+        call: Call,
+    ) -> policy_pb2.GetPolicyResponse:
         loaded = self.plane.resolve(call, request.policy, _optional_version(request))
         return policy_pb2.GetPolicyResponse(
-            policy=policy_info(loaded, self.store.versions_of(loaded)))
+            policy=policy_info(loaded, self.store.versions_of(loaded))
+        )
 
     @unary("ReportOutcome")
-    async def ReportOutcome(self, request: policy_pb2.ReportOutcomeRequest,
-                            context: grpc.aio.ServicerContext, call: Call,
-                            ) -> policy_pb2.ReportOutcomeResponse:
+    async def ReportOutcome(
+        self,
+        request: policy_pb2.ReportOutcomeRequest,
+        context: grpc.aio.ServicerContext,
+        call: Call,
+    ) -> policy_pb2.ReportOutcomeResponse:
         loaded = self.plane.resolve(call, request.policy, _optional_version(request))
         granularity = GRANULARITIES.get(request.granularity)
         if granularity is None:
-            raise InvalidRequest("granularity must be STEP (per-step reports with an "
-                                 "episode_id) or EPISODE (episode totals)")
+            raise InvalidRequest(
+                "granularity must be STEP (per-step reports with an "
+                "episode_id) or EPISODE (episode totals)"
+            )
         cost_limit = loaded.metadata.cost_limit
         result = self.outcomes.report(
-            loaded.name, loaded.version, cost_limit, granularity=granularity,  # type: ignore[arg-type]
-            reward=request.reward, cost=request.cost, steps=request.steps,
-            done=request.done, episode_id=request.episode_id)
+            loaded.name,
+            loaded.version,
+            cost_limit,
+            granularity=granularity,  # type: ignore[arg-type]
+            reward=request.reward,
+            cost=request.cost,
+            steps=request.steps,
+            done=request.done,
+            episode_id=request.episode_id,
+        )
         m = self.metrics
         labels = (loaded.name, str(loaded.version))
         m.child(m.outcome_steps, *labels).inc(request.steps or 1)
@@ -120,38 +153,54 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             m.child(m.last_episode_cost, *labels).set(result.episode_cost)
             m.child(m.last_episode_return, *labels).set(result.episode_return)
             m.child(m.rolling_episode_cost, loaded.name).set(
-                self.outcomes.rolling_episode_cost(loaded.name))
+                self.outcomes.rolling_episode_cost(loaded.name)
+            )
             if result.violation:
                 m.child(m.violations, *labels).inc()
-        return policy_pb2.ReportOutcomeResponse(episode_cost=result.episode_cost,
-                                                violation=result.violation,
-                                                episode_done=result.done)
+        return policy_pb2.ReportOutcomeResponse(
+            episode_cost=result.episode_cost, violation=result.violation, episode_done=result.done
+        )
 
     @unary("Reload")
-    async def Reload(self, request: policy_pb2.ReloadRequest, context: grpc.aio.ServicerContext,
-                     call: Call) -> policy_pb2.ReloadResponse:
+    async def Reload(
+        self, request: policy_pb2.ReloadRequest, context: grpc.aio.ServicerContext, call: Call
+    ) -> policy_pb2.ReloadResponse:
         self.plane.check_accepting()
         report = await self._reload()
         return policy_pb2.ReloadResponse(
-            loaded=report.loaded, unloaded=report.unloaded,
-            failed=[f"{name}/{version}: {reason}" for name, version, reason in report.failed])
+            loaded=report.loaded,
+            unloaded=report.unloaded,
+            failed=[f"{name}/{version}: {reason}" for name, version, reason in report.failed],
+        )
 
 
 def policy_info(loaded: LoadedVersion, versions: list[int]) -> policy_pb2.PolicyInfo:
     """The PolicyInfo message of a loaded version."""
     metadata = loaded.metadata
     audit = loaded.audit
-    verdict = (policy_pb2.AuditInfo.NOT_AUDITED if audit is None
-               else policy_pb2.AuditInfo.PASS if audit.verdict == "PASS"
-               else policy_pb2.AuditInfo.FAIL)
+    verdict = (
+        policy_pb2.AuditInfo.NOT_AUDITED
+        if audit is None
+        else policy_pb2.AuditInfo.PASS
+        if audit.verdict == "PASS"
+        else policy_pb2.AuditInfo.FAIL
+    )
     return policy_pb2.PolicyInfo(
-        name=loaded.name, version=loaded.version, versions=versions,
-        serving_version=max(versions), task=metadata.task, env_id=metadata.env_id,
-        algorithm=metadata.algorithm, obs_dim=metadata.obs_dim,
-        action_dim=metadata.action_dim, action_low=metadata.action_low,
-        action_high=metadata.action_high, cost_limit=metadata.cost_limit,
+        name=loaded.name,
+        version=loaded.version,
+        versions=versions,
+        serving_version=max(versions),
+        task=metadata.task,
+        env_id=metadata.env_id,
+        algorithm=metadata.algorithm,
+        obs_dim=metadata.obs_dim,
+        action_dim=metadata.action_dim,
+        action_low=metadata.action_low,
+        action_high=metadata.action_high,
+        cost_limit=metadata.cost_limit,
         metadata_json=metadata.to_json(),
         execution_providers=session_providers(loaded.policy.session),
-        audit=policy_pb2.AuditInfo(verdict=verdict,
-                                   audit_json="" if audit is None
-                                   else audit.model_dump_json(indent=2)))
+        audit=policy_pb2.AuditInfo(
+            verdict=verdict, audit_json="" if audit is None else audit.model_dump_json(indent=2)
+        ),
+    )

@@ -39,11 +39,19 @@ def _rewrite_imports(text: str) -> str:
     for proto, stem in PROTOS.items():
         package = str(Path(proto).parent).replace("/", ".")
         if package != ".":
-            text = re.sub(rf"^from {re.escape(package)} import {stem}_pb2\b",
-                          f"from . import {stem}_pb2", text, flags=re.MULTILINE)
+            text = re.sub(
+                rf"^from {re.escape(package)} import {stem}_pb2\b",
+                f"from . import {stem}_pb2",
+                text,
+                flags=re.MULTILINE,
+            )
         else:
-            text = re.sub(rf"^import {stem}_pb2 as ", f"from . import {stem}_pb2 as ", text,
-                          flags=re.MULTILINE)
+            text = re.sub(
+                rf"^import {stem}_pb2 as ",
+                f"from . import {stem}_pb2 as ",
+                text,
+                flags=re.MULTILINE,
+            )
     return text
 
 
@@ -56,14 +64,21 @@ def generate(out_dir: Path) -> list[Path]:
     with tempfile.TemporaryDirectory(prefix="safepolicy-protogen-") as scratch:
         include = Path(protoc.__file__).parent / "_proto"
         for proto in PROTOS:
-            status = protoc.main([
-                "grpc_tools.protoc", f"-I{PROTO_ROOT}", f"-I{include}",
-                f"--python_out={scratch}", f"--pyi_out={scratch}",
-                f"--grpc_python_out={scratch}", str(PROTO_ROOT / proto),
-            ])
+            status = protoc.main(
+                [
+                    "grpc_tools.protoc",
+                    f"-I{PROTO_ROOT}",
+                    f"-I{include}",
+                    f"--python_out={scratch}",
+                    f"--pyi_out={scratch}",
+                    f"--grpc_python_out={scratch}",
+                    str(PROTO_ROOT / proto),
+                ]
+            )
             if status != 0:
-                raise RuntimeError(f"protoc failed on protos/{proto} (exit {status}); "
-                                   "its message is above")
+                raise RuntimeError(
+                    f"protoc failed on protos/{proto} (exit {status}); its message is above"
+                )
         for proto, stem in PROTOS.items():
             base = Path(scratch) / Path(proto).parent
             for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py"):
@@ -78,11 +93,14 @@ def generate(out_dir: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m safepolicy.server.protogen",
-                                     description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=GENERATED,
-                        help="output directory (default: server/_generated)")
+    parser = argparse.ArgumentParser(
+        prog="python -m safepolicy.server.protogen",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--out", type=Path, default=GENERATED, help="output directory (default: server/_generated)"
+    )
     args = parser.parse_args(argv)
     if args.out.resolve() == GENERATED and GENERATED.exists():
         shutil.rmtree(GENERATED)  # drop modules of protos that no longer exist

@@ -48,15 +48,20 @@ def resolve_providers(setting: str, available: Sequence[str] | None = None) -> l
         return [CUDA, CPU] if CUDA in offered else [CPU]
     wanted = ALIASES.get(choice.lower()) or [p.strip() for p in choice.split(",") if p.strip()]
     if not wanted:
-        raise ProviderError("onnx_providers is empty; use auto, cpu, cuda or a comma-separated "
-                            "list of onnxruntime provider names")
+        raise ProviderError(
+            "onnx_providers is empty; use auto, cpu, cuda or a comma-separated "
+            "list of onnxruntime provider names"
+        )
     missing = [p for p in wanted if p not in offered]
     if missing:
-        hint = (" (install the server-gpu extra, onnxruntime-gpu, for CUDA)"
-                if CUDA in missing else "")
-        raise ProviderError(f"onnx_providers asks for {', '.join(missing)}, which this "
-                            f"onnxruntime build does not have; it offers "
-                            f"{', '.join(offered)}{hint}. Use auto to pick what is there")
+        hint = (
+            " (install the server-gpu extra, onnxruntime-gpu, for CUDA)" if CUDA in missing else ""
+        )
+        raise ProviderError(
+            f"onnx_providers asks for {', '.join(missing)}, which this "
+            f"onnxruntime build does not have; it offers "
+            f"{', '.join(offered)}{hint}. Use auto to pick what is there"
+        )
     return wanted
 
 

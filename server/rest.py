@@ -59,16 +59,29 @@ from safepolicy.version import package_version
 log = logging.getLogger(__name__)
 
 HTTP_STATUS = {
-    grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.UNAUTHENTICATED: 401, grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.UNAVAILABLE: 503, grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
     grpc.StatusCode.INTERNAL: 500,
 }
-REASONS = {200: "OK", 100: "Continue", 400: "Bad Request", 401: "Unauthorized",
-           404: "Not Found", 405: "Method Not Allowed", 411: "Length Required",
-           413: "Content Too Large", 429: "Too Many Requests", 431:
-           "Request Header Fields Too Large", 500: "Internal Server Error",
-           503: "Service Unavailable", 504: "Gateway Timeout"}
+REASONS = {
+    200: "OK",
+    100: "Continue",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    411: "Length Required",
+    413: "Content Too Large",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
 MAX_HEADER_BYTES = 64 << 10
 HEALTH_PREFIX = "/v2/health/"
 
@@ -95,8 +108,10 @@ def _json_body(data: bytes) -> Any:
     try:
         return json.loads(data)
     except (ValueError, UnicodeDecodeError) as error:
-        raise InvalidRequest(f"the request body is not valid JSON ({error}); send the "
-                             "protocol's JSON inference request") from error
+        raise InvalidRequest(
+            f"the request body is not valid JSON ({error}); send the "
+            "protocol's JSON inference request"
+        ) from error
 
 
 def _observation_bytes(tensor: dict[str, Any], binary: bytes | None) -> bytes:
@@ -105,8 +120,10 @@ def _observation_bytes(tensor: dict[str, Any], binary: bytes | None) -> bytes:
     size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
     if size is not None:
         if binary is None or not isinstance(size, int) or size != len(binary):
-            raise InvalidRequest("binary_data_size does not match the binary data after the "
-                                 "JSON header (Inference-Header-Content-Length)")
+            raise InvalidRequest(
+                "binary_data_size does not match the binary data after the "
+                "JSON header (Inference-Header-Content-Length)"
+            )
         return binary
     if "data" not in tensor:
         raise InvalidRequest("input 'obs' has no 'data'")
@@ -117,8 +134,12 @@ def _observation_bytes(tensor: dict[str, Any], binary: bytes | None) -> bytes:
     return values.tobytes()
 
 
-def infer_request(name: str, version: str, body: bytes, header_length: str | None,
-                  ) -> tuple[InferRequest, Any]:
+def infer_request(
+    name: str,
+    version: str,
+    body: bytes,
+    header_length: str | None,
+) -> tuple[InferRequest, Any]:
     """The transport-free request (and its id) from a JSON (or JSON + binary) body."""
     binary: bytes | None = None
     if header_length is not None:
@@ -137,30 +158,40 @@ def infer_request(name: str, version: str, body: bytes, header_length: str | Non
         raise InvalidRequest('each entry of "inputs" is an object (name, shape, datatype, data)')
     outputs = payload.get("outputs") or []
     if not isinstance(outputs, list) or not all(
-            isinstance(item, dict) and isinstance(item.get("name"), str) for item in outputs):
+        isinstance(item, dict) and isinstance(item.get("name"), str) for item in outputs
+    ):
         raise InvalidRequest('"outputs" is a list of objects with a "name"')
     parameters = payload.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise InvalidRequest('"parameters" is an object')
     tensor = inputs[0] if inputs else {}
     shape = tensor.get("shape", [])
-    if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool)
-                                            for d in shape)):
+    if not (
+        isinstance(shape, list)
+        and all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
+    ):
         raise InvalidRequest("input shape must be a list of integers")
     data = _observation_bytes(tensor, binary) if inputs else b""
     request = InferRequest(
-        model=name, version=version, input_names=[str(item.get("name")) for item in inputs],
-        datatype=str(tensor.get("datatype", "")), shape=shape, data=data,
-        outputs=[item["name"] for item in outputs], sample=parameters.get("sample"),
-        seed=parameters.get("seed"))
+        model=name,
+        version=version,
+        input_names=[str(item.get("name")) for item in inputs],
+        datatype=str(tensor.get("datatype", "")),
+        shape=shape,
+        data=data,
+        outputs=[item["name"] for item in outputs],
+        sample=parameters.get("sample"),
+        seed=parameters.get("seed"),
+    )
     return request, payload.get("id")
 
 
 class RestServer:
     """The HTTP endpoint of one server process, over its :class:`DataPlane`."""
 
-    def __init__(self, plane: DataPlane, *, token: str | None = None,
-                 max_body_bytes: int = 4 << 20) -> None:
+    def __init__(
+        self, plane: DataPlane, *, token: str | None = None, max_body_bytes: int = 4 << 20
+    ) -> None:
         self.plane = plane
         self.max_body_bytes = max_body_bytes
         self._expected = f"Bearer {token}".encode() if token else None
@@ -168,15 +199,22 @@ class RestServer:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
-    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None,
-                    ) -> int:
+    async def start(
+        self,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> int:
         """Listen on ``host:port`` (0: a free port); returns the bound port."""
         try:
-            self._server = await asyncio.start_server(self._connection, host, port,
-                                                      limit=MAX_HEADER_BYTES, ssl=ssl_context)
+            self._server = await asyncio.start_server(
+                self._connection, host, port, limit=MAX_HEADER_BYTES, ssl=ssl_context
+            )
         except OSError as error:
-            raise OSError(f"cannot listen for HTTP on {host}:{port} ({error.strerror or error}); "
-                          "choose another --http-port") from error
+            raise OSError(
+                f"cannot listen for HTTP on {host}:{port} ({error.strerror or error}); "
+                "choose another --http-port"
+            ) from error
         return int(self._server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
@@ -190,8 +228,7 @@ class RestServer:
 
     # ---- HTTP/1.1 ----
 
-    async def _connection(self, reader: asyncio.StreamReader,
-                          writer: asyncio.StreamWriter) -> None:
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
         try:
             while True:
@@ -213,8 +250,11 @@ class RestServer:
             self._writers.discard(writer)
             writer.close()
 
-    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    ) -> Request | None:
+    async def _read(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> Request | None:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
         except asyncio.IncompleteReadError as error:
@@ -244,18 +284,25 @@ class RestServer:
         if length < 0:
             raise HttpError(400, "Content-Length must be >= 0")
         if length > self.max_body_bytes:
-            raise HttpError(413, f"request body of {length} bytes exceeds the server's limit "
-                            f"of {self.max_body_bytes} (--max-message-bytes); split the batch")
+            raise HttpError(
+                413,
+                f"request body of {length} bytes exceeds the server's limit "
+                f"of {self.max_body_bytes} (--max-message-bytes); split the batch",
+            )
         if length and headers.get("expect", "").lower() == "100-continue":
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         body = await reader.readexactly(length) if length else b""
         return Request(parts[0], urlsplit(parts[1]).path, headers, body)
 
-    async def _send(self, writer: asyncio.StreamWriter, status: int, body: Any, *,
-                    close: bool) -> None:
+    async def _send(
+        self, writer: asyncio.StreamWriter, status: int, body: Any, *, close: bool
+    ) -> None:
         data = json.dumps(body, separators=(",", ":")).encode()
-        head = [f"HTTP/1.1 {status} {REASONS.get(status, '')}", "Content-Type: application/json",
-                f"Content-Length: {len(data)}"]
+        head = [
+            f"HTTP/1.1 {status} {REASONS.get(status, '')}",
+            "Content-Type: application/json",
+            f"Content-Length: {len(data)}",
+        ]
         if close:
             head.append("Connection: close")
         writer.write("\r\n".join([*head, "", ""]).encode("latin-1") + data)
@@ -271,10 +318,15 @@ class RestServer:
             return error.status, {"error": error.message}
         call = Call(f"HTTP {method}")
         try:
-            if (self._expected is not None and not request.path.startswith(HEALTH_PREFIX)
-                    and not self._authorized(request)):
-                return 401, {"error": f"{request.path} needs an 'Authorization: Bearer <token>' "
-                             "header with the server's token"}
+            if (
+                self._expected is not None
+                and not request.path.startswith(HEALTH_PREFIX)
+                and not self._authorized(request)
+            ):
+                return 401, {
+                    "error": f"{request.path} needs an 'Authorization: Bearer <token>' "
+                    "header with the server's token"
+                }
             status, body = await handler(call)
         except Exception as error:
             code, message = status_of(error)
@@ -288,8 +340,10 @@ class RestServer:
         assert self._expected is not None
         return hmac.compare_digest(presented, self._expected)
 
-    def _route(self, request: Request,
-               ) -> tuple[str, Callable[[Call], Awaitable[tuple[int, Any]]]]:
+    def _route(
+        self,
+        request: Request,
+    ) -> tuple[str, Callable[[Call], Awaitable[tuple[int, Any]]]]:
         """The protocol method and its handler; :class:`HttpError` 404 or 405 for bad paths."""
         segments = [unquote(part) for part in request.path.strip("/").split("/")]
         get, post = request.method == "GET", request.method == "POST"
@@ -300,8 +354,13 @@ class RestServer:
         if segments[:1] != ["v2"]:
             raise HttpError(404, f"no such path {request.path!r}; the API is under /v2")
         rest = segments[1:]
-        if rest in ([], ["health", "live"], ["health", "ready"], ["repository", "index"],
-                    ["models", "stats"]):
+        if rest in (
+            [],
+            ["health", "live"],
+            ["health", "ready"],
+            ["repository", "index"],
+            ["models", "stats"],
+        ):
             if rest == ["repository", "index"]:
                 if not post:
                     raise wrong_method("POST")
@@ -329,8 +388,7 @@ class RestServer:
             "ready": ("ModelReady", get, lambda call: self._model_ready(name, version)),
             "config": ("ModelConfig", get, lambda call: self._config(call, name, version)),
             "stats": ("ModelStatistics", get, lambda call: self._stats(call, name, version)),
-            "infer": ("ModelInfer", post, lambda call: self._infer(call, request, name,
-                                                                   version)),
+            "infer": ("ModelInfer", post, lambda call: self._infer(call, request, name, version)),
         }
         found = handlers.get(action)
         if found is None:
@@ -350,8 +408,7 @@ class RestServer:
         return (200 if ready else 400), {"ready": ready}
 
     async def _server_metadata(self, call: Call) -> tuple[int, Any]:
-        return 200, {"name": SERVER_NAME, "version": self._version,
-                     "extensions": list(EXTENSIONS)}
+        return 200, {"name": SERVER_NAME, "version": self._version, "extensions": list(EXTENSIONS)}
 
     async def _metadata(self, call: Call, name: str, version: str) -> tuple[int, Any]:
         loaded = self.plane.resolve(call, name, parse_version(version))
@@ -371,28 +428,47 @@ class RestServer:
     async def _index(self, request: Request) -> tuple[int, Any]:
         options = _json_body(request.body) if request.body else {}
         if not isinstance(options, dict):
-            raise InvalidRequest('the repository index request is a JSON object ({"ready": '
-                                 "true} lists only ready models)")
+            raise InvalidRequest(
+                'the repository index request is a JSON object ({"ready": '
+                "true} lists only ready models)"
+            )
         return 200, repository_index(self.plane, bool(options.get("ready", False)))
 
-    async def _infer(self, call: Call, request: Request, name: str, version: str,
-                     ) -> tuple[int, Any]:
+    async def _infer(
+        self,
+        call: Call,
+        request: Request,
+        name: str,
+        version: str,
+    ) -> tuple[int, Any]:
         parsed, request_id = infer_request(
-            name, version, request.body, request.headers.get("inference-header-content-length"))
+            name, version, request.body, request.headers.get("inference-header-content-length")
+        )
         outputs = await infer(self.plane, call, parsed)
         assert call.loaded is not None
         response: dict[str, Any] = {
-            "model_name": call.loaded.name, "model_version": str(call.loaded.version),
-            "outputs": [{"name": output, "datatype": DATATYPE, "shape": list(values.shape),
-                         "data": values.ravel().tolist()}
-                        for output, values in outputs.items()]}
+            "model_name": call.loaded.name,
+            "model_version": str(call.loaded.version),
+            "outputs": [
+                {
+                    "name": output,
+                    "datatype": DATATYPE,
+                    "shape": list(values.shape),
+                    "data": values.ravel().tolist(),
+                }
+                for output, values in outputs.items()
+            ],
+        }
         if request_id is not None:
             response["id"] = request_id
         return 200, response
 
 
-def server_ssl_context(cert_file: str, key_file: str, client_ca_file: str | None,
-                       ) -> ssl.SSLContext:
+def server_ssl_context(
+    cert_file: str,
+    key_file: str,
+    client_ca_file: str | None,
+) -> ssl.SSLContext:
     """The HTTP endpoint's TLS context from the gRPC endpoint's files (mutual TLS with a CA)."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert_file, key_file)
@@ -400,4 +476,3 @@ def server_ssl_context(cert_file: str, key_file: str, client_ca_file: str | None
         context.load_verify_locations(client_ca_file)
         context.verify_mode = ssl.CERT_REQUIRED
     return context
-

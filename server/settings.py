@@ -27,67 +27,111 @@ class ServerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SAFEPOLICY_SERVER_", extra="forbid")
 
     repo: Path = Field(description="model repository REPO/NAME/VERSION/policy.onnx")
-    allow_empty_repo: bool = Field(False, description="start even when the repository is "
-                                   "missing or holds no policy, and serve what appears in it "
-                                   "later (refused by default: a mistyped --repo is the usual "
-                                   "cause)")
+    allow_empty_repo: bool = Field(
+        False,
+        description="start even when the repository is "
+        "missing or holds no policy, and serve what appears in it "
+        "later (refused by default: a mistyped --repo is the usual "
+        "cause)",
+    )
     host: str = Field("0.0.0.0", description="address to listen on")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port (0 picks a free one)")
     metrics_port: int | None = Field(
-        9464, ge=0, le=65535, description="Prometheus /metrics port (0 picks a free one; with "
-        "several workers, worker i uses metrics_port + i)")
+        9464,
+        ge=0,
+        le=65535,
+        description="Prometheus /metrics port (0 picks a free one; with "
+        "several workers, worker i uses metrics_port + i)",
+    )
     metrics_host: str = Field("0.0.0.0", description="address of the metrics endpoint")
     http_port: int | None = Field(
-        None, ge=0, le=65535, description="Open Inference Protocol over HTTP/REST on this port "
-        "(same address, process and event loop as gRPC; 0 picks a free one; unset: off)")
-    workers: int = Field(1, ge=1, le=64, description="server processes sharing the port "
-                         "(SO_REUSEPORT) for multi-core throughput")
+        None,
+        ge=0,
+        le=65535,
+        description="Open Inference Protocol over HTTP/REST on this port "
+        "(same address, process and event loop as gRPC; 0 picks a free one; unset: off)",
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="server processes sharing the port (SO_REUSEPORT) for multi-core throughput",
+    )
     version_policy: Literal["latest", "all"] = Field(
-        "latest", description="serve only the newest loadable version, or all of them")
+        "latest", description="serve only the newest loadable version, or all of them"
+    )
     # NoDecode: the env form is NAME=1,2;OTHER=3 (parsed below), not JSON
     pins: Annotated[dict[str, list[int]], NoDecode] = Field(
-        default_factory=dict, description="policy -> versions to serve, overriding the policy")
-    require_audit: bool = Field(False, description="serve only versions whose audit.json "
-                                "says PASS against a cost_limit at most the policy's own")
-    poll_interval_s: float = Field(10.0, ge=0.0, description="seconds between repository "
-                                   "scans (0: only at start and on the Reload call)")
+        default_factory=dict, description="policy -> versions to serve, overriding the policy"
+    )
+    require_audit: bool = Field(
+        False,
+        description="serve only versions whose audit.json "
+        "says PASS against a cost_limit at most the policy's own",
+    )
+    poll_interval_s: float = Field(
+        10.0,
+        ge=0.0,
+        description="seconds between repository scans (0: only at start and on the Reload call)",
+    )
     max_batch_size: int = Field(1024, ge=1, description="most observations in one request")
-    max_message_bytes: int = Field(4 << 20, ge=1 << 16, description="largest gRPC message "
-                                   "(one 60 MB request stalled every caller under 64 MiB)")
-    inline_max_rows: int = Field(64, ge=0, description="batches up to this size run on the "
-                                 "event loop; larger ones on a worker thread")
+    max_message_bytes: int = Field(
+        4 << 20,
+        ge=1 << 16,
+        description="largest gRPC message (one 60 MB request stalled every caller under 64 MiB)",
+    )
+    inline_max_rows: int = Field(
+        64,
+        ge=0,
+        description="batches up to this size run on the event loop; larger ones on a worker thread",
+    )
     onnx_threads: int = Field(1, ge=1, description="onnxruntime intra-op threads per session")
-    onnx_providers: str = Field("auto", description="onnxruntime execution providers: auto "
-                                "(CUDA when available, else CPU), cpu, cuda, or a comma list")
+    onnx_providers: str = Field(
+        "auto",
+        description="onnxruntime execution providers: auto "
+        "(CUDA when available, else CPU), cpu, cuda, or a comma list",
+    )
     batching: bool = Field(False, description="dynamic micro-batching of concurrent requests")
     batch_max_size: int = Field(64, ge=1, description="micro-batching: most rows per batch")
-    batch_max_delay_ms: float = Field(1.0, ge=0.0, description="micro-batching: longest wait "
-                                      "for a batch to fill")
+    batch_max_delay_ms: float = Field(
+        1.0, ge=0.0, description="micro-batching: longest wait for a batch to fill"
+    )
     batch_max_queue: int = Field(4096, ge=1, description="micro-batching: most rows waiting")
     auth_token: SecretStr | None = Field(None, description="bearer token clients must send")
     auth_token_file: Path | None = Field(None, description="file holding the bearer token")
     tls_cert_file: Path | None = Field(None, description="PEM server certificate (TLS)")
     tls_key_file: Path | None = Field(None, description="PEM server private key (TLS)")
-    tls_client_ca_file: Path | None = Field(None, description="PEM CA that client "
-                                            "certificates must chain to (mutual TLS)")
-    grace_s: float = Field(10.0, ge=0.0, description="on SIGTERM: how long in-flight calls "
-                           "get to finish")
-    drain_delay_s: float = Field(0.0, ge=0.0, description="on SIGTERM: how long to report "
-                                 "NOT_SERVING while still answering every call, so load "
-                                 "balancers move traffic before calls are refused")
+    tls_client_ca_file: Path | None = Field(
+        None, description="PEM CA that client certificates must chain to (mutual TLS)"
+    )
+    grace_s: float = Field(
+        10.0, ge=0.0, description="on SIGTERM: how long in-flight calls get to finish"
+    )
+    drain_delay_s: float = Field(
+        0.0,
+        ge=0.0,
+        description="on SIGTERM: how long to report "
+        "NOT_SERVING while still answering every call, so load "
+        "balancers move traffic before calls are refused",
+    )
     gil_switch_interval_ms: float = Field(
-        0.2, gt=0.0, description="Python's thread switch interval in the server process; "
-        "small values stop inference threads waiting for the GIL (sys.setswitchinterval)")
-    log_level: str = Field("INFO", description="logging level: DEBUG, INFO, WARNING, ERROR "
-                           "or CRITICAL")
+        0.2,
+        gt=0.0,
+        description="Python's thread switch interval in the server process; "
+        "small values stop inference threads waiting for the GIL (sys.setswitchinterval)",
+    )
+    log_level: str = Field(
+        "INFO", description="logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL"
+    )
 
     @field_validator("log_level")
     @classmethod
     def _known_log_level(cls, value: str) -> str:
         level = value.strip().upper()
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
-            raise ValueError(f"{value!r} is not a logging level; use DEBUG, INFO, WARNING, "
-                             "ERROR or CRITICAL")
+            raise ValueError(
+                f"{value!r} is not a logging level; use DEBUG, INFO, WARNING, ERROR or CRITICAL"
+            )
         return level
 
     @field_validator("pins", mode="before")
@@ -112,16 +156,21 @@ class ServerSettings(BaseSettings):
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("TLS needs both tls_cert_file and tls_key_file")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
-            raise ValueError("mutual TLS (tls_client_ca_file) needs tls_cert_file and "
-                             "tls_key_file too")
+            raise ValueError(
+                "mutual TLS (tls_client_ca_file) needs tls_cert_file and tls_key_file too"
+            )
         if self.auth_token is not None and self.auth_token_file is not None:
-            raise ValueError("give the bearer token either in SAFEPOLICY_SERVER_AUTH_TOKEN or "
-                             "in auth_token_file, not both")
+            raise ValueError(
+                "give the bearer token either in SAFEPOLICY_SERVER_AUTH_TOKEN or "
+                "in auth_token_file, not both"
+            )
         if self.workers > 1 and self.port == 0:
             raise ValueError("several workers share one fixed port; give --port")
         if self.workers > 1 and self.http_port is not None:
-            raise ValueError("--http-port serves from one process; use it with --workers 1 "
-                             "(or put the workers behind one HTTP load balancer each)")
+            raise ValueError(
+                "--http-port serves from one process; use it with --workers 1 "
+                "(or put the workers behind one HTTP load balancer each)"
+            )
         return self
 
     def token(self) -> str | None:
@@ -130,8 +179,10 @@ class ServerSettings(BaseSettings):
             try:
                 text = self.auth_token_file.read_text(encoding="utf-8").strip()
             except OSError as error:
-                raise SettingsError(f"{self.auth_token_file}: cannot read the auth token "
-                                    f"file ({error.strerror or error})") from error
+                raise SettingsError(
+                    f"{self.auth_token_file}: cannot read the auth token "
+                    f"file ({error.strerror or error})"
+                ) from error
             if not text:
                 raise SettingsError(f"{self.auth_token_file}: the auth token file is empty")
             return text
@@ -155,8 +206,9 @@ class ServerSettings(BaseSettings):
             try:
                 contents.append(path.read_bytes())
             except OSError as error:
-                raise SettingsError(f"{path}: cannot read TLS file ({error.strerror or error})"
-                                    ) from error
+                raise SettingsError(
+                    f"{path}: cannot read TLS file ({error.strerror or error})"
+                ) from error
         cert, key, ca = contents
         assert cert is not None and key is not None
         check_pem(self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file)
@@ -174,12 +226,15 @@ def check_pem(cert_file: Path, key_file: Path, client_ca_file: Path | None) -> N
         raise SettingsError(
             f"{cert_file} and {key_file}: not a PEM certificate and its matching private "
             f"key{reason}; pass the server's certificate to --tls-cert-file and its key to "
-            "--tls-key-file") from error
+            "--tls-key-file"
+        ) from error
     if client_ca_file is not None:
         try:
             context.load_verify_locations(cafile=client_ca_file)
         except ssl.SSLError as error:
             reason = f" ({error.reason.lower()})" if error.reason else ""
-            raise SettingsError(f"{client_ca_file}: not a PEM CA certificate{reason}; pass "
-                                "the CA that signs client certificates to "
-                                "--tls-client-ca-file") from error
+            raise SettingsError(
+                f"{client_ca_file}: not a PEM CA certificate{reason}; pass "
+                "the CA that signs client certificates to "
+                "--tls-client-ca-file"
+            ) from error

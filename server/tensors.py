@@ -17,8 +17,10 @@ def decode_float32(shape: Sequence[int], data: bytes, what: str = "observations"
     if len(shape) == 1 and shape[0] * FLOAT32.itemsize == len(data):
         return np.frombuffer(data, dtype=FLOAT32)  # the per-step fast path: one observation
     if not 1 <= len(shape) <= MAX_DIMS:
-        raise InvalidRequest(f"{what} need a shape of 1 or 2 dimensions ([obs_dim] or "
-                             f"[batch, obs_dim]), got {list(shape)}")
+        raise InvalidRequest(
+            f"{what} need a shape of 1 or 2 dimensions ([obs_dim] or "
+            f"[batch, obs_dim]), got {list(shape)}"
+        )
     count = 1
     for dim in shape:
         if dim < 0:
@@ -27,7 +29,8 @@ def decode_float32(shape: Sequence[int], data: bytes, what: str = "observations"
     if count * FLOAT32.itemsize != len(data):
         raise InvalidRequest(
             f"{what} shape {list(shape)} needs {count * FLOAT32.itemsize} bytes of float32 "
-            f"data, got {len(data)}; pack them as little-endian float32, row-major")
+            f"data, got {len(data)}; pack them as little-endian float32, row-major"
+        )
     return np.frombuffer(data, dtype=FLOAT32).reshape(tuple(shape))
 
 

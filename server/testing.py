@@ -23,10 +23,18 @@ from safepolicy.server.policies import ReloadReport
 from safepolicy.server.settings import ServerSettings
 
 
-def make_policy(repo: Path, name: str = "ballrun", version: int | None = None, *,
-                obs_dim: int = 8, action_dim: int = 2, hidden_sizes: tuple[int, ...] = (32, 32),
-                cost_limit: float = 10.0, seed: int = 0,
-                audit: Literal["PASS", "FAIL"] | None = None) -> Path:
+def make_policy(
+    repo: Path,
+    name: str = "ballrun",
+    version: int | None = None,
+    *,
+    obs_dim: int = 8,
+    action_dim: int = 2,
+    hidden_sizes: tuple[int, ...] = (32, 32),
+    cost_limit: float = 10.0,
+    seed: int = 0,
+    audit: Literal["PASS", "FAIL"] | None = None,
+) -> Path:
     """Export a small untrained actor as ``repo/name/version``; optionally write an audit."""
     import torch  # lazily: the server never imports this module
 
@@ -38,13 +46,28 @@ def make_policy(repo: Path, name: str = "ballrun", version: int | None = None, *
     # default bounds [-1, 1]: at the time of writing the exporter's verification rejected
     # actors with other bounds (reported to its owner)
     actor = SquashedGaussianActor(obs_dim, action_dim, hidden_sizes)
-    metadata = ActorMetadata(task="BallRun", env_id="SafetyBallRun-v0", algorithm="bc-safe",
-                             cost_limit=cost_limit, seed=seed)
+    metadata = ActorMetadata(
+        task="BallRun",
+        env_id="SafetyBallRun-v0",
+        algorithm="bc-safe",
+        cost_limit=cost_limit,
+        seed=seed,
+    )
     version_dir = export_actor(actor, metadata, repo, name, version)
     if audit is not None:
-        write_audit_verdict(version_dir, AuditVerdict(
-            verdict=audit, task="BallRun", cost_limit=cost_limit, confidence=0.95, episodes=10,
-            mean_cost=1.0, cost_upper_bound=2.0, violation_rate=0.0))
+        write_audit_verdict(
+            version_dir,
+            AuditVerdict(
+                verdict=audit,
+                task="BallRun",
+                cost_limit=cost_limit,
+                confidence=0.95,
+                episodes=10,
+                mean_cost=1.0,
+                cost_upper_bound=2.0,
+                violation_rate=0.0,
+            ),
+        )
     return version_dir
 
 

@@ -16,8 +16,9 @@ def initial_gains() -> PIDGains:
     return PIDGains(proportional=0.02, integral=0.01, derivative=0.01)
 
 
-def lagged_cost_process(multiplier: PIDMultiplier, seed: int, steps: int = 400,
-                        lag: int = 3) -> np.ndarray:
+def lagged_cost_process(
+    multiplier: PIDMultiplier, seed: int, steps: int = 400, lag: int = 3
+) -> np.ndarray:
     """Cost relaxes towards 40 / (1 + lambda) seen ``lag`` updates late; noisy measurements."""
     rng = np.random.default_rng(seed)
     multipliers = [0.0] * lag
@@ -89,10 +90,14 @@ def test_settles_a_lagged_noisy_cost_process_at_the_limit(seed: int) -> None:
     assert abs(float(costs[-100:].mean()) - LIMIT) < 0.5
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding stands (see the docstring): under the paper's rule the gains only grow while the "
-    "cost is over the limit, so aPID's lambda runs ahead of PID's and the first undershoot is "
-    "larger (seed 0: aPID 3.17 vs PID 1.53; seed 1: 3.41 vs 1.89)"))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "finding stands (see the docstring): under the paper's rule the gains only grow while the "
+        "cost is over the limit, so aPID's lambda runs ahead of PID's and the first undershoot is "
+        "larger (seed 0: aPID 3.17 vs PID 1.53; seed 1: 3.41 vs 1.89)"
+    ),
+)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_overshoots_less_than_plain_pid_with_the_same_initial_gains(seed: int) -> None:
     """Issue 12's claim, checked on a step response; it fails, and not from a scaling bug.
@@ -126,8 +131,12 @@ def test_at_the_papers_gains_apid_settles_where_plain_pid_has_not_arrived(seed: 
     paper_gains = PIDGains(proportional=1e-4, integral=1e-5, derivative=1e-5)
     apid_costs = lagged_cost_process(AdaptivePIDMultiplier(paper_gains), seed, steps=10_000)
     pid_costs = lagged_cost_process(
-        PIDMultiplier(PIDGains(paper_gains.proportional, paper_gains.integral,
-                               paper_gains.derivative)), seed, steps=10_000)
+        PIDMultiplier(
+            PIDGains(paper_gains.proportional, paper_gains.integral, paper_gains.derivative)
+        ),
+        seed,
+        steps=10_000,
+    )
     assert pid_costs.min() > LIMIT + 2.0
     assert apid_costs.min() <= LIMIT
     assert abs(float(apid_costs[-1_000:].mean()) - LIMIT) < 0.5
@@ -147,8 +156,9 @@ def test_state_dict_round_trip_continues_identically() -> None:
     assert restored.gains == original.gains
 
 
-@pytest.mark.parametrize("kwargs", [{"smoothing": 1.0}, {"delay": 0},
-                                    {"gain_floor": 0.0}, {"proportional_rate": -0.1}])
+@pytest.mark.parametrize(
+    "kwargs", [{"smoothing": 1.0}, {"delay": 0}, {"gain_floor": 0.0}, {"proportional_rate": -0.1}]
+)
 def test_bad_settings_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="aPID"):
         AdaptivePIDMultiplier(initial_gains(), **kwargs)  # type: ignore[arg-type]

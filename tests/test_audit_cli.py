@@ -44,9 +44,16 @@ def export_untrained(repo: Path, task: str, name: str, cost_limit: float = 10.0)
     env.close()
     torch.manual_seed(0)
     actor = SquashedGaussianActor(obs_dim, action_dim, (32, 32), action_low=low, action_high=high)
-    metadata = ActorMetadata(task=task, env_id=get_task(task).env_id, algorithm="bc-safe",
-                             cost_limit=cost_limit, seed=0, config={"hidden": [32, 32]},
-                             dataset_sha256="ab" * 32, code_version="test")
+    metadata = ActorMetadata(
+        task=task,
+        env_id=get_task(task).env_id,
+        algorithm="bc-safe",
+        cost_limit=cost_limit,
+        seed=0,
+        config={"hidden": [32, 32]},
+        dataset_sha256="ab" * 32,
+        code_version="test",
+    )
     return export_actor(actor, metadata, repo, name)
 
 
@@ -67,14 +74,31 @@ def check_report_dir(out: Path) -> None:
     upper = report.statistics.cost_upper_bound
     assert (report.verdict == "PASS") == (upper <= report.cost_limit)
     assert [e.seed for e in report.episode_results] == list(
-        range(report.seed, report.seed + report.episodes))
+        range(report.seed, report.seed + report.episodes)
+    )
 
 
-def test_audit_exported_policy_in_ballrun(ballrun_policy: Path, tmp_path: Path,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_audit_exported_policy_in_ballrun(
+    ballrun_policy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "report"
-    code = main(["--policy", str(ballrun_policy), "--episodes", "6", "--envs", "2", "--seed",
-                 "100", "--no-progress", "--resamples", "500", "--out", str(out)])
+    code = main(
+        [
+            "--policy",
+            str(ballrun_policy),
+            "--episodes",
+            "6",
+            "--envs",
+            "2",
+            "--seed",
+            "100",
+            "--no-progress",
+            "--resamples",
+            "500",
+            "--out",
+            str(out),
+        ]
+    )
     report = load_report(out)
     assert code == (0 if report.verdict == "PASS" else 1)
     check_report_dir(out)
@@ -101,7 +125,11 @@ def scripted_target(task: str, action: float, cost_limit: float) -> AuditTarget:
     return AuditTarget(
         policy=lambda obs: np.full((obs.shape[0], action_dim), action, np.float32),
         source=PolicySource(name="scripted", version=None, source="artifact", location="-"),
-        obs_dim=obs_dim, action_dim=action_dim, task=task, cost_limit=cost_limit)
+        obs_dim=obs_dim,
+        action_dim=action_dim,
+        task=task,
+        cost_limit=cost_limit,
+    )
 
 
 def test_full_throttle_in_ballrun_fails_a_tight_limit(tmp_path: Path) -> None:
@@ -116,8 +144,9 @@ def test_full_throttle_in_ballrun_fails_a_tight_limit(tmp_path: Path) -> None:
 
 def test_scripted_policy_in_a_safety_gymnasium_task(tmp_path: Path) -> None:
     target = scripted_target("HalfCheetahVelocity", 0.0, cost_limit=20.0)
-    report = audit_policy(target, AuditSettings(episodes=3, seed=5, bootstrap_resamples=500),
-                          tmp_path)
+    report = audit_policy(
+        target, AuditSettings(episodes=3, seed=5, bootstrap_resamples=500), tmp_path
+    )
     check_report_dir(tmp_path)
     # standing still never exceeds the velocity threshold
     assert report.verdict == "PASS" and report.statistics.costs.max == 0.0
@@ -127,14 +156,19 @@ def test_scripted_policy_in_a_safety_gymnasium_task(tmp_path: Path) -> None:
     spec = get_task("HalfCheetahVelocity")
     for episode in report.episode_results:
         assert episode.normalized_reward == pytest.approx(
-            (episode.episode_return - spec.reward_min) / (spec.reward_max - spec.reward_min))
+            (episode.episode_return - spec.reward_min) / (spec.reward_max - spec.reward_min)
+        )
 
 
-def test_compare_puts_reports_side_by_side(tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_compare_puts_reports_side_by_side(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     for limit, name in ((0.5, "tight"), (1000.0, "loose")):
-        audit_policy(scripted_target("BallRun", 1.0, limit),
-                     AuditSettings(episodes=3, bootstrap_resamples=200), tmp_path / name)
+        audit_policy(
+            scripted_target("BallRun", 1.0, limit),
+            AuditSettings(episodes=3, bootstrap_resamples=200),
+            tmp_path / name,
+        )
     assert main(["compare", str(tmp_path / "tight"), str(tmp_path / "loose")]) == 0
     table = capsys.readouterr().out
     rows = [line for line in table.splitlines() if line.startswith("| ") and "scripted" in line]
@@ -142,8 +176,9 @@ def test_compare_puts_reports_side_by_side(tmp_path: Path,
     assert "| FAIL |" in rows[0] and "| PASS |" in rows[1]
     assert "different cost limits" in table
     out = tmp_path / "compare.md"
-    assert main(["compare", str(tmp_path / "tight"), str(tmp_path / "loose"), "--out",
-                 str(out)]) == 0
+    assert (
+        main(["compare", str(tmp_path / "tight"), str(tmp_path / "loose"), "--out", str(out)]) == 0
+    )
     assert "scripted" in out.read_text()
     picture = out.with_suffix(".png")  # the comparison drawn beside the table
     assert picture.read_bytes().startswith(b"\x89PNG") and picture.stat().st_size > 5000
@@ -153,26 +188,53 @@ def test_compare_puts_reports_side_by_side(tmp_path: Path,
     ("extra", "message"),
     [
         (["--task", "NoSuchTask"], "unknown task 'NoSuchTask'; "),
-        (["--task", "HalfCheetahVelocity"], "takes 7 observations and gives 2 actions, but "
-                                            "task HalfCheetahVelocity has 17 and 6"),
+        (
+            ["--task", "HalfCheetahVelocity"],
+            "takes 7 observations and gives 2 actions, but task HalfCheetahVelocity has 17 and 6",
+        ),
         (["--episodes", "0"], "--episodes: must be at least 1"),
         (["--episodes", "-2"], "--episodes: must be at least 1"),
         (["--confidence", "1.5"], "--confidence must be in (0, 1)"),
     ],
 )
-def test_bad_input_is_a_clear_error(ballrun_policy: Path, tmp_path: Path, extra: list[str],
-                                    message: str, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["--policy", str(ballrun_policy), "--episodes", "2", "--out", str(tmp_path / "r"),
-            "--no-progress", *extra]
+def test_bad_input_is_a_clear_error(
+    ballrun_policy: Path,
+    tmp_path: Path,
+    extra: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = [
+        "--policy",
+        str(ballrun_policy),
+        "--episodes",
+        "2",
+        "--out",
+        str(tmp_path / "r"),
+        "--no-progress",
+        *extra,
+    ]
     assert main(argv) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "r" / "report.json").exists()
 
 
-def test_missing_artifact_and_bad_reports(tmp_path: Path,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--policy", str(tmp_path / "nope" / "1"), "--episodes", "2", "--out",
-                 str(tmp_path / "r")]) == 2
+def test_missing_artifact_and_bad_reports(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        main(
+            [
+                "--policy",
+                str(tmp_path / "nope" / "1"),
+                "--episodes",
+                "2",
+                "--out",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 2
+    )
     assert "no such policy version directory" in capsys.readouterr().err
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "report.json").write_text(json.dumps({"schema_version": 99}))
@@ -180,13 +242,27 @@ def test_missing_artifact_and_bad_reports(tmp_path: Path,
     assert "schema_version 99" in capsys.readouterr().err
 
 
-def test_unreachable_server_is_a_clear_error(tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_unreachable_server_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from safepolicy.server.testing import free_port
 
     address = f"127.0.0.1:{free_port()}"
-    assert main(["--server", address, "--name", "ballrun", "--episodes", "2",
-                 "--out", str(tmp_path / "r")]) == 2
+    assert (
+        main(
+            [
+                "--server",
+                address,
+                "--name",
+                "ballrun",
+                "--episodes",
+                "2",
+                "--out",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert f"cannot reach a safepolicy server at {address}" in err
     assert main(["--server", address, "--episodes", "2", "--out", str(tmp_path / "r")]) == 2

@@ -71,8 +71,9 @@ def test_bootstrap_covers_the_true_mean_at_the_stated_rate(alternative, sampler,
     samples = sampler(rng, (datasets, n))
     covered = 0
     for index, sample in enumerate(samples):
-        interval = stats.bootstrap_interval(sample, confidence=confidence, alternative=alternative,
-                                            resamples=1000, seed=index)
+        interval = stats.bootstrap_interval(
+            sample, confidence=confidence, alternative=alternative, resamples=1000, seed=index
+        )
         covered += interval.low <= true_mean <= interval.high
     # 200 Bernoulli(0.9) trials: standard deviation 0.021; allow 3 of them either side
     tolerance = 3 * math.sqrt(confidence * (1 - confidence) / datasets)
@@ -107,13 +108,16 @@ def test_bca_agrees_with_scipy_on_a_large_skewed_sample() -> None:
     """At n = 400 Hesterberg's widening is negligible (about 0.3 %), so the hand-written BCa
     bounds must match scipy.stats.bootstrap(method="BCa") to within the resampling noise (3 % of
     the width; the plain percentile interval misses by 4-5 % here, so the check can tell)."""
-    scipy_stats = pytest.importorskip("scipy.stats", reason="scipy is the cross-check; "
-                                      "install it to run this test (it is not in the lock)")
+    scipy_stats = pytest.importorskip(
+        "scipy.stats",
+        reason="scipy is the cross-check; install it to run this test (it is not in the lock)",
+    )
     rng = np.random.default_rng(3)
     costs = np.where(rng.random(400) < 0.3, rng.exponential(20.0, 400), 0.0)
     ours = stats.bootstrap_interval(costs, stats.mean, 0.9, "two-sided", resamples=20000, seed=1)
-    theirs = scipy_stats.bootstrap((costs,), np.mean, confidence_level=0.9, method="BCa",
-                                   n_resamples=20000, random_state=2).confidence_interval
+    theirs = scipy_stats.bootstrap(
+        (costs,), np.mean, confidence_level=0.9, method="BCa", n_resamples=20000, random_state=2
+    ).confidence_interval
     width = theirs.high - theirs.low
     assert ours.low == pytest.approx(theirs.low, abs=0.03 * width)
     assert ours.high == pytest.approx(theirs.high, abs=0.03 * width)
@@ -122,11 +126,14 @@ def test_bca_agrees_with_scipy_on_a_large_skewed_sample() -> None:
 def test_equal_costs_are_where_scipy_gives_nan_and_ours_a_bound() -> None:
     """A safe policy's audit often sees the same cost (0) in every episode: scipy's BCa has no
     spread to work with and returns NaN, which is why the audit keeps its own."""
-    scipy_stats = pytest.importorskip("scipy.stats", reason="scipy is the cross-check; "
-                                      "install it to run this test (it is not in the lock)")
+    scipy_stats = pytest.importorskip(
+        "scipy.stats",
+        reason="scipy is the cross-check; install it to run this test (it is not in the lock)",
+    )
     costs = np.zeros(50)
     with pytest.warns(Warning):
-        theirs = scipy_stats.bootstrap((costs,), np.mean, confidence_level=0.95, method="BCa",
-                                       n_resamples=1000, random_state=0).confidence_interval
+        theirs = scipy_stats.bootstrap(
+            (costs,), np.mean, confidence_level=0.95, method="BCa", n_resamples=1000, random_state=0
+        ).confidence_interval
     assert np.isnan(theirs.high)
     assert stats.cost_upper_bound(costs, 0.95, resamples=1000) == 0.0

@@ -82,8 +82,9 @@ def test_halfcheetah_velocity_gait_runs_forward_safe_and_unsafe() -> None:
         (["--task", "BallRun", "--behavior", "greedy=1"], "unknown behaviour 'greedy'"),
     ],
 )
-def test_bad_arguments(tmp_path: Path, argv: list[str], problem: str,
-                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_arguments(
+    tmp_path: Path, argv: list[str], problem: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "x.h5"
     assert main([*argv, "--out", str(out), "--quiet"]) != 0
     assert problem in capsys.readouterr().err
@@ -112,8 +113,9 @@ def test_output_parent_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "is a file, not a directory" in capsys.readouterr().err
 
 
-def test_interrupted_collection_leaves_no_file(tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_collection_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real_collect = collect_module.collect
 
     def interrupted(*args: object, **kwargs: object) -> object:

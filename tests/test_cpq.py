@@ -16,9 +16,15 @@ from safepolicy.training.algorithms.cpq import CPQ, CPQConfig, cost_threshold, c
 from safepolicy.training.checkpoint import load_actor
 from safepolicy.training.loop import ScalarLog, TrainRequest, train
 
-SMALL = {"run.hidden_sizes": "32,32", "run.batch_size": "64", "run.eval_episodes": "0",
-         "run.checkpoint_every": "20", "run.log_every": "10", "vae_hidden_sizes": "32,32",
-         "sample_actions": "4"}
+SMALL = {
+    "run.hidden_sizes": "32,32",
+    "run.batch_size": "64",
+    "run.eval_episodes": "0",
+    "run.checkpoint_every": "20",
+    "run.log_every": "10",
+    "vae_hidden_sizes": "32,32",
+    "sample_actions": "4",
+}
 DATA_ACTION = 0.6
 
 
@@ -32,9 +38,13 @@ def narrow_action_dataset(transitions: int = 2000, seed: int = 0) -> Dataset:
     return Dataset(
         observations=rng.uniform(-1, 1, size=(transitions, 2)).astype(np.float32),
         next_observations=rng.uniform(-1, 1, size=(transitions, 2)).astype(np.float32),
-        actions=actions.clip(-1, 1), rewards=np.zeros(transitions, np.float32),
-        costs=np.zeros(transitions, np.float32), terminals=np.zeros(transitions, dtype=bool),
-        timeouts=timeouts, attrs={"task": "toy-narrow"})
+        actions=actions.clip(-1, 1),
+        rewards=np.zeros(transitions, np.float32),
+        costs=np.zeros(transitions, np.float32),
+        terminals=np.zeros(transitions, dtype=bool),
+        timeouts=timeouts,
+        attrs={"task": "toy-narrow"},
+    )
 
 
 def cost_q(algorithm: CPQ, observations: torch.Tensor, action: float) -> float:
@@ -46,8 +56,9 @@ def cost_q(algorithm: CPQ, observations: torch.Tensor, action: float) -> float:
 
 def test_the_penalty_raises_cost_q_on_actions_far_from_the_data() -> None:
     dataset = narrow_action_dataset()
-    context = toy_context(dataset, cost_limit=5.0, total_steps=150, hidden_sizes=(32, 32),
-                          batch_size=64)
+    context = toy_context(
+        dataset, cost_limit=5.0, total_steps=150, hidden_sizes=(32, 32), batch_size=64
+    )
     algorithm = CPQ(CPQConfig(vae_hidden_sizes=[32, 32], sample_actions=4), context)
     observations = torch.as_tensor(dataset.observations[:512])
     for _ in range(150):
@@ -86,11 +97,19 @@ def test_the_threshold_is_osrls_discounted_per_step_share() -> None:
     assert cost_threshold(10.0, 1.0, 100) == 10.0
 
 
-
 def request(dataset: Path, out: Path, **changes: object) -> TrainRequest:
-    fields: dict = {"algorithm": "cpq", "task": "BallRun", "dataset": dataset,
-                    "cost_limit": 10.0, "out": out, "seed": 3, "steps": 50, "device": "cpu",
-                    "overrides": SMALL, "progress": False}
+    fields: dict = {
+        "algorithm": "cpq",
+        "task": "BallRun",
+        "dataset": dataset,
+        "cost_limit": 10.0,
+        "out": out,
+        "seed": 3,
+        "steps": 50,
+        "device": "cpu",
+        "overrides": SMALL,
+        "progress": False,
+    }
     fields.update(changes)
     return TrainRequest(**fields)
 
@@ -101,9 +120,11 @@ def actor_output(run_dir: Path) -> torch.Tensor:
         return actor(torch.linspace(-1, 1, 7 * 5).reshape(5, 7))
 
 
-def test_train_cpq_resumes_exactly_and_its_actor_exports(ballrun_dataset: Path, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch,
-                                                         ) -> None:
+def test_train_cpq_resumes_exactly_and_its_actor_exports(
+    ballrun_dataset: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     whole = train(request(ballrun_dataset, tmp_path / "whole"))
     calls = {"n": 0}
     original_add = ScalarLog.add
@@ -132,8 +153,7 @@ def test_train_cpq_resumes_exactly_and_its_actor_exports(ballrun_dataset: Path, 
     state = cpq_state(whole)
     assert {"actor", "critic", "target_critic", "log_temperature"} <= set(state)
     actor, _ = load_actor(whole)
-    assert all(torch.equal(state["actor"][key], value)
-               for key, value in actor.state_dict().items())
+    assert all(torch.equal(state["actor"][key], value) for key, value in actor.state_dict().items())
 
     version_dir = export_run(whole, tmp_path / "repo", "cpq")
     policy = load_policy(version_dir)

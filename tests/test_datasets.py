@@ -68,8 +68,9 @@ data = Toy().get_dataset(h5path={str(path)!r})
 print(data["observations"].shape[0], data["costs"].sum())
 """
     env = {**os.environ, "DSRL_SUPPRESS_IMPORT_ERROR": "1"}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            env=env, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[-2:] == ["15", "30.0"]
 
@@ -95,8 +96,9 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
 @pytest.mark.parametrize(
     "case", ["missing file", "truncated", "missing key", "mismatched", "nan", "directory"]
 )
-def test_bad_input_library_and_cli(tmp_path: Path, case: str,
-                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input_library_and_cli(
+    tmp_path: Path, case: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     path, problem = _bad_files(tmp_path)[case]
     with pytest.raises(DatasetError) as error:
         load_dataset(path)
@@ -127,7 +129,8 @@ def test_cli_prints_summary_and_json(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def test_dsrl_downloads_are_looked_up_where_dsrl_keeps_them(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from safepolicy.datasets import dsrl_dataset_dir, resolve_dataset
 
     monkeypatch.delenv("DSRL_DATASET_DIR", raising=False)

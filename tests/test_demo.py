@@ -17,18 +17,36 @@ import pytest
 
 def run_demo(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "safepolicy", "demo", "--workdir", str(workdir), "--episodes",
-         "30", "--audit-episodes", "10", *args],
-        capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "safepolicy",
+            "demo",
+            "--workdir",
+            str(workdir),
+            "--episodes",
+            "30",
+            "--audit-episodes",
+            "10",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def reports(workdir: Path) -> tuple[dict, dict]:  # type: ignore[type-arg]
-    return (json.loads((workdir / "audit-artifact" / "report.json").read_text()),
-            json.loads((workdir / "audit-deployed" / "report.json").read_text()))
+    return (
+        json.loads((workdir / "audit-artifact" / "report.json").read_text()),
+        json.loads((workdir / "audit-deployed" / "report.json").read_text()),
+    )
 
 
-def check_deployed_matches_artifact(workdir: Path, result: subprocess.CompletedProcess[str],
-                                    ) -> tuple[str, str]:
+def check_deployed_matches_artifact(
+    workdir: Path,
+    result: subprocess.CompletedProcess[str],
+) -> tuple[str, str]:
     artifact, deployed = reports(workdir)
     # the deployed policy answered every step through gRPC: its episodes match the artifact's
     # for the shared seeds (both deterministic, same seed list start)

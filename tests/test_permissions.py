@@ -47,7 +47,8 @@ def reload_as_nobody(repo: Path) -> dict[str, object]:
             answer: dict[str, object] = {
                 "loaded": sorted(report.loaded),
                 "failed": [f"{name}/{version}" for name, version, _ in report.failed],
-                "problems": {entry.name: entry.problem for entry in store.entries()}}
+                "problems": {entry.name: entry.problem for entry in store.entries()},
+            }
         except BaseException as error:  # reported to the parent
             answer = {"error": repr(error)}
         finally:

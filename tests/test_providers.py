@@ -49,9 +49,16 @@ def test_primary_provider_label() -> None:
 
 def test_server_reports_its_providers_in_get_policy_and_metrics(tmp_path: Path) -> None:
     make_policy(tmp_path / "repo", "ballrun", 1, seed=1)
-    values: dict[str, Any] = {"repo": tmp_path / "repo", "host": "127.0.0.1", "port": 0,
-                              "metrics_port": 0, "metrics_host": "127.0.0.1",
-                              "poll_interval_s": 0, "grace_s": 2, "onnx_providers": "cpu"}
+    values: dict[str, Any] = {
+        "repo": tmp_path / "repo",
+        "host": "127.0.0.1",
+        "port": 0,
+        "metrics_port": 0,
+        "metrics_host": "127.0.0.1",
+        "poll_interval_s": 0,
+        "grace_s": 2,
+        "onnx_providers": "cpu",
+    }
     settings = ServerSettings(**values)
     with ServerThread(settings) as server, PolicyClient(server.target) as client:
         info = client.get_policy("ballrun")
@@ -65,8 +72,22 @@ def test_server_reports_its_providers_in_get_policy_and_metrics(tmp_path: Path) 
 def test_an_unavailable_provider_stops_serve_with_a_clear_message(tmp_path: Path) -> None:
     make_policy(tmp_path / "repo", "ballrun", 1, seed=1)
     result = subprocess.run(
-        [sys.executable, "-m", "safepolicy.server", "--repo", str(tmp_path / "repo"), "--port", "0",
-         "--metrics-port", "0", "--onnx-providers", "NoSuchExecutionProvider"],
-        capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            "-m",
+            "safepolicy.server",
+            "--repo",
+            str(tmp_path / "repo"),
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--onnx-providers",
+            "NoSuchExecutionProvider",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 1
     assert "NoSuchExecutionProvider" in result.stderr and "Traceback" not in result.stderr

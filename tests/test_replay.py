@@ -16,11 +16,18 @@ from safepolicy.training.replay import EnvironmentCollector, MixedSampler, Repla
 
 
 def filled_replay(capacity: int, rows: int) -> ReplayBuffer:
-    replay = ReplayBuffer(capacity, obs_dim=2, action_dim=1, device=torch.device("cpu"),
-                          reward_scale=0.5)
+    replay = ReplayBuffer(
+        capacity, obs_dim=2, action_dim=1, device=torch.device("cpu"), reward_scale=0.5
+    )
     values = torch.arange(rows, dtype=torch.float32)
-    replay.add(values[:, None].expand(-1, 2), values[:, None] / rows, values, values + 1,
-               values[:, None].expand(-1, 2) + 1, torch.zeros(rows))
+    replay.add(
+        values[:, None].expand(-1, 2),
+        values[:, None] / rows,
+        values,
+        values + 1,
+        values[:, None].expand(-1, 2) + 1,
+        torch.zeros(rows),
+    )
     return replay
 
 
@@ -48,8 +55,14 @@ def test_mixed_sampler_draws_the_online_share_exactly() -> None:
     sampler = MixedSampler(context.offline, replay, online_fraction=0.25)
     generator = torch.Generator().manual_seed(0)
     assert sampler.sample(40, generator).observations.shape == (40, 2)  # empty: all offline
-    replay.add(torch.full((10, 2), 99.0), torch.zeros(10, 1), torch.zeros(10), torch.zeros(10),
-               torch.full((10, 2), 99.0), torch.zeros(10))
+    replay.add(
+        torch.full((10, 2), 99.0),
+        torch.zeros(10, 1),
+        torch.zeros(10),
+        torch.zeros(10),
+        torch.full((10, 2), 99.0),
+        torch.zeros(10),
+    )
     batch = sampler.sample(40, generator)
     assert int((batch.observations[:, 0] == 99.0).sum()) == 10  # toy observations are < 2
     with pytest.raises(ValueError, match="online_fraction to 1"):
@@ -81,6 +94,7 @@ def test_collector_episodes_equal_a_rollout_with_the_same_seeds() -> None:
         assert got.episode_cost == record.episode_cost and got.length == record.length
     # every step's cost is counted once: finished episodes plus those still running
     assert collector.cumulative_cost >= sum(record.episode_cost for record in episodes)
-    assert collector.cumulative_cost == pytest.approx(float(replay.storage["costs"][
-        :replay.size].sum()))
+    assert collector.cumulative_cost == pytest.approx(
+        float(replay.storage["costs"][: replay.size].sum())
+    )
     assert replay.size == collector.env_steps

@@ -62,16 +62,18 @@ def test_records_do_not_depend_on_num_envs(task: str, vectorization: str) -> Non
     policy = rowwise_linear_policy(task)
     one = rollout_episodes(policy, task, episodes=3, seed=5, num_envs=1)
     # 3 episodes over 2 envs: env 0 plays seeds 5 and 7, env 1 plays 6 and a discarded spare
-    two = rollout_episodes(policy, task, episodes=3, seed=5, num_envs=2,
-                           vectorization=vectorization)  # type: ignore[arg-type]
+    two = rollout_episodes(
+        policy, task, episodes=3, seed=5, num_envs=2, vectorization=vectorization
+    )  # type: ignore[arg-type]
     assert summary(one) == summary(two)
     assert all(r.length == get_task(task).max_episode_steps for r in one)
 
 
 def test_cost_trace_is_the_cumulative_cost() -> None:
     task = get_task("BallRun")
-    records = rollout_episodes(lambda o: np.ones((o.shape[0], 2), np.float32), task,
-                               episodes=2, record_costs=True)
+    records = rollout_episodes(
+        lambda o: np.ones((o.shape[0], 2), np.float32), task, episodes=2, record_costs=True
+    )
     assert any(r.episode_cost > 0 for r in records), "full throttle should leave BallRun's track"
     for record in records:
         assert record.cost_trace is not None

@@ -15,7 +15,8 @@ from safepolicy.training.loop import TrainingError, train
 
 
 def test_resume_without_a_checkpoint_is_refused_not_restarted(
-        ballrun_dataset: Path, tmp_path: Path) -> None:
+    ballrun_dataset: Path, tmp_path: Path
+) -> None:
     run = train(toy_request(ballrun_dataset, tmp_path / "run"))
     (run / "checkpoints" / "last.pt").unlink()
     with pytest.raises(TrainingError, match="no checkpoint to resume from"):
@@ -23,7 +24,8 @@ def test_resume_without_a_checkpoint_is_refused_not_restarted(
 
 
 def test_deleting_the_run_directory_mid_run_stops_with_a_clear_error(
-        ballrun_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ballrun_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "doomed"
     at_log_row(monkeypatch, 5, lambda: shutil.rmtree(out))  # an operator removes it mid-run
     with pytest.raises(TrainingError, match="doomed"):
@@ -31,8 +33,7 @@ def test_deleting_the_run_directory_mid_run_stops_with_a_clear_error(
     assert not out.exists()  # nothing quietly recreated it
 
 
-def test_checkpoints_and_actor_honour_the_umask(ballrun_dataset: Path,
-                                               tmp_path: Path) -> None:
+def test_checkpoints_and_actor_honour_the_umask(ballrun_dataset: Path, tmp_path: Path) -> None:
     previous = os.umask(0o022)
     try:
         run = train(toy_request(ballrun_dataset, tmp_path / "run"))

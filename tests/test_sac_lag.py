@@ -28,9 +28,15 @@ from safepolicy.training.loop import ScalarLog, TrainingError, TrainRequest, bui
 from safepolicy.training.multipliers import AdaptivePIDMultiplier, DualAscent, PIDMultiplier
 
 # BallRun episodes are 100 steps: 4 envs x 250 vector steps = 2 rounds of 4 episodes each
-SMALL = {"run.hidden_sizes": "32,32", "run.batch_size": "64", "run.eval_episodes": "0",
-         "run.log_every": "25", "run.checkpoint_every": "100", "warmup_steps": "200",
-         "num_envs": "4"}
+SMALL = {
+    "run.hidden_sizes": "32,32",
+    "run.batch_size": "64",
+    "run.eval_episodes": "0",
+    "run.log_every": "25",
+    "run.checkpoint_every": "100",
+    "warmup_steps": "200",
+    "num_envs": "4",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -43,9 +49,18 @@ def one_thread() -> Iterator[None]:
 
 
 def request(out: Path, **changes: object) -> TrainRequest:
-    fields: dict = {"algorithm": "sac-lag", "task": "BallRun", "dataset": None,
-                    "cost_limit": 20.0, "out": out, "seed": 1, "steps": 250, "device": "cpu",
-                    "overrides": SMALL, "progress": False}
+    fields: dict = {
+        "algorithm": "sac-lag",
+        "task": "BallRun",
+        "dataset": None,
+        "cost_limit": 20.0,
+        "out": out,
+        "seed": 1,
+        "steps": 250,
+        "device": "cpu",
+        "overrides": SMALL,
+        "progress": False,
+    }
     fields.update(changes)
     return TrainRequest(**fields)
 
@@ -59,8 +74,7 @@ def column(rows: list[dict[str, str]], name: str) -> list[float]:
     return [float(row[name]) for row in rows if row.get(name)]
 
 
-def test_an_online_run_without_a_dataset_logs_cumulative_cost_and_exports(
-        tmp_path: Path) -> None:
+def test_an_online_run_without_a_dataset_logs_cumulative_cost_and_exports(tmp_path: Path) -> None:
     run_dir = train(request(tmp_path / "run"))
     rows = scalar_rows(run_dir)
     cumulative = column(rows, "online/cumulative_cost")
@@ -84,7 +98,8 @@ def test_an_online_run_without_a_dataset_logs_cumulative_cost_and_exports(
 
 
 def test_a_killed_online_run_resumes_to_the_same_counters(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls = {"n": 0}
     original_add = ScalarLog.add
 
@@ -115,12 +130,18 @@ def test_a_killed_online_run_resumes_to_the_same_counters(
 def test_offline_algorithms_still_need_a_dataset(tmp_path: Path) -> None:
     with pytest.raises(TrainingError, match="o3srl learns from a dataset; pass --dataset"):
         train(request(tmp_path / "o3srl", algorithm="o3srl", overrides={}))
-    assert train_main(["o3srl", "--task", "BallRun", "--cost-limit", "10",
-                       "--out", str(tmp_path / "cli")]) == 2
+    assert (
+        train_main(
+            ["o3srl", "--task", "BallRun", "--cost-limit", "10", "--out", str(tmp_path / "cli")]
+        )
+        == 2
+    )
 
 
-@pytest.mark.parametrize(("name", "kind"), [("apid", AdaptivePIDMultiplier),
-                                            ("pid", PIDMultiplier), ("dual-ascent", DualAscent)])
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [("apid", AdaptivePIDMultiplier), ("pid", PIDMultiplier), ("dual-ascent", DualAscent)],
+)
 def test_the_config_chooses_the_multiplier(name: str, kind: type) -> None:
     multiplier = build_multiplier(SACLagConfig(multiplier=name, initial_lambda=0.5))
     assert type(multiplier) is kind and multiplier.value == pytest.approx(0.5)
@@ -129,8 +150,9 @@ def test_the_config_chooses_the_multiplier(name: str, kind: type) -> None:
 
 
 def test_warmup_actions_are_uniform_in_the_bounds() -> None:
-    context = build_context(None, get_task("BallRun"), RunConfig(), 20.0, torch.device("cpu"),
-                            seed=0)
+    context = build_context(
+        None, get_task("BallRun"), RunConfig(), 20.0, torch.device("cpu"), seed=0
+    )
     actor = UniformRandomActor(context)
     mean, log_std = actor.distribution(torch.zeros(20_000, context.obs_dim))
     actions = torch.tanh(mean)
@@ -145,21 +167,26 @@ def test_the_actor_loss_trades_reward_against_lambda_times_cost() -> None:
     log_prob, temperature = torch.tensor([-1.0, -1.0]), torch.tensor(0.1)
     plain = lagrangian_actor_loss(reward_q, cost_q, log_prob, temperature, 0.0, rescale=True)
     assert plain.item() == pytest.approx(-0.1 - 2.0)
-    penalised = lagrangian_actor_loss(reward_q, cost_q, log_prob, temperature, 1.0,
-                                      rescale=False)
+    penalised = lagrangian_actor_loss(reward_q, cost_q, log_prob, temperature, 1.0, rescale=False)
     assert penalised.item() == pytest.approx(-0.1 - 1.0)
     rescaled = lagrangian_actor_loss(reward_q, cost_q, log_prob, temperature, 1.0, rescale=True)
     assert rescaled.item() == pytest.approx(penalised.item() / 2.0)
 
 
 def test_reward_and_cost_critics_step_at_their_own_learning_rates() -> None:
-    context = build_context(None, get_task("BallRun"), RunConfig(hidden_sizes=[16]), 20.0,
-                            torch.device("cpu"), seed=0)
+    context = build_context(
+        None, get_task("BallRun"), RunConfig(hidden_sizes=[16]), 20.0, torch.device("cpu"), seed=0
+    )
     config = SACLagConfig(critic_lr=1e-3, cost_critic_lr=1e-4)
     update = SACLag(config, context).learner.update
-    batch = Batch(observations=torch.randn(32, 7), actions=torch.rand(32, 2) * 2 - 1,
-                  rewards=torch.randn(32), costs=torch.rand(32),
-                  next_observations=torch.randn(32, 7), terminals=torch.zeros(32))
+    batch = Batch(
+        observations=torch.randn(32, 7),
+        actions=torch.rand(32, 2) * 2 - 1,
+        rewards=torch.randn(32),
+        costs=torch.rand(32),
+        next_observations=torch.randn(32, 7),
+        terminals=torch.zeros(32),
+    )
     before = update.critics.layers[0].weight.detach().clone()
     update.update(batch, lagrange_multiplier=0.0)
     moved = (update.critics.layers[0].weight.detach() - before).abs()

@@ -51,8 +51,15 @@ def repo(pool: Path, tmp_path: Path) -> Path:
 
 
 def settings(repo: Path, **overrides: Any) -> ServerSettings:
-    values: dict[str, Any] = {"repo": repo, "host": "127.0.0.1", "port": 0, "metrics_port": 0,
-                              "metrics_host": "127.0.0.1", "poll_interval_s": 0, "grace_s": 2}
+    values: dict[str, Any] = {
+        "repo": repo,
+        "host": "127.0.0.1",
+        "port": 0,
+        "metrics_port": 0,
+        "metrics_host": "127.0.0.1",
+        "poll_interval_s": 0,
+        "grace_s": 2,
+    }
     values.update(overrides)
     return ServerSettings(**values)
 
@@ -91,8 +98,10 @@ def health_status(target: str, service: str = "") -> int:
 
 # ---- the project's client ----
 
-def test_act_matches_the_artifact_for_one_and_many_observations(running: ServerThread,
-                                                                 pool: Path) -> None:
+
+def test_act_matches_the_artifact_for_one_and_many_observations(
+    running: ServerThread, pool: Path
+) -> None:
     obs = observations(5)
     with PolicyClient(running.target) as client:
         many = client.act("ballrun", obs)
@@ -136,27 +145,45 @@ def test_require_audit_serves_only_pass_versions(pool: Path, tmp_path: Path) -> 
     add_version(pool / "audited" / "1", root, "audited", 1)
     add_version(pool / "audited" / "2", root, "audited", 2)  # FAIL: newer but not servable
     add_version(pool / "ballrun" / "1", root, "ballrun", 1)  # not audited
-    with ServerThread(settings(root, require_audit=True)) as server, \
-            PolicyClient(server.target) as client:
+    with (
+        ServerThread(settings(root, require_audit=True)) as server,
+        PolicyClient(server.target) as client,
+    ):
         assert client.act("audited", observations(1)).version == 1
-        assert code_of(lambda: client.act("ballrun", observations(1))) == \
-            grpc.StatusCode.UNAVAILABLE
-        assert code_of(lambda: client.act("audited", observations(1), version=2)) == \
-            grpc.StatusCode.NOT_FOUND
+        assert (
+            code_of(lambda: client.act("ballrun", observations(1))) == grpc.StatusCode.UNAVAILABLE
+        )
+        assert (
+            code_of(lambda: client.act("audited", observations(1), version=2))
+            == grpc.StatusCode.NOT_FOUND
+        )
 
 
 @pytest.mark.parametrize(("audit_limit", "served"), [(10.0, True), (5.0, True), (20.0, False)])
 def test_require_audit_refuses_a_pass_against_a_looser_cost_limit(
-        pool: Path, tmp_path: Path, audit_limit: float, served: bool) -> None:
+    pool: Path, tmp_path: Path, audit_limit: float, served: bool
+) -> None:
     """The policy's metadata says cost_limit 10: a PASS at 10 or stricter unlocks it, a PASS
     at 20 does not (it vouches for a budget twice as large), and the reason says so."""
     root = tmp_path / "repo"
     version_dir = add_version(pool / "ballrun" / "1", root, "ballrun", 1)
-    write_audit_verdict(version_dir, AuditVerdict(
-        verdict="PASS", task="BallRun", cost_limit=audit_limit, confidence=0.95, episodes=10,
-        mean_cost=1.0, cost_upper_bound=2.0, violation_rate=0.0))
-    with ServerThread(settings(root, require_audit=True)) as server, \
-            PolicyClient(server.target) as client:
+    write_audit_verdict(
+        version_dir,
+        AuditVerdict(
+            verdict="PASS",
+            task="BallRun",
+            cost_limit=audit_limit,
+            confidence=0.95,
+            episodes=10,
+            mean_cost=1.0,
+            cost_upper_bound=2.0,
+            violation_rate=0.0,
+        ),
+    )
+    with (
+        ServerThread(settings(root, require_audit=True)) as server,
+        PolicyClient(server.target) as client,
+    ):
         if served:
             assert client.act("ballrun", observations(1)).version == 1
         else:
@@ -170,43 +197,77 @@ def test_require_audit_refuses_a_pass_against_a_looser_cost_limit(
 
 def test_version_policy_all_and_pins(pool: Path, repo: Path) -> None:
     add_version(pool / "ballrun" / "2", repo, "ballrun", 2)
-    with ServerThread(settings(repo, version_policy="all")) as server, \
-            PolicyClient(server.target) as client:
+    with (
+        ServerThread(settings(repo, version_policy="all")) as server,
+        PolicyClient(server.target) as client,
+    ):
         assert client.act("ballrun", observations(1)).version == 2
         assert client.act("ballrun", observations(1), version=1).version == 1
-    with ServerThread(settings(repo, pins={"ballrun": [1]})) as server, \
-            PolicyClient(server.target) as client:
+    with (
+        ServerThread(settings(repo, pins={"ballrun": [1]})) as server,
+        PolicyClient(server.target) as client,
+    ):
         assert client.act("ballrun", observations(1)).version == 1
-        assert code_of(lambda: client.act("ballrun", observations(1), version=2)) == \
-            grpc.StatusCode.NOT_FOUND
+        assert (
+            code_of(lambda: client.act("ballrun", observations(1), version=2))
+            == grpc.StatusCode.NOT_FOUND
+        )
 
 
 # ---- every bad input gets its code ----
+
 
 def raw_act(target: str, request: policy_pb2.ActRequest, timeout: float = 5) -> Any:
     with PolicyClient(target) as client:
         return client.stub.Act(request, timeout=timeout)
 
 
-@pytest.mark.parametrize(("request_", "code", "words"), [
-    (act_request("nope", observations(1)), grpc.StatusCode.NOT_FOUND, "unknown policy"),
-    (act_request("ballrun", observations(1), version=9), grpc.StatusCode.NOT_FOUND, "version 9"),
-    (act_request("ballrun", np.zeros((1, 3))), grpc.StatusCode.INVALID_ARGUMENT, "[batch, 8]"),
-    (act_request("ballrun", np.full((2, OBS_DIM), np.nan)), grpc.StatusCode.INVALID_ARGUMENT,
-     "NaN"),
-    (act_request("ballrun", np.array([[np.inf] * OBS_DIM])), grpc.StatusCode.INVALID_ARGUMENT,
-     "infinity"),
-    (act_request("ballrun", np.zeros((0, OBS_DIM))), grpc.StatusCode.INVALID_ARGUMENT, "empty"),
-    (act_request("ballrun", np.zeros((1025, OBS_DIM))), grpc.StatusCode.INVALID_ARGUMENT,
-     "limit of 1024"),
-    (policy_pb2.ActRequest(policy="ballrun", observations=policy_pb2.Tensor(
-        shape=[1, OBS_DIM], data=b"\0" * 5)), grpc.StatusCode.INVALID_ARGUMENT, "bytes"),
-    (policy_pb2.ActRequest(policy="ballrun", observations=policy_pb2.Tensor(
-        shape=[1, 2, 4], data=b"\0" * 32)), grpc.StatusCode.INVALID_ARGUMENT, "dimensions"),
-    (policy_pb2.ActRequest(policy="ballrun"), grpc.StatusCode.INVALID_ARGUMENT, "dimensions"),
-])
-def test_bad_requests_get_their_status_code(running: ServerThread, request_: Any,
-                                            code: grpc.StatusCode, words: str) -> None:
+@pytest.mark.parametrize(
+    ("request_", "code", "words"),
+    [
+        (act_request("nope", observations(1)), grpc.StatusCode.NOT_FOUND, "unknown policy"),
+        (
+            act_request("ballrun", observations(1), version=9),
+            grpc.StatusCode.NOT_FOUND,
+            "version 9",
+        ),
+        (act_request("ballrun", np.zeros((1, 3))), grpc.StatusCode.INVALID_ARGUMENT, "[batch, 8]"),
+        (
+            act_request("ballrun", np.full((2, OBS_DIM), np.nan)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "NaN",
+        ),
+        (
+            act_request("ballrun", np.array([[np.inf] * OBS_DIM])),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "infinity",
+        ),
+        (act_request("ballrun", np.zeros((0, OBS_DIM))), grpc.StatusCode.INVALID_ARGUMENT, "empty"),
+        (
+            act_request("ballrun", np.zeros((1025, OBS_DIM))),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "limit of 1024",
+        ),
+        (
+            policy_pb2.ActRequest(
+                policy="ballrun", observations=policy_pb2.Tensor(shape=[1, OBS_DIM], data=b"\0" * 5)
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "bytes",
+        ),
+        (
+            policy_pb2.ActRequest(
+                policy="ballrun", observations=policy_pb2.Tensor(shape=[1, 2, 4], data=b"\0" * 32)
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "dimensions",
+        ),
+        (policy_pb2.ActRequest(policy="ballrun"), grpc.StatusCode.INVALID_ARGUMENT, "dimensions"),
+    ],
+)
+def test_bad_requests_get_their_status_code(
+    running: ServerThread, request_: Any, code: grpc.StatusCode, words: str
+) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         raw_act(running.target, request_)
     assert caught.value.code() == code
@@ -227,8 +288,11 @@ def test_bad_stream_message_ends_the_stream_with_its_code(running: ServerThread)
 def test_unservable_policy_is_unavailable(pool: Path, repo: Path) -> None:
     broken = add_version(pool / "ballrun" / "2", repo, "broken", 1)
     (broken / "policy.onnx").write_bytes(b"not a model")
-    with ServerThread(settings(repo)) as server, PolicyClient(server.target) as client, \
-            pytest.raises(grpc.RpcError) as caught:
+    with (
+        ServerThread(settings(repo)) as server,
+        PolicyClient(server.target) as client,
+        pytest.raises(grpc.RpcError) as caught,
+    ):
         client.act("broken", observations(1))
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "no servable version" in caught.value.details()
@@ -245,8 +309,7 @@ def test_deadline_is_respected_while_waiting_for_a_batch(repo: Path) -> None:
         assert client.act("ballrun", observations(1), sample=True).version == 1  # still serving
 
 
-def test_micro_batching_gives_the_same_actions_and_counts_batches(repo: Path,
-                                                                  pool: Path) -> None:
+def test_micro_batching_gives_the_same_actions_and_counts_batches(repo: Path, pool: Path) -> None:
     obs = observations(32)
     batched = settings(repo, batching=True, batch_max_size=8, batch_max_delay_ms=5)
     with ServerThread(batched) as server:
@@ -263,14 +326,18 @@ def test_micro_batching_gives_the_same_actions_and_counts_batches(repo: Path,
         for thread in threads:
             thread.join(30)
         samples = metrics_of(server)
-    np.testing.assert_allclose(np.stack(results), expected_actions(pool, 1, obs),  # type: ignore[arg-type]
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        np.stack(results),
+        expected_actions(pool, 1, obs),  # type: ignore[arg-type]
+        atol=1e-6,
+    )
     count = samples[("safepolicy_server_batch_size_count", (("policy", "ballrun"),))]
     total = samples[("safepolicy_server_batch_size_sum", (("policy", "ballrun"),))]
     assert total == len(obs) and 1 <= count <= len(obs)
 
 
 # ---- reloads ----
+
 
 def test_hot_reload_under_load_fails_no_request(pool: Path, repo: Path) -> None:
     with ServerThread(settings(repo)) as server:
@@ -301,12 +368,14 @@ def test_hot_reload_under_load_fails_no_request(pool: Path, repo: Path) -> None:
     assert failures == []
     assert seen[0] == 1 and seen[-1] == 2
     switch = seen.index(2)
-    assert all(v == 2 for v in seen[switch + 10:])  # after the swap only v2 answers (+ in flight)
+    assert all(v == 2 for v in seen[switch + 10 :])  # after the swap only v2 answers (+ in flight)
 
 
 def test_polling_picks_up_a_new_version(pool: Path, repo: Path) -> None:
-    with ServerThread(settings(repo, poll_interval_s=0.1)) as server, \
-            PolicyClient(server.target) as client:
+    with (
+        ServerThread(settings(repo, poll_interval_s=0.1)) as server,
+        PolicyClient(server.target) as client,
+    ):
         assert client.act("ballrun", observations(1)).version == 1
         add_version(pool / "ballrun" / "2", repo, "ballrun", 2)
         deadline = time.monotonic() + 10
@@ -315,8 +384,7 @@ def test_polling_picks_up_a_new_version(pool: Path, repo: Path) -> None:
             time.sleep(0.05)
 
 
-def test_corrupt_version_keeps_the_old_one_serving_and_is_counted(pool: Path,
-                                                                  repo: Path) -> None:
+def test_corrupt_version_keeps_the_old_one_serving_and_is_counted(pool: Path, repo: Path) -> None:
     with ServerThread(settings(repo)) as server, PolicyClient(server.target) as client:
         staging = repo / "ballrun" / ".tmp-corrupt"
         shutil.copytree(pool / "ballrun" / "2", staging)
@@ -340,6 +408,7 @@ def test_corrupt_version_keeps_the_old_one_serving_and_is_counted(pool: Path,
 
 # ---- health, shutdown, auth ----
 
+
 def test_health_transitions(pool: Path, tmp_path: Path) -> None:
     root = tmp_path / "empty"
     root.mkdir()
@@ -356,22 +425,28 @@ def test_health_transitions(pool: Path, tmp_path: Path) -> None:
         with PolicyClient(server.target) as client:
             assert client.act("ballrun", observations(1)).version == 1
             time.sleep(1.0)  # past the drain delay: new calls are refused
-            assert code_of(lambda: client.act("ballrun", observations(1))) == \
-                grpc.StatusCode.UNAVAILABLE
+            assert (
+                code_of(lambda: client.act("ballrun", observations(1)))
+                == grpc.StatusCode.UNAVAILABLE
+            )
 
 
 def test_auth_refuses_unauthenticated_calls_but_not_health(repo: Path) -> None:
     with ServerThread(settings(repo, auth_token="s3cret")) as server:
         with PolicyClient(server.target) as anonymous:
-            assert code_of(lambda: anonymous.act("ballrun", observations(1))) == \
-                grpc.StatusCode.UNAUTHENTICATED
+            assert (
+                code_of(lambda: anonymous.act("ballrun", observations(1)))
+                == grpc.StatusCode.UNAUTHENTICATED
+            )
             assert code_of(anonymous.list_policies) == grpc.StatusCode.UNAUTHENTICATED
             with pytest.raises(grpc.RpcError) as caught, anonymous.stream("ballrun") as loop:
                 loop.act(observations(1)[0])
             assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
         with PolicyClient(server.target, token="wrong") as wrong:
-            assert code_of(lambda: wrong.act("ballrun", observations(1))) == \
-                grpc.StatusCode.UNAUTHENTICATED
+            assert (
+                code_of(lambda: wrong.act("ballrun", observations(1)))
+                == grpc.StatusCode.UNAUTHENTICATED
+            )
         with PolicyClient(server.target, token="s3cret") as client:
             assert client.act("ballrun", observations(1)).version == 1
         assert health_status(server.target) == health_pb2.HealthCheckResponse.SERVING
@@ -384,16 +459,21 @@ def test_auth_token_from_file(repo: Path, tmp_path: Path) -> None:
         with PolicyClient(server.target, token="from-a-file") as client:
             assert client.act("ballrun", observations(1)).version == 1
         with PolicyClient(server.target) as anonymous:
-            assert code_of(lambda: anonymous.act("ballrun", observations(1))) == \
-                grpc.StatusCode.UNAUTHENTICATED
+            assert (
+                code_of(lambda: anonymous.act("ballrun", observations(1)))
+                == grpc.StatusCode.UNAUTHENTICATED
+            )
 
 
 # ---- metrics ----
 
+
 def test_metrics_count_calls_codes_latency_and_outcomes(running: ServerThread) -> None:
     before = metrics_of(running)
-    act_ok = ("safepolicy_server_requests_total", (("code", "OK"), ("method", "Act"),
-                                                   ("policy", "ballrun"), ("version", "1")))
+    act_ok = (
+        "safepolicy_server_requests_total",
+        (("code", "OK"), ("method", "Act"), ("policy", "ballrun"), ("version", "1")),
+    )
     with PolicyClient(running.target) as client:
         for _ in range(5):
             client.act("ballrun", observations(2))
@@ -404,12 +484,21 @@ def test_metrics_count_calls_codes_latency_and_outcomes(running: ServerThread) -
         within = client.report_episode("ballrun", reward=10.0, cost=3.0, steps=100)
     after = metrics_of(running)
     assert after[act_ok] - before.get(act_ok, 0) == 5
-    bad = ("safepolicy_server_requests_total", (("code", "INVALID_ARGUMENT"), ("method", "Act"),
-                                                ("policy", "ballrun"), ("version", "1")))
+    bad = (
+        "safepolicy_server_requests_total",
+        (("code", "INVALID_ARGUMENT"), ("method", "Act"), ("policy", "ballrun"), ("version", "1")),
+    )
     assert after[bad] == 1
     assert after[("safepolicy_server_request_duration_seconds_count", (("method", "Act"),))] >= 6
-    assert after[("safepolicy_server_request_duration_seconds_bucket",
-                  (("le", "0.0005"), ("method", "Act")))] >= 0  # sub-millisecond buckets exist
+    assert (
+        after[
+            (
+                "safepolicy_server_request_duration_seconds_bucket",
+                (("le", "0.0005"), ("method", "Act")),
+            )
+        ]
+        >= 0
+    )  # sub-millisecond buckets exist
     assert after[("safepolicy_server_in_flight_requests", (("method", "Act"),))] == 0
     assert after[("safepolicy_server_loaded_versions", (("policy", "ballrun"),))] == 1
     assert after[("safepolicy_server_batch_size_sum", (("policy", "ballrun"),))] >= 10
@@ -422,24 +511,35 @@ def test_metrics_count_calls_codes_latency_and_outcomes(running: ServerThread) -
     assert after[("safepolicy_server_cost_limit", labels)] == 10.0
     assert after[("safepolicy_server_outcome_steps_total", labels)] == 104
     assert after[("safepolicy_server_outcome_cost_total", labels)] == 15.0
-    assert after[("safepolicy_server_cost_rate", (("policy", "ballrun"),))] == \
-        pytest.approx(15.0 / 104)
+    assert after[("safepolicy_server_cost_rate", (("policy", "ballrun"),))] == pytest.approx(
+        15.0 / 104
+    )
     assert after[("safepolicy_server_rolling_episode_cost", (("policy", "ballrun"),))] == 7.5
 
 
 def test_bad_outcome_reports_are_invalid_argument(running: ServerThread) -> None:
     with PolicyClient(running.target) as client:
-        assert code_of(lambda: client.report_step("ballrun", "", reward=0, cost=1)) == \
-            grpc.StatusCode.INVALID_ARGUMENT
-        assert code_of(lambda: client.report_episode("ballrun", reward=0, cost=-1, steps=3)) == \
-            grpc.StatusCode.INVALID_ARGUMENT
-        assert code_of(lambda: client.report_episode("ballrun", reward=float("nan"), cost=1,
-                                                     steps=3)) == grpc.StatusCode.INVALID_ARGUMENT
-        assert code_of(lambda: client.report_episode("nope", reward=0, cost=1, steps=3)) == \
-            grpc.StatusCode.NOT_FOUND
+        assert (
+            code_of(lambda: client.report_step("ballrun", "", reward=0, cost=1))
+            == grpc.StatusCode.INVALID_ARGUMENT
+        )
+        assert (
+            code_of(lambda: client.report_episode("ballrun", reward=0, cost=-1, steps=3))
+            == grpc.StatusCode.INVALID_ARGUMENT
+        )
+        assert (
+            code_of(lambda: client.report_episode("ballrun", reward=float("nan"), cost=1, steps=3))
+            == grpc.StatusCode.INVALID_ARGUMENT
+        )
+        assert (
+            code_of(lambda: client.report_episode("nope", reward=0, cost=1, steps=3))
+            == grpc.StatusCode.NOT_FOUND
+        )
         no_granularity = policy_pb2.ReportOutcomeRequest(policy="ballrun", cost=1)
-        assert code_of(lambda: client.stub.ReportOutcome(no_granularity, timeout=5)) == \
-            grpc.StatusCode.INVALID_ARGUMENT
+        assert (
+            code_of(lambda: client.stub.ReportOutcome(no_granularity, timeout=5))
+            == grpc.StatusCode.INVALID_ARGUMENT
+        )
 
 
 def test_reflection_lists_the_services(running: ServerThread) -> None:
@@ -450,5 +550,8 @@ def test_reflection_lists_the_services(running: ServerThread) -> None:
         request = reflection_pb2.ServerReflectionRequest(list_services="")
         reply = next(stub.ServerReflectionInfo(iter([request]), timeout=5))
     names = {service.name for service in reply.list_services_response.service}
-    assert {"safepolicy.v1.PolicyService", "inference.GRPCInferenceService",
-            "grpc.health.v1.Health"} <= names
+    assert {
+        "safepolicy.v1.PolicyService",
+        "inference.GRPCInferenceService",
+        "grpc.health.v1.Health",
+    } <= names

@@ -35,8 +35,11 @@ class RefusesFirstAttempt(policy_pb2_grpc.PolicyServiceServicer):
 
     def Act(self, request: Any, context: Any) -> policy_pb2.ActResponse:
         self._refuse_first(context)
-        return policy_pb2.ActResponse(actions=policy_pb2.Tensor(
-            shape=[2], data=np.zeros(2, "<f4").tobytes()), policy=request.policy, version=1)
+        return policy_pb2.ActResponse(
+            actions=policy_pb2.Tensor(shape=[2], data=np.zeros(2, "<f4").tobytes()),
+            policy=request.policy,
+            version=1,
+        )
 
     def ReportOutcome(self, request: Any, context: Any) -> policy_pb2.ReportOutcomeResponse:
         self._refuse_first(context)
@@ -56,10 +59,10 @@ def refusing() -> Iterator[tuple[str, RefusesFirstAttempt]]:
         server.stop(0)
 
 
-@pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE,
-                                  grpc.StatusCode.RESOURCE_EXHAUSTED])
+@pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED])
 def test_a_refused_first_attempt_is_retried_and_succeeds(
-        refusing: tuple[str, RefusesFirstAttempt], code: grpc.StatusCode) -> None:
+    refusing: tuple[str, RefusesFirstAttempt], code: grpc.StatusCode
+) -> None:
     target, servicer = refusing
     servicer.code = code
     with PolicyClient(target, timeout=5) as client:
@@ -69,11 +72,14 @@ def test_a_refused_first_attempt_is_retried_and_succeeds(
 
 
 def test_without_retries_the_refusal_reaches_the_caller(
-        refusing: tuple[str, RefusesFirstAttempt]) -> None:
+    refusing: tuple[str, RefusesFirstAttempt],
+) -> None:
     """The control: the same server, a client with retries off, sees the refusal."""
     target, servicer = refusing
-    with PolicyClient(target, timeout=5, retries=False) as client, \
-            pytest.raises(grpc.RpcError) as caught:
+    with (
+        PolicyClient(target, timeout=5, retries=False) as client,
+        pytest.raises(grpc.RpcError) as caught,
+    ):
         client.act("ballrun", np.zeros(8, np.float32))
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert servicer.attempts == [0]

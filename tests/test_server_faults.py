@@ -28,8 +28,14 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
     make_policy(repo, "ballrun", 1, seed=1)
     broken = make_policy(repo, "broken", 1, seed=2)
     (broken / "policy.onnx").write_bytes(b"not a model")
-    values: dict[str, Any] = {"repo": repo, "host": "127.0.0.1", "port": 0,
-                              "metrics_port": None, "poll_interval_s": 0, "grace_s": 1}
+    values: dict[str, Any] = {
+        "repo": repo,
+        "host": "127.0.0.1",
+        "port": 0,
+        "metrics_port": None,
+        "poll_interval_s": 0,
+        "grace_s": 1,
+    }
     settings = ServerSettings(**values)
     with ServerThread(settings) as server:
         yield server
@@ -55,10 +61,17 @@ def _raw_unary(target: str, method: str, payload: bytes) -> tuple[grpc.StatusCod
 def _unary_methods() -> list[str]:
     """Every unary-request method of both services: each runs in the call scope, which
     answers undecodable bytes (a servicer method outside it would crash on them)."""
-    services = [service for module in (policy_pb2, oip)
-                for service in module.DESCRIPTOR.services_by_name.values()]
-    return [f"/{service.full_name}/{method.name}" for service in services
-            for method in service.methods if not method.client_streaming]
+    services = [
+        service
+        for module in (policy_pb2, oip)
+        for service in module.DESCRIPTOR.services_by_name.values()
+    ]
+    return [
+        f"/{service.full_name}/{method.name}"
+        for service in services
+        for method in service.methods
+        if not method.client_streaming
+    ]
 
 
 @pytest.mark.parametrize("method", _unary_methods())
@@ -75,9 +88,11 @@ def test_random_bytes_are_invalid_argument_without_a_traceback(running, method, 
 def test_a_non_ascii_digit_model_version_is_invalid_argument(running, caplog):
     request = oip.ModelInferRequest(model_name="ballrun", model_version="²")
     with grpc.insecure_channel(running.target) as channel:
-        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
-                                    request_serializer=oip.ModelInferRequest.SerializeToString,
-                                    response_deserializer=oip.ModelInferResponse.FromString)
+        infer = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=oip.ModelInferRequest.SerializeToString,
+            response_deserializer=oip.ModelInferResponse.FromString,
+        )
         with caplog.at_level(logging.DEBUG):
             code, details = _status(lambda: infer(request, timeout=5))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
@@ -87,8 +102,9 @@ def test_a_non_ascii_digit_model_version_is_invalid_argument(running, caplog):
 
 def test_a_huge_policy_name_is_not_echoed_back_in_full(running):
     with PolicyClient(running.target) as client:
-        code, details = _status(lambda: client.stub.Act(
-            act_request("x" * 100_000, observations(1)), timeout=5))
+        code, details = _status(
+            lambda: client.stub.Act(act_request("x" * 100_000, observations(1)), timeout=5)
+        )
     assert code == grpc.StatusCode.NOT_FOUND
     assert len(details) <= MAX_MESSAGE_CHARS
     assert details.startswith("unknown policy") and "served policies" in details
@@ -96,16 +112,18 @@ def test_a_huge_policy_name_is_not_echoed_back_in_full(running):
 
 def test_an_unservable_policy_names_no_server_path(running):
     with PolicyClient(running.target) as client:
-        code, details = _status(lambda: client.stub.Act(
-            act_request("broken", observations(1)), timeout=5))
+        code, details = _status(
+            lambda: client.stub.Act(act_request("broken", observations(1)), timeout=5)
+        )
     assert code == grpc.StatusCode.UNAVAILABLE
     assert "MODEL_REPO/broken/1" in details
     assert str(running.server.settings.repo) not in details
 
 
 def test_an_oversized_request_is_refused_before_it_is_parsed(running):
-    big = policy_pb2.ActRequest(policy="ballrun", observations=policy_pb2.Tensor(
-        shape=[1, OBS_DIM], data=b"\0" * (5 << 20)))
+    big = policy_pb2.ActRequest(
+        policy="ballrun", observations=policy_pb2.Tensor(shape=[1, OBS_DIM], data=b"\0" * (5 << 20))
+    )
     with PolicyClient(running.target) as client:
         code, _ = _status(lambda: client.stub.Act(big, timeout=5))
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED

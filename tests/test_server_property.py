@@ -22,8 +22,15 @@ ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PolicyClient]:
     repo = tmp_path_factory.mktemp("repo")
     make_policy(repo, "ballrun", 1)
-    config = ServerSettings(repo=repo, host="127.0.0.1", port=0, metrics_port=None,
-                            poll_interval_s=0, grace_s=1, max_batch_size=64)
+    config = ServerSettings(
+        repo=repo,
+        host="127.0.0.1",
+        port=0,
+        metrics_port=None,
+        poll_interval_s=0,
+        grace_s=1,
+        max_batch_size=64,
+    )
     with ServerThread(config) as server, PolicyClient(server.target) as policy_client:
         yield policy_client
 
@@ -44,8 +51,11 @@ def act_requests(draw: st.DrawFn) -> policy_pb2.ActRequest:
     else:  # arbitrary shape and bytes
         shape = draw(shapes)
         data = draw(st.binary(max_size=300))
-    request = policy_pb2.ActRequest(policy=policy, observations=policy_pb2.Tensor(
-        shape=shape, data=data), sample=draw(st.booleans()))
+    request = policy_pb2.ActRequest(
+        policy=policy,
+        observations=policy_pb2.Tensor(shape=shape, data=data),
+        sample=draw(st.booleans()),
+    )
     if draw(st.booleans()):
         request.version = draw(st.integers(min_value=-(2**63), max_value=2**63 - 1))
     if draw(st.booleans()):
@@ -55,8 +65,9 @@ def act_requests(draw: st.DrawFn) -> policy_pb2.ActRequest:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(request=act_requests())
-def test_random_requests_get_a_proper_status(client: PolicyClient,
-                                             request: policy_pb2.ActRequest) -> None:
+def test_random_requests_get_a_proper_status(
+    client: PolicyClient, request: policy_pb2.ActRequest
+) -> None:
     try:
         response = client.stub.Act(request, timeout=5)
         code = grpc.StatusCode.OK
@@ -73,8 +84,9 @@ def test_random_requests_get_a_proper_status(client: PolicyClient,
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(requests=st.lists(act_requests(), min_size=1, max_size=5))
-def test_random_streams_end_with_a_proper_status(client: PolicyClient,
-                                                 requests: list[policy_pb2.ActRequest]) -> None:
+def test_random_streams_end_with_a_proper_status(
+    client: PolicyClient, requests: list[policy_pb2.ActRequest]
+) -> None:
     try:
         for _ in client.stub.ActStream(iter(requests), timeout=5):
             pass

@@ -37,7 +37,8 @@ def wait_serving(target: str, process: subprocess.Popen[bytes], timeout: float =
 
 
 def test_sigterm_serves_through_the_drain_delay_then_refuses_and_exits_when_drained(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """Kubernetes order: NOT_SERVING at once while calls are still answered for the drain
     delay, then new calls UNAVAILABLE and open streams ended with UNAVAILABLE, and the process
     exits as soon as that is done, long before the grace."""
@@ -47,10 +48,30 @@ def test_sigterm_serves_through_the_drain_delay_then_refuses_and_exits_when_drai
     target = f"127.0.0.1:{port}"
     grace, drain_delay = 20.0, 1.0
     process = subprocess.Popen(
-        [sys.executable, "-m", "safepolicy.server", "--repo", str(repo), "--host", "127.0.0.1",
-         "--port", str(port), "--metrics-port", "0", "--poll-interval-s", "0",
-         "--grace-s", str(grace), "--drain-delay-s", str(drain_delay), "--log-level",
-         "WARNING"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        [
+            sys.executable,
+            "-m",
+            "safepolicy.server",
+            "--repo",
+            str(repo),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--metrics-port",
+            "0",
+            "--poll-interval-s",
+            "0",
+            "--grace-s",
+            str(grace),
+            "--drain-delay-s",
+            str(drain_delay),
+            "--log-level",
+            "WARNING",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     signalled = 0.0
     stream_answers: list[float] = []
     stream_codes: list[grpc.StatusCode] = []
@@ -91,8 +112,11 @@ def test_sigterm_serves_through_the_drain_delay_then_refuses_and_exits_when_drai
         process.send_signal(signal.SIGTERM)
         time.sleep(drain_delay / 3)
         with grpc.insecure_channel(target) as channel:
-            health_after.append(health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=2).status)
+            health_after.append(
+                health_pb2_grpc.HealthStub(channel)
+                .Check(health_pb2.HealthCheckRequest(), timeout=2)
+                .status
+            )
         for thread in threads:
             thread.join(30)
         assert process.wait(timeout=30) == 0
@@ -113,8 +137,12 @@ def test_sigterm_serves_through_the_drain_delay_then_refuses_and_exits_when_drai
 
 @pytest.mark.parametrize("flag", [["--workers", "2", "--port", "0"], ["--port", "-1"]])
 def test_serve_rejects_impossible_settings(tmp_path: Path, flag: list[str]) -> None:
-    result = subprocess.run([sys.executable, "-m", "safepolicy.server", "--repo", str(tmp_path),
-                             *flag],
-                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "safepolicy.server", "--repo", str(tmp_path), *flag],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "invalid settings" in result.stderr

@@ -25,32 +25,77 @@ from safepolicy.server.testing import ServerThread, make_policy, observations
 
 OPENSSL = shutil.which("openssl")
 pytestmark = pytest.mark.skipif(
-    OPENSSL is None, reason="the openssl command-line tool is needed to make test certificates")
+    OPENSSL is None, reason="the openssl command-line tool is needed to make test certificates"
+)
 
 
 def openssl(*args: str | Path, cwd: Path) -> None:
     assert OPENSSL is not None
-    subprocess.run([OPENSSL, *map(str, args)], cwd=cwd, check=True, capture_output=True,
-                   timeout=60)
+    subprocess.run([OPENSSL, *map(str, args)], cwd=cwd, check=True, capture_output=True, timeout=60)
 
 
 def make_ca(directory: Path, name: str) -> None:
     """``name.key`` and a self-signed CA certificate ``name.pem``."""
-    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-            "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "1",
-            "-subj", f"/CN={name}", "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=directory)
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.pem",
+        "-days",
+        "1",
+        "-subj",
+        f"/CN={name}",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=directory,
+    )
 
 
 def make_leaf(directory: Path, ca: str, name: str, extensions: str) -> None:
     """``name.key`` and ``name.pem`` signed by ``ca`` with the given X.509v3 extensions."""
     (directory / f"{name}.ext").write_text(extensions + "\n")
-    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}",
-            cwd=directory)
-    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-            "-CAcreateserial", "-out", f"{name}.pem", "-days", "1", "-extfile", f"{name}.ext",
-            cwd=directory)
+    openssl(
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.csr",
+        "-subj",
+        f"/CN={name}",
+        cwd=directory,
+    )
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        f"{ca}.pem",
+        "-CAkey",
+        f"{ca}.key",
+        "-CAcreateserial",
+        "-out",
+        f"{name}.pem",
+        "-days",
+        "1",
+        "-extfile",
+        f"{name}.ext",
+        cwd=directory,
+    )
 
 
 @dataclass(frozen=True)
@@ -68,8 +113,12 @@ class Pki:
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     directory = tmp_path_factory.mktemp("pki")
     make_ca(directory, "ca")
-    make_leaf(directory, "ca", "server", "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
-              "extendedKeyUsage=serverAuth")
+    make_leaf(
+        directory,
+        "ca",
+        "server",
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth",
+    )
     make_leaf(directory, "ca", "client", "extendedKeyUsage=clientAuth")
     make_ca(directory, "stranger-ca")
     make_leaf(directory, "stranger-ca", "stranger", "extendedKeyUsage=clientAuth")
@@ -85,9 +134,16 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def tls_settings(repo: Path, pki: Pki, *, mutual: bool) -> ServerSettings:
     return ServerSettings(
-        repo=repo, host="127.0.0.1", port=0, metrics_port=None, poll_interval_s=0, grace_s=2,
-        tls_cert_file=pki.path("server.pem"), tls_key_file=pki.path("server.key"),
-        tls_client_ca_file=pki.path("ca.pem") if mutual else None)
+        repo=repo,
+        host="127.0.0.1",
+        port=0,
+        metrics_port=None,
+        poll_interval_s=0,
+        grace_s=2,
+        tls_cert_file=pki.path("server.pem"),
+        tls_key_file=pki.path("server.key"),
+        tls_client_ca_file=pki.path("ca.pem") if mutual else None,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -115,37 +171,53 @@ def test_tls_client_trusting_the_ca_is_served(tls_server: ServerThread, pki: Pki
         with client.stream("ballrun") as loop:
             assert loop.act(observations(1)[0]).actions.shape == (2,)
     # by host name too: the certificate names localhost as well as 127.0.0.1
-    with PolicyClient(f"localhost:{tls_server.port}",
-                      root_certificates=pki.read("ca.pem")) as client:
+    with PolicyClient(
+        f"localhost:{tls_server.port}", root_certificates=pki.read("ca.pem")
+    ) as client:
         assert client.act("ballrun", observations(3)).actions.shape == (3, 2)
 
 
-def test_tls_refuses_plaintext_and_untrusting_clients(tls_server: ServerThread,
-                                                      pki: Pki) -> None:
+def test_tls_refuses_plaintext_and_untrusting_clients(tls_server: ServerThread, pki: Pki) -> None:
     assert refused(PolicyClient(tls_server.target)) == grpc.StatusCode.UNAVAILABLE
     # a client that trusts another CA cannot verify the server's certificate
-    assert refused(PolicyClient(tls_server.target, root_certificates=pki.read(
-        "stranger-ca.pem"))) == grpc.StatusCode.UNAVAILABLE
+    assert (
+        refused(PolicyClient(tls_server.target, root_certificates=pki.read("stranger-ca.pem")))
+        == grpc.StatusCode.UNAVAILABLE
+    )
 
 
-def test_mutual_tls_serves_a_client_with_a_certificate_from_the_ca(mtls_server: ServerThread,
-                                                                   pki: Pki) -> None:
-    with PolicyClient(mtls_server.target, root_certificates=pki.read("ca.pem"),
-                      private_key=pki.read("client.key"),
-                      certificate_chain=pki.read("client.pem")) as client:
+def test_mutual_tls_serves_a_client_with_a_certificate_from_the_ca(
+    mtls_server: ServerThread, pki: Pki
+) -> None:
+    with PolicyClient(
+        mtls_server.target,
+        root_certificates=pki.read("ca.pem"),
+        private_key=pki.read("client.key"),
+        certificate_chain=pki.read("client.pem"),
+    ) as client:
         assert client.act("ballrun", observations(1)).version == 1
         assert [info.name for info in client.list_policies()] == ["ballrun"]
 
 
-def test_mutual_tls_refuses_clients_without_a_trusted_certificate(mtls_server: ServerThread,
-                                                                  pki: Pki) -> None:
+def test_mutual_tls_refuses_clients_without_a_trusted_certificate(
+    mtls_server: ServerThread, pki: Pki
+) -> None:
     ca = pki.read("ca.pem")
-    assert refused(PolicyClient(mtls_server.target, root_certificates=ca)) == \
-        grpc.StatusCode.UNAVAILABLE  # TLS without a client certificate
-    assert refused(PolicyClient(mtls_server.target, root_certificates=ca,
-                                private_key=pki.read("stranger.key"),
-                                certificate_chain=pki.read("stranger.pem"))) == \
-        grpc.StatusCode.UNAVAILABLE  # a certificate from a CA the server does not trust
+    assert (
+        refused(PolicyClient(mtls_server.target, root_certificates=ca))
+        == grpc.StatusCode.UNAVAILABLE
+    )  # TLS without a client certificate
+    assert (
+        refused(
+            PolicyClient(
+                mtls_server.target,
+                root_certificates=ca,
+                private_key=pki.read("stranger.key"),
+                certificate_chain=pki.read("stranger.pem"),
+            )
+        )
+        == grpc.StatusCode.UNAVAILABLE
+    )  # a certificate from a CA the server does not trust
     assert refused(PolicyClient(mtls_server.target)) == grpc.StatusCode.UNAVAILABLE
 
 

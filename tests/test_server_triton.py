@@ -88,8 +88,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerThr
     version_dir = make_policy(repo, "ballrun", 1)
     broken = make_policy(repo, "broken", 1, seed=2)
     (broken / "policy.onnx").write_bytes(b"not a model")
-    settings = ServerSettings(repo=repo, host="127.0.0.1", port=0, metrics_port=None,
-                              poll_interval_s=0, grace_s=1)
+    settings = ServerSettings(
+        repo=repo, host="127.0.0.1", port=0, metrics_port=None, poll_interval_s=0, grace_s=1
+    )
     with ServerThread(settings) as server:
         yield server, version_dir
 
@@ -97,9 +98,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerThr
 def test_tritonclient_works_unchanged(served: tuple[ServerThread, Path]) -> None:
     server, version_dir = served
     obs = observations(3)
-    result = subprocess.run([sys.executable, "-c", TRITON_SCRIPT, server.target,
-                             json.dumps(obs.tolist())], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", TRITON_SCRIPT, server.target, json.dumps(obs.tolist())],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     reply = json.loads(result.stdout)
     assert reply["live"] and reply["ready"] and reply["model_ready"] and reply["model_ready_v1"]
@@ -108,8 +112,10 @@ def test_tritonclient_works_unchanged(served: tuple[ServerThread, Path]) -> None
     metadata = reply["metadata"]
     assert metadata["name"] == "ballrun" and metadata["versions"] == ["1"]
     assert metadata["inputs"] == [{"name": "obs", "datatype": "FP32", "shape": ["-1", "8"]}]
-    assert metadata["outputs"] == [{"name": name, "datatype": "FP32", "shape": ["-1", "2"]}
-                                   for name in ("action", "mean", "log_std")]
+    assert metadata["outputs"] == [
+        {"name": name, "datatype": "FP32", "shape": ["-1", "2"]}
+        for name in ("action", "mean", "log_std")
+    ]
     expected = load_policy(version_dir)(obs)
     np.testing.assert_allclose(np.array(reply["actions"]), expected, atol=1e-6)
     assert reply["version"] == "1" and reply["id"] == "req-1"
@@ -130,7 +136,8 @@ def test_tritonclient_works_unchanged(served: tuple[ServerThread, Path]) -> None
     config = reply["config"]["config"]
     assert config["name"] == "ballrun" and config["platform"] == "onnxruntime_onnx"
     assert config["max_batch_size"] == 1024 and config["version_policy"] == {
-        "latest": {"num_versions": 1}}
+        "latest": {"num_versions": 1}
+    }
     assert config["input"] == [{"name": "obs", "data_type": "TYPE_FP32", "dims": ["8"]}]
     assert [o["name"] for o in config["output"]] == ["action", "mean", "log_std"]
     assert all(o["dims"] == ["2"] for o in config["output"])
@@ -156,10 +163,17 @@ def test_tritonclient_works_unchanged(served: tuple[ServerThread, Path]) -> None
 def test_typed_contents_are_accepted(served: tuple[ServerThread, Path]) -> None:
     server, version_dir = served
     obs = observations(2)
-    request = pb.ModelInferRequest(model_name="ballrun", inputs=[
-        pb.ModelInferRequest.InferInputTensor(
-            name="obs", datatype="FP32", shape=[2, 8],
-            contents=pb.InferTensorContents(fp32_contents=obs.ravel().tolist()))])
+    request = pb.ModelInferRequest(
+        model_name="ballrun",
+        inputs=[
+            pb.ModelInferRequest.InferInputTensor(
+                name="obs",
+                datatype="FP32",
+                shape=[2, 8],
+                contents=pb.InferTensorContents(fp32_contents=obs.ravel().tolist()),
+            )
+        ],
+    )
     with grpc.insecure_channel(server.target) as channel:
         stub = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(channel)
         response = stub.ModelInfer(request, timeout=5)

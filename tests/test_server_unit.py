@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.parametrize("error_type", errors.all_error_types(), ids=lambda t: t.__name__)
 def test_every_error_type_maps_to_its_own_code_and_message(
-        error_type: type[errors.ServerError]) -> None:
+    error_type: type[errors.ServerError],
+) -> None:
     assert isinstance(error_type.code, grpc.StatusCode)
     if error_type is not errors.ServerError and error_type is not errors.InferenceFailed:
         assert error_type.code != grpc.StatusCode.INTERNAL, "client-facing errors are not bugs"
@@ -59,11 +60,14 @@ def test_generated_code_is_reproducible(tmp_path: Path) -> None:
     names = sorted(path.name for path in written)
     committed = sorted(path.name for path in GENERATED.iterdir() if path.is_file())
     assert names == committed, (
-        "server/_generated/ is stale: run `python -m safepolicy.server.protogen`")
-    _match, mismatch, error = filecmp.cmpfiles(tmp_path / "generated", GENERATED, names,
-                                              shallow=False)
+        "server/_generated/ is stale: run `python -m safepolicy.server.protogen`"
+    )
+    _match, mismatch, error = filecmp.cmpfiles(
+        tmp_path / "generated", GENERATED, names, shallow=False
+    )
     assert mismatch == [] and error == [], (
-        f"{mismatch + error} differ from protos/: run `python -m safepolicy.server.protogen`")
+        f"{mismatch + error} differ from protos/: run `python -m safepolicy.server.protogen`"
+    )
 
 
 def test_server_import_path_has_no_torch_and_no_gyms() -> None:
@@ -74,14 +78,16 @@ def test_server_import_path_has_no_torch_and_no_gyms() -> None:
         " 'safety_gymnasium', 'bullet_safety_gym', 'dsrl', 'pybullet', 'mujoco', 'training'})\n"
         "print(','.join(bad))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
 
 
-def test_settings_from_environment_and_flags(monkeypatch: pytest.MonkeyPatch,
-                                             tmp_path: Path) -> None:
+def test_settings_from_environment_and_flags(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("SAFEPOLICY_SERVER_REPO", str(tmp_path))
     monkeypatch.setenv("SAFEPOLICY_SERVER_PORT", "6000")
     monkeypatch.setenv("SAFEPOLICY_SERVER_PINS", "ballrun=1,2;other=3")
@@ -93,13 +99,16 @@ def test_settings_from_environment_and_flags(monkeypatch: pytest.MonkeyPatch,
     assert flagged.port == 7000 and flagged.workers == 2 and flagged.repo == tmp_path
 
 
-@pytest.mark.parametrize("values", [
-    {"tls_cert_file": "cert.pem"},
-    {"tls_client_ca_file": "ca.pem"},
-    {"workers": 2, "port": 0},
-    {"auth_token": "a", "auth_token_file": "f"},
-    {"pins": "ballrun"},
-])
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"tls_cert_file": "cert.pem"},
+        {"tls_client_ca_file": "ca.pem"},
+        {"workers": 2, "port": 0},
+        {"auth_token": "a", "auth_token_file": "f"},
+        {"pins": "ballrun"},
+    ],
+)
 def test_inconsistent_settings_are_refused(values: dict[str, object], tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         ServerSettings(repo=tmp_path, **values)  # type: ignore[arg-type]
@@ -109,8 +118,9 @@ def test_outcomes_accumulate_steps_and_flag_violations() -> None:
     tracker = OutcomeTracker(window_steps=4, window_episodes=2, max_open_episodes=1)
     first = tracker.report("p", 1, 5.0, granularity="step", reward=1, cost=3, episode_id="a")
     assert (first.episode_cost, first.done) == (3.0, False)
-    end = tracker.report("p", 1, 5.0, granularity="step", reward=1, cost=3, episode_id="a",
-                         done=True)
+    end = tracker.report(
+        "p", 1, 5.0, granularity="step", reward=1, cost=3, episode_id="a", done=True
+    )
     assert end.done and end.violation and end.steps == 2
     ok = tracker.report("p", 1, 5.0, granularity="episode", reward=9, cost=5.0, steps=2)
     assert ok.done and not ok.violation  # at the limit is within it
@@ -135,8 +145,9 @@ def test_outcome_values_and_episode_ids_are_bounded() -> None:
         tracker.report("p", 1, 5.0, granularity="episode", reward=0, cost=1e12)
     assert math.isfinite(tracker.cost_rate("p")) and tracker.cost_rate("p") == 1e12
     with pytest.raises(errors.InvalidRequest, match="at most 128"):
-        tracker.report("p", 1, 5.0, granularity="step", reward=0, cost=1,
-                       episode_id="e" * 1_000_000)
+        tracker.report(
+            "p", 1, 5.0, granularity="step", reward=0, cost=1, episode_id="e" * 1_000_000
+        )
     tracker.report("p", 1, 5.0, granularity="step", reward=0, cost=1, episode_id="e" * 128)
 
 
@@ -154,8 +165,11 @@ def _server_imports() -> dict[str, set[str]]:
                 elif node.module.startswith("safepolicy.server."):
                     found.add(node.module.split(".")[2])
             elif isinstance(node, ast.Import):
-                found.update(alias.name.split(".")[2] for alias in node.names
-                             if alias.name.startswith("safepolicy.server."))
+                found.update(
+                    alias.name.split(".")[2]
+                    for alias in node.names
+                    if alias.name.startswith("safepolicy.server.")
+                )
         graph[path.stem] = found - {"_generated", path.stem}
     return graph
 

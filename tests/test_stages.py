@@ -61,20 +61,28 @@ def record_stage_starts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def test_stages_run_in_order_and_checkpoint_at_each_end(
-        ballrun_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ballrun_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     started = record_stage_starts(monkeypatch)
     run = train(toy_request(ballrun_dataset, tmp_path / "run"))
     assert started == ["behaviour", "policy"]
     logged = stages_logged(run)
-    assert logged == [(10, "behaviour"), (20, "behaviour"), (30, "behaviour"),
-                      (40, "policy"), (50, "policy"), (60, "policy")]
+    assert logged == [
+        (10, "behaviour"),
+        (20, "behaviour"),
+        (30, "behaviour"),
+        (40, "policy"),
+        (50, "policy"),
+        (60, "policy"),
+    ]
     for stage, step in (("behaviour", 30), ("policy", 60)):
         state = torch.load(run / "checkpoints" / f"stage-{stage}.pt", weights_only=False)
         assert state["stage"] == stage and state["step"] == step
 
 
 def test_a_run_killed_mid_stage_resumes_to_the_same_result(
-        ballrun_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ballrun_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     whole = train(toy_request(ballrun_dataset, tmp_path / "whole"))
     at_log_row(monkeypatch, 47, interrupt)  # in the policy stage, after the step-40 checkpoint
     with pytest.raises(KeyboardInterrupt):
@@ -88,44 +96,66 @@ def test_a_run_killed_mid_stage_resumes_to_the_same_result(
     assert started == []  # "policy" had begun before the kill; it is not set up twice
 
 
-def test_a_stage_checkpoint_is_reused_by_another_run(ballrun_dataset: Path,
-                                                      tmp_path: Path) -> None:
+def test_a_stage_checkpoint_is_reused_by_another_run(ballrun_dataset: Path, tmp_path: Path) -> None:
     whole = train(toy_request(ballrun_dataset, tmp_path / "whole"))
-    same = train(toy_request(ballrun_dataset, tmp_path / "same",
-                             reuse_stages={"behaviour": whole}))
+    same = train(toy_request(ballrun_dataset, tmp_path / "same", reuse_stages={"behaviour": whole}))
     assert torch.equal(actor_output(whole), actor_output(same))  # same seed: same stream
     assert [stage for _, stage in stages_logged(same)] == ["policy"] * 3
 
-    other_limit = train(toy_request(ballrun_dataset, tmp_path / "limit20", cost_limit=20.0,
-                                    reuse_stages={"behaviour": whole / "checkpoints" /
-                                                  "stage-behaviour.pt"}))
+    other_limit = train(
+        toy_request(
+            ballrun_dataset,
+            tmp_path / "limit20",
+            cost_limit=20.0,
+            reuse_stages={"behaviour": whole / "checkpoints" / "stage-behaviour.pt"},
+        )
+    )
     reused = torch.load(other_limit / "checkpoints" / "last.pt", weights_only=False)
     source = torch.load(whole / "checkpoints" / "stage-behaviour.pt", weights_only=False)
     for key, tensor in source["algorithm"]["behaviour"].items():
         assert torch.equal(reused["algorithm"]["behaviour"][key], tensor), key
 
 
-def test_bad_reuse_and_changed_resume_are_refused_clearly(ballrun_dataset: Path,
-                                                          tmp_path: Path) -> None:
+def test_bad_reuse_and_changed_resume_are_refused_clearly(
+    ballrun_dataset: Path, tmp_path: Path
+) -> None:
     whole = train(toy_request(ballrun_dataset, tmp_path / "whole"))
     with pytest.raises(TrainingError, match="no stage 'critics'; its stages are behaviour, "):
         train(toy_request(ballrun_dataset, tmp_path / "a", reuse_stages={"critics": whole}))
     with pytest.raises(TrainingError, match="no stage checkpoint"):
-        train(toy_request(ballrun_dataset, tmp_path / "b",
-                          reuse_stages={"behaviour": tmp_path / "nowhere"}))
+        train(
+            toy_request(
+                ballrun_dataset, tmp_path / "b", reuse_stages={"behaviour": tmp_path / "nowhere"}
+            )
+        )
     bc = train(request(ballrun_dataset, tmp_path / "bc", "bc-safe"))
     with pytest.raises(TrainingError, match="has no stage 'behaviour'"):
-        train(request(ballrun_dataset, tmp_path / "c", "bc-safe",
-                      reuse_stages={"behaviour": whole}))
+        train(
+            request(ballrun_dataset, tmp_path / "c", "bc-safe", reuse_stages={"behaviour": whole})
+        )
     with pytest.raises(TrainingError, match="that run's algorithm is 'bc-safe'"):
-        train(toy_request(ballrun_dataset, tmp_path / "d", reuse_stages={
-            "behaviour": bc / "checkpoints" / "stage-train.pt"}))
+        train(
+            toy_request(
+                ballrun_dataset,
+                tmp_path / "d",
+                reuse_stages={"behaviour": bc / "checkpoints" / "stage-train.pt"},
+            )
+        )
     with pytest.raises(TrainingError, match="end of stage 'policy', not 'behaviour'"):
-        train(toy_request(ballrun_dataset, tmp_path / "e", reuse_stages={
-            "behaviour": whole / "checkpoints" / "stage-policy.pt"}))
+        train(
+            toy_request(
+                ballrun_dataset,
+                tmp_path / "e",
+                reuse_stages={"behaviour": whole / "checkpoints" / "stage-policy.pt"},
+            )
+        )
     assert bc.exists()
-    changed = {**dict(request(ballrun_dataset, tmp_path).overrides), "td3bc.tau": "0.01",
-               "run.batch_size": "32"}
-    with pytest.raises(TrainingError,
-                       match=r"differing: algorithm_config\.td3bc\.tau, run\.batch_size"):
+    changed = {
+        **dict(request(ballrun_dataset, tmp_path).overrides),
+        "td3bc.tau": "0.01",
+        "run.batch_size": "32",
+    }
+    with pytest.raises(
+        TrainingError, match=r"differing: algorithm_config\.td3bc\.tau, run\.batch_size"
+    ):
         train(toy_request(ballrun_dataset, whole, resume=True, overrides=changed))

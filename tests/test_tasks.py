@@ -30,12 +30,19 @@ def test_unknown_task_lists_known_names() -> None:
     assert "did you mean BallRun?" in message
 
 
-@pytest.mark.parametrize(("spelling", "task"), [
-    ("ballrun", "BallRun"), ("BALLRUN", "BallRun"), ("SafetyBallRun-v0", "BallRun"),
-    ("OfflineBallRun-v0", "BallRun"), ("OfflinePointGoal1Gymnasium-v0", "PointGoal1"),
-    ("OfflineHalfCheetahVelocityGymnasium-v1", "HalfCheetahVelocity"),
-    ("SafetyCarCircle1-v0", "CarCircle1"), ("carcircle", "CarCircle"),
-])
+@pytest.mark.parametrize(
+    ("spelling", "task"),
+    [
+        ("ballrun", "BallRun"),
+        ("BALLRUN", "BallRun"),
+        ("SafetyBallRun-v0", "BallRun"),
+        ("OfflineBallRun-v0", "BallRun"),
+        ("OfflinePointGoal1Gymnasium-v0", "PointGoal1"),
+        ("OfflineHalfCheetahVelocityGymnasium-v1", "HalfCheetahVelocity"),
+        ("SafetyCarCircle1-v0", "CarCircle1"),
+        ("carcircle", "CarCircle"),
+    ],
+)
 def test_task_names_accept_every_common_spelling(spelling: str, task: str) -> None:
     assert get_task(spelling).name == task
 

@@ -76,8 +76,9 @@ def test_lambda_arms_cover_zero_to_c() -> None:
 
 def test_lagrange_player_prefers_large_lambda_only_when_over_budget() -> None:
     def loss(lam: float, cost_value: float) -> float:
-        return lagrange_player_loss(lam, cost_value, budget_value=10.0, lambda_max=5.0,
-                                    cost_value_bound=90.0)
+        return lagrange_player_loss(
+            lam, cost_value, budget_value=10.0, lambda_max=5.0, cost_value_bound=90.0
+        )
 
     assert loss(5.0, cost_value=40.0) < loss(0.0, cost_value=40.0)  # violating: punish
     assert loss(5.0, cost_value=2.0) > loss(0.0, cost_value=2.0)  # safe: relax
@@ -133,8 +134,9 @@ def test_o3srl_keeps_the_cost_limit_where_the_unconstrained_oracle_does_not() ->
     dataset = speed_cost_dataset()
     cost_limit, steps = 5.0, 8000
     sizes = {"gamma": 0.5, "hidden_sizes": (32, 32), "batch_size": 64}
-    unconstrained = TD3BCOracle(TD3BCConfig(), toy_context(dataset, cost_limit, steps, **sizes),
-                                "episode")
+    unconstrained = TD3BCOracle(
+        TD3BCConfig(), toy_context(dataset, cost_limit, steps, **sizes), "episode"
+    )
     for _ in range(steps // 4):  # it settles at about 9 within 500 steps
         unconstrained.step(0.0)
     assert episode_cost_of(unconstrained.actor, dataset) > 1.6 * cost_limit
@@ -173,8 +175,14 @@ def test_actor_checkpoint_with_a_path_in_its_config_loads(tmp_path) -> None:  # 
     from safepolicy.training.checkpoint import ActorMetadata, load_actor, save_actor
 
     actor = SquashedGaussianActor(3, 1, [8])
-    metadata = ActorMetadata(task="BallRun", env_id="SafetyBallRun-v0", algorithm="bc-safe",
-                             cost_limit=5.0, seed=0, config={"dataset": Path("/data/x.h5")})
+    metadata = ActorMetadata(
+        task="BallRun",
+        env_id="SafetyBallRun-v0",
+        algorithm="bc-safe",
+        cost_limit=5.0,
+        seed=0,
+        config={"dataset": Path("/data/x.h5")},
+    )
     save_actor(tmp_path, actor, metadata)
     _, loaded = load_actor(tmp_path)
     assert loaded.config == {"dataset": "/data/x.h5"}

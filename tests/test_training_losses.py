@@ -23,8 +23,9 @@ def test_td_targets_reduce_each_group_by_its_own_rule() -> None:
     next_q = torch.arange(7 * 3, dtype=torch.float32).reshape(7, 3)
     rewards, costs = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.0, 1.0, 0.0])
     terminals = torch.tensor([0.0, 0.0, 1.0])
-    targets = td_targets(next_q, (rewards, costs), terminals, 0.5, sizes=(2, 5),
-                         reductions=("min", "max"))
+    targets = td_targets(
+        next_q, (rewards, costs), terminals, 0.5, sizes=(2, 5), reductions=("min", "max")
+    )
     assert targets.shape == (7, 3)
     expected_reward = rewards + 0.5 * (1 - terminals) * next_q[:2].min(0).values
     expected_cost = costs + 0.5 * (1 - terminals) * next_q[2:].max(0).values

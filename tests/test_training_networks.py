@@ -14,19 +14,22 @@ from safepolicy.training.networks import CriticEnsemble, ObservationNormalizer
 
 
 def test_unequal_critic_groups_share_one_fused_ensemble() -> None:
-    critics = CriticEnsemble(obs_dim=3, action_dim=2, ensemble_size={"reward": 2, "cost": 5},
-                             hidden_sizes=[16])
+    critics = CriticEnsemble(
+        obs_dim=3, action_dim=2, ensemble_size={"reward": 2, "cost": 5}, hidden_sizes=[16]
+    )
     observations, actions = torch.randn(8, 3), torch.randn(8, 2)
     q = critics(observations, actions)
     assert q.shape == (7, 8) and critics.group_sizes == [2, 5]
     assert critics.members("reward") == [0, 1] and critics.members("cost") == [2, 3, 4, 5, 6]
-    assert torch.equal(critics.group(q, "cost"),
-                       critics(observations, actions, members=critics.members("cost")))
+    assert torch.equal(
+        critics.group(q, "cost"), critics(observations, actions, members=critics.members("cost"))
+    )
     # a TD target per group: reward critics share min over 2, cost critics max over 5
     next_q = critics(observations, actions).detach()
     rewards, costs, terminals = torch.randn(8), torch.rand(8), torch.zeros(8)
-    targets = td_targets(next_q, (rewards, costs), terminals, 0.9, critics.group_sizes,
-                         ("min", "max"))
+    targets = td_targets(
+        next_q, (rewards, costs), terminals, 0.9, critics.group_sizes, ("min", "max")
+    )
     assert torch.allclose(targets[0], rewards + 0.9 * next_q[:2].min(dim=0).values)
     assert torch.allclose(targets[6], costs + 0.9 * next_q[2:].max(dim=0).values)
     with pytest.raises(KeyError, match="no critic group 'value'; groups are reward, cost"):
@@ -39,8 +42,9 @@ def test_each_network_role_gets_its_own_hidden_sizes() -> None:
     context = toy_context(speed_cost_dataset(transitions=200), 3.0, 10, hidden_sizes=(32, 32))
     context.network_sizes = {"critic": [64, 64, 64]}
     critics = context.new_critics({"reward": 1, "cost": 3})
-    assert [param.shape[-1] for name, param in critics.named_parameters()
-            if name.endswith("weight")] == [64, 64, 64, 1]
+    assert [
+        param.shape[-1] for name, param in critics.named_parameters() if name.endswith("weight")
+    ] == [64, 64, 64, 1]
     actor = context.new_actor()
     assert actor.hidden_sizes == (32, 32)
     assert context.new_actor(hidden_sizes=[8]).hidden_sizes == (8,)
@@ -79,8 +83,9 @@ class HoldsAnyModule:
 def test_any_module_is_placed_and_checkpointed_like_the_built_in_ones() -> None:
     context = toy_context(speed_cost_dataset(transitions=200), 3.0, 10)
     owner = HoldsAnyModule(context.place(NoisePredictor()))
-    normaliser = next(module for module in owner.model.modules()
-                      if isinstance(module, ObservationNormalizer))
+    normaliser = next(
+        module for module in owner.model.modules() if isinstance(module, ObservationNormalizer)
+    )
     assert torch.equal(normaliser.mean, context.offline.obs_mean.cpu())
     assert not torch.equal(normaliser.std, torch.ones(2))
     loss = owner.model(torch.randn(4, 2), torch.rand(4)).pow(2).mean()

@@ -11,15 +11,28 @@ from training_toys import at_log_row, interrupt
 from safepolicy.training.checkpoint import load_actor
 from safepolicy.training.loop import TrainingError, TrainRequest, train
 
-SMALL = {"run.hidden_sizes": "32,32", "run.batch_size": "64", "run.eval_episodes": "0",
-         "run.checkpoint_every": "20", "run.log_every": "10"}
-
+SMALL = {
+    "run.hidden_sizes": "32,32",
+    "run.batch_size": "64",
+    "run.eval_episodes": "0",
+    "run.checkpoint_every": "20",
+    "run.log_every": "10",
+}
 
 
 def request(dataset: Path, out: Path, algorithm: str = "o3srl", **changes: object) -> TrainRequest:
-    fields: dict = {"algorithm": algorithm, "task": "BallRun", "dataset": dataset,
-                    "cost_limit": 10.0, "out": out, "seed": 3, "steps": 60, "device": "cpu",
-                    "overrides": SMALL, "progress": False}
+    fields: dict = {
+        "algorithm": algorithm,
+        "task": "BallRun",
+        "dataset": dataset,
+        "cost_limit": 10.0,
+        "out": out,
+        "seed": 3,
+        "steps": 60,
+        "device": "cpu",
+        "overrides": SMALL,
+        "progress": False,
+    }
     fields.update(changes)
     return TrainRequest(**fields)
 
@@ -31,8 +44,9 @@ def actor_output(run_dir: Path) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("algorithm", ["o3srl", "td3bc-lag", "bc-safe", "cpq"])
-def test_same_seed_gives_the_same_actor(ballrun_dataset: Path, tmp_path: Path,
-                                        algorithm: str) -> None:
+def test_same_seed_gives_the_same_actor(
+    ballrun_dataset: Path, tmp_path: Path, algorithm: str
+) -> None:
     first = train(request(ballrun_dataset, tmp_path / "a", algorithm))
     second = train(request(ballrun_dataset, tmp_path / "b", algorithm))
     other_seed = train(request(ballrun_dataset, tmp_path / "c", algorithm, seed=4))
@@ -43,8 +57,9 @@ def test_same_seed_gives_the_same_actor(ballrun_dataset: Path, tmp_path: Path,
     assert metadata.dataset_sha256 and len(metadata.dataset_sha256) == 64
 
 
-def test_a_killed_run_resumes_to_the_same_result(ballrun_dataset: Path, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_killed_run_resumes_to_the_same_result(
+    ballrun_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     uninterrupted = train(request(ballrun_dataset, tmp_path / "whole"))
     at_log_row(monkeypatch, 47, interrupt)  # killed after the step-40 checkpoint
     with pytest.raises(KeyboardInterrupt):

@@ -30,24 +30,43 @@ def cycle_dataset(transitions: int = 3000, seed: int = 0) -> Dataset:
     actions = rng.uniform(-1, 1, (transitions, 1)).astype(np.float32)
     eye = np.eye(STATES, dtype=np.float32)
     return Dataset(
-        observations=eye[states], next_observations=eye[(states + 1) % STATES],
-        actions=actions, rewards=(actions[:, 0] + 0.5 * states).astype(np.float32),
+        observations=eye[states],
+        next_observations=eye[(states + 1) % STATES],
+        actions=actions,
+        rewards=(actions[:, 0] + 0.5 * states).astype(np.float32),
         costs=np.where(states == 0, (actions[:, 0] + 1) / 2, 0.0).astype(np.float32),
-        terminals=np.zeros(transitions, dtype=bool), timeouts=np.zeros(transitions, dtype=bool),
-        attrs={"task": "toy-cycle"})
+        terminals=np.zeros(transitions, dtype=bool),
+        timeouts=np.zeros(transitions, dtype=bool),
+        attrs={"task": "toy-cycle"},
+    )
 
 
 def context_for(dataset: Dataset) -> TrainingContext:
     buffer = OfflineBuffer(dataset, np.array([-1.0]), np.array([1.0]), torch.device("cpu"))
     return TrainingContext(
-        buffer=buffer, obs_dim=STATES, action_dim=1, action_low=[-1.0], action_high=[1.0],
-        hidden_sizes=[64, 64], gamma=GAMMA, batch_size=256, cost_limit=1.0, episode_length=10,
-        total_steps=1, device=torch.device("cpu"), generator=torch.Generator().manual_seed(0),
-        seed=0)
+        buffer=buffer,
+        obs_dim=STATES,
+        action_dim=1,
+        action_low=[-1.0],
+        action_high=[1.0],
+        hidden_sizes=[64, 64],
+        gamma=GAMMA,
+        batch_size=256,
+        cost_limit=1.0,
+        episode_length=10,
+        total_steps=1,
+        device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(0),
+        seed=0,
+    )
 
 
-def true_values(actor: SquashedGaussianActor, observations: torch.Tensor, actions: torch.Tensor,
-                temperatures: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+def true_values(
+    actor: SquashedGaussianActor,
+    observations: torch.Tensor,
+    actions: torch.Tensor,
+    temperatures: tuple[float, float],
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Q^pi and Qc^pi of the entropy-regularised evaluation (VPA's fixed point), exactly up to
     the Monte Carlo error of the per-state expectations (200k draws each):
     V(k) = E_pi[signal(k, a) - temperature log pi(a | k)] + gamma V(k + 1 mod 3),
@@ -59,8 +78,10 @@ def true_values(actor: SquashedGaussianActor, observations: torch.Tensor, action
             drawn, log_prob = actor.sample(eye[k].expand(200_000, -1))
             mean_action[k], mean_log_prob[k] = drawn.mean(), log_prob.mean()
     index = torch.arange(STATES)
-    expected = {"reward": mean_action + 0.5 * index,
-                "cost": torch.where(index == 0, (mean_action + 1) / 2, 0.0)}
+    expected = {
+        "reward": mean_action + 0.5 * index,
+        "cost": torch.where(index == 0, (mean_action + 1) / 2, 0.0),
+    }
     shift = torch.roll(torch.eye(STATES), 1, dims=1)  # row k has its 1 at column k + 1
     values = {}
     for (name, signal), temperature in zip(expected.items(), temperatures, strict=True):
@@ -73,8 +94,13 @@ def true_values(actor: SquashedGaussianActor, observations: torch.Tensor, action
     return q, qc
 
 
-def evaluation_error(critic: CriticEnsemble, observations: torch.Tensor, actions: torch.Tensor,
-                     true_q: torch.Tensor, true_qc: torch.Tensor) -> tuple[float, float]:
+def evaluation_error(
+    critic: CriticEnsemble,
+    observations: torch.Tensor,
+    actions: torch.Tensor,
+    true_q: torch.Tensor,
+    true_qc: torch.Tensor,
+) -> tuple[float, float]:
     """Mean squared error of the group means against the true Q and Qc."""
     with torch.no_grad():
         q = critic(observations, actions)
@@ -82,8 +108,7 @@ def evaluation_error(critic: CriticEnsemble, observations: torch.Tensor, actions
     return float((reward - true_q).pow(2).mean()), float((cost - true_qc).pow(2).mean())
 
 
-def test_vpa_moves_pretrained_critics_to_the_frozen_policys_entropy_regularised_values(
-        ) -> None:
+def test_vpa_moves_pretrained_critics_to_the_frozen_policys_entropy_regularised_values() -> None:
     dataset = cycle_dataset()
     context = context_for(dataset)
     torch.manual_seed(1)
@@ -92,8 +117,9 @@ def test_vpa_moves_pretrained_critics_to_the_frozen_policys_entropy_regularised_
     with torch.no_grad():  # "pretrained" critics that are off: like CPQ's pushed-up cost Q
         critic.layers[-1].bias += 4.0
     target_critic = copy.deepcopy(critic).requires_grad_(False)
-    config = VPAConfig(reward_temperature=0.3, cost_temperature=0.2, reward_lr=1e-3,
-                       cost_lr=1e-3, tau=0.05)
+    config = VPAConfig(
+        reward_temperature=0.3, cost_temperature=0.2, reward_lr=1e-3, cost_lr=1e-3, tau=0.05
+    )
     vpa = ValuePreAlignment(config, context, actor, critic, target_critic)
     actor_before = {k: v.clone() for k, v in actor.state_dict().items()}
 
@@ -130,6 +156,10 @@ def test_each_group_steps_at_its_own_learning_rate() -> None:
 def test_vpa_refuses_critics_without_reward_and_cost_groups() -> None:
     context = context_for(cycle_dataset(transitions=30))
     with pytest.raises(ValueError, match="groups 'reward' and 'cost'"):
-        ValuePreAlignment(VPAConfig(), context, context.new_actor(), context.new_critics(2),
-                          context.new_critics(2))
-
+        ValuePreAlignment(
+            VPAConfig(),
+            context,
+            context.new_actor(),
+            context.new_critics(2),
+            context.new_critics(2),
+        )

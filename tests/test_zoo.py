@@ -46,14 +46,38 @@ def zoo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.set_num_threads(1)  # a tiny network: more threads only fight over the shared cores
     root = tmp_path_factory.mktemp("zoo")
     run = root / "run"
-    command = ["sac-lag", "--task", TASK, "--cost-limit", "20", "--steps", "100",
-               "--out", str(run), "--set", "warmup_steps=100", "--set", "run.eval_episodes=0",
-               "--set", "run.hidden_sizes=64,64", "--no-progress"]
+    command = [
+        "sac-lag",
+        "--task",
+        TASK,
+        "--cost-limit",
+        "20",
+        "--steps",
+        "100",
+        "--out",
+        str(run),
+        "--set",
+        "warmup_steps=100",
+        "--set",
+        "run.eval_episodes=0",
+        "--set",
+        "run.hidden_sizes=64,64",
+        "--no-progress",
+    ]
     assert train_main(command) == 0
     for name in ("slow", "fast"):
-        add_agent(run, root / "zoo", TASK, name, command="safepolicy train " + " ".join(command),
-                  algorithm="sac-lag", cost_limit=20.0, train_env_steps=400, train_wall_s=1.0,
-                  eval_episodes=2)
+        add_agent(
+            run,
+            root / "zoo",
+            TASK,
+            name,
+            command="safepolicy train " + " ".join(command),
+            algorithm="sac-lag",
+            cost_limit=20.0,
+            train_env_steps=400,
+            train_wall_s=1.0,
+            eval_episodes=2,
+        )
     torch.set_num_threads(threads)
     return root / "zoo"
 
@@ -106,8 +130,12 @@ def test_mixture_honours_its_weights(zoo_dir: Path) -> None:
     weights = {"fast": 0.8, "slow": 0.2}
     env = make_env(TASK)
     try:
-        mix = BehaviorMix(get_task(TASK), env, "zoo=0.9,random=0.1",
-                          zoo=ZooSettings(agents, weights, 0.3, switch_probability=0.5))
+        mix = BehaviorMix(
+            get_task(TASK),
+            env,
+            "zoo=0.9,random=0.1",
+            zoo=ZooSettings(agents, weights, 0.3, switch_probability=0.5),
+        )
         rng = np.random.default_rng(0)
         episodes, switched = 4000, 0
         for _ in range(episodes):
@@ -133,8 +161,12 @@ def test_agent_weights_parse_and_refuse_bad_text() -> None:
     assert parse_agent_weights(None, ["a", "b"]) == {"a": 0.5, "b": 0.5}
     assert parse_agent_weights("a=3,b=1", ["a", "b"]) == {"a": 0.75, "b": 0.25}
     assert parse_agent_weights("b", ["a", "b"]) == {"a": 0.0, "b": 1.0}
-    for bad, problem in (("c=1", "unknown zoo agent 'c'"), ("a=x", "not a number"),
-                         ("a=-1", "non-negative"), ("a=0", "no agent a positive weight")):
+    for bad, problem in (
+        ("c=1", "unknown zoo agent 'c'"),
+        ("a=x", "not a number"),
+        ("a=-1", "non-negative"),
+        ("a=0", "no agent a positive weight"),
+    ):
         with pytest.raises(ZooError, match=problem):
             parse_agent_weights(bad, ["a", "b"])
 
@@ -149,10 +181,12 @@ def test_density_filter_evens_the_bins() -> None:
     stray = np.array([[0.5, 5.5]])
     points = np.concatenate([crowded, pairs, stray])
     costs, returns = points[:, 0], points[:, 1]
-    kept = density_filter(returns, costs, cost_bins=10, reward_bins=10, max_per_bin=3,
-                          rng=np.random.default_rng(1))
+    kept = density_filter(
+        returns, costs, cost_bins=10, reward_bins=10, max_per_bin=3, rng=np.random.default_rng(1)
+    )
     cells = np.minimum(costs[kept] / 0.95, 9).astype(int) * 10 + np.minimum(
-        returns[kept] / 0.95, 9).astype(int)
+        returns[kept] / 0.95, 9
+    ).astype(int)
     assert np.unique(cells, return_counts=True)[1].max() <= 3
     assert np.sum(kept < 200) == 3  # the 200-episode corner keeps three
     assert np.all(np.isin(np.arange(200, 381), kept))  # every pair and the stray stay
@@ -168,12 +202,29 @@ def test_selected_episodes_keep_their_rows() -> None:
     np.testing.assert_allclose(picked_returns, returns[[0, 2]])
 
 
-def test_collect_cli_writes_a_filtered_zoo_dataset_that_dsrl_loads(zoo_dir: Path,
-                                                                   tmp_path: Path) -> None:
+def test_collect_cli_writes_a_filtered_zoo_dataset_that_dsrl_loads(
+    zoo_dir: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "zoo.h5"
-    code = collect_cli.main(["--task", TASK, "--out", str(out), "--episodes", "12",
-                             "--zoo", str(zoo_dir), "--zoo-weights", "fast=2,slow=1",
-                             "--density-filter", "2", "--density-bins", "3,3", "--quiet"])
+    code = collect_cli.main(
+        [
+            "--task",
+            TASK,
+            "--out",
+            str(out),
+            "--episodes",
+            "12",
+            "--zoo",
+            str(zoo_dir),
+            "--zoo-weights",
+            "fast=2,slow=1",
+            "--density-filter",
+            "2",
+            "--density-bins",
+            "3,3",
+            "--quiet",
+        ]
+    )
     assert code == 0
     dataset = load_dataset(out)
     info = dataset.attrs["density_filter"]
@@ -191,23 +242,28 @@ data = Ball().get_dataset(h5path={str(out)!r})
 print(data["observations"].shape[0], int(data["timeouts"].sum()))
 """
     env = {**os.environ, "DSRL_SUPPRESS_IMPORT_ERROR": "1"}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            env=env, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[-2:] == [str(len(dataset)), str(info["episodes_kept"])]
 
 
-@pytest.mark.parametrize(("args", "problem"), [
-    (["--task", "DroneRun", "--behavior", "zoo"], "DroneRun has none"),
-    (["--task", TASK, "--zoo-weights", "nobody=1"], "unknown zoo agent 'nobody'"),
-    (["--task", TASK, "--zoo-switch", "1.5"], "--zoo-switch must be in [0, 1]"),
-])
-def test_collect_cli_refuses_bad_zoo_requests(zoo_dir: Path, tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str],
-                                              args: list[str], problem: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["--task", "DroneRun", "--behavior", "zoo"], "DroneRun has none"),
+        (["--task", TASK, "--zoo-weights", "nobody=1"], "unknown zoo agent 'nobody'"),
+        (["--task", TASK, "--zoo-switch", "1.5"], "--zoo-switch must be in [0, 1]"),
+    ],
+)
+def test_collect_cli_refuses_bad_zoo_requests(
+    zoo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], problem: str
+) -> None:
     out = tmp_path / "x.h5"
-    code = collect_cli.main([*args, "--out", str(out), "--episodes", "1", "--zoo", str(zoo_dir),
-                             "--quiet"])
+    code = collect_cli.main(
+        [*args, "--out", str(out), "--episodes", "1", "--zoo", str(zoo_dir), "--quiet"]
+    )
     err = capsys.readouterr().err
     assert code == 2 and problem in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1

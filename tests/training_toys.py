@@ -73,17 +73,36 @@ def speed_cost_dataset(transitions: int = 4000, seed: int = 0) -> Dataset:
     )
 
 
-def toy_context(dataset: Dataset, cost_limit: float, total_steps: int, seed: int = 0,
-                gamma: float = 0.9, hidden_sizes: tuple[int, ...] = (64, 64),
-                batch_size: int = 128, reward_scale: float = 1.0) -> TrainingContext:
+def toy_context(
+    dataset: Dataset,
+    cost_limit: float,
+    total_steps: int,
+    seed: int = 0,
+    gamma: float = 0.9,
+    hidden_sizes: tuple[int, ...] = (64, 64),
+    batch_size: int = 128,
+    reward_scale: float = 1.0,
+) -> TrainingContext:
     torch.manual_seed(seed)
-    buffer = OfflineBuffer(dataset, np.array([-1.0]), np.array([1.0]), torch.device("cpu"),
-                           reward_scale=reward_scale)
+    buffer = OfflineBuffer(
+        dataset, np.array([-1.0]), np.array([1.0]), torch.device("cpu"), reward_scale=reward_scale
+    )
     return TrainingContext(
-        buffer=buffer, obs_dim=2, action_dim=1, action_low=[-1.0], action_high=[1.0],
-        hidden_sizes=list(hidden_sizes), gamma=gamma, batch_size=batch_size, cost_limit=cost_limit,
-        episode_length=TOY_EPISODE_LENGTH, total_steps=total_steps, device=torch.device("cpu"),
-        generator=torch.Generator().manual_seed(seed), seed=seed)
+        buffer=buffer,
+        obs_dim=2,
+        action_dim=1,
+        action_low=[-1.0],
+        action_high=[1.0],
+        hidden_sizes=list(hidden_sizes),
+        gamma=gamma,
+        batch_size=batch_size,
+        cost_limit=cost_limit,
+        episode_length=TOY_EPISODE_LENGTH,
+        total_steps=total_steps,
+        device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(seed),
+        seed=seed,
+    )
 
 
 def episode_cost_of(actor: torch.nn.Module, dataset: Dataset) -> float:
@@ -135,9 +154,11 @@ class TwoStageToy:
         return self.oracle.step(self.multiplier.value)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"behaviour": self.behaviour.state_dict(),
-                "behaviour_optimizer": self.behaviour_optimizer.state_dict(),
-                "oracle": self.oracle.state_dict()}
+        return {
+            "behaviour": self.behaviour.state_dict(),
+            "behaviour_optimizer": self.behaviour_optimizer.state_dict(),
+            "oracle": self.oracle.state_dict(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.behaviour.load_state_dict(state["behaviour"])
@@ -146,7 +167,12 @@ class TwoStageToy:
 
 
 TWO_STAGE_SPEC = AlgorithmSpec(
-    name="toy-two-stage", config_type=TwoStageToyConfig, build=TwoStageToy,
+    name="toy-two-stage",
+    config_type=TwoStageToyConfig,
+    build=TwoStageToy,
     summary="test toy: behaviour cloning, then TD3+BC-Lag from the clone",
-    stages=lambda config, run: [Stage("behaviour", config.behaviour_steps),
-                                Stage("policy", config.policy_steps)])
+    stages=lambda config, run: [
+        Stage("behaviour", config.behaviour_steps),
+        Stage("policy", config.policy_steps),
+    ],
+)

@@ -66,8 +66,9 @@ def atomic_torch_save(payload: dict[str, Any], path: str | os.PathLike[str]) -> 
     return atomic_write(path, lambda temporary: torch.save(payload, temporary))
 
 
-def save_actor(run_dir: str | os.PathLike[str], actor: SquashedGaussianActor,
-               metadata: ActorMetadata) -> Path:
+def save_actor(
+    run_dir: str | os.PathLike[str], actor: SquashedGaussianActor, metadata: ActorMetadata
+) -> Path:
     """Write the final actor checkpoint ``RUN_DIR/actor.pt``."""
     payload = {
         "format": ACTOR_FORMAT,
@@ -85,8 +86,10 @@ def load_actor(path: str | os.PathLike[str]) -> tuple[SquashedGaussianActor, Act
     if path.is_dir():
         path = path / ACTOR_FILENAME
     if not path.exists():
-        raise CheckpointError(f"{path}: no final actor checkpoint; train a run first "
-                              f"(`safepolicy train ... --out RUN_DIR`) and pass that RUN_DIR")
+        raise CheckpointError(
+            f"{path}: no final actor checkpoint; train a run first "
+            f"(`safepolicy train ... --out RUN_DIR`) and pass that RUN_DIR"
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several unrelated types for damaged files

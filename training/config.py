@@ -36,10 +36,15 @@ def param(default: Any, help: str, paper: str = "", **constraints: Any) -> Any:
     """A config field with its one-line meaning, the paper's value and its allowed range."""
     extra: dict[str, Any] = {"paper": paper}
     if isinstance(default, list | dict):
-        return Field(default_factory=lambda: type(default)(default), description=help,
-                     json_schema_extra=cast(Any, extra), **constraints)
-    return Field(default=default, description=help, json_schema_extra=cast(Any, extra),
-                 **constraints)
+        return Field(
+            default_factory=lambda: type(default)(default),
+            description=help,
+            json_schema_extra=cast(Any, extra),
+            **constraints,
+        )
+    return Field(
+        default=default, description=help, json_schema_extra=cast(Any, extra), **constraints
+    )
 
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -48,31 +53,43 @@ PositiveInt = Annotated[int, Field(gt=0)]
 class RunConfig(Config):
     """What every algorithm's run shares: budget, batching, logging, evaluation."""
 
-    steps: int = param(100_000, "gradient updates in total (single-stage algorithms)",
-                       "O3SRL: T about 100k", gt=0)
-    batch_size: int = param(256, "transitions per minibatch", "TD3+BC/IQL: 256; OSRL: 512",
-                            gt=0)
+    steps: int = param(
+        100_000, "gradient updates in total (single-stage algorithms)", "O3SRL: T about 100k", gt=0
+    )
+    batch_size: int = param(256, "transitions per minibatch", "TD3+BC/IQL: 256; OSRL: 512", gt=0)
     hidden_sizes: list[PositiveInt] = param(
-        [256, 256], "hidden layer widths of every MLP without sizes of its own",
-        "OSRL/TD3+BC: 2x256", min_length=1)
+        [256, 256],
+        "hidden layer widths of every MLP without sizes of its own",
+        "OSRL/TD3+BC: 2x256",
+        min_length=1,
+    )
     actor_hidden_sizes: list[PositiveInt] | None = param(
-        None, "hidden widths of the actor (none: hidden_sizes)", min_length=1)
+        None, "hidden widths of the actor (none: hidden_sizes)", min_length=1
+    )
     critic_hidden_sizes: list[PositiveInt] | None = param(
-        None, "hidden widths of every critic ensemble (none: hidden_sizes)", min_length=1)
+        None, "hidden widths of every critic ensemble (none: hidden_sizes)", min_length=1
+    )
     value_hidden_sizes: list[PositiveInt] | None = param(
-        None, "hidden widths of state-value networks (none: hidden_sizes)", min_length=1)
+        None, "hidden widths of state-value networks (none: hidden_sizes)", min_length=1
+    )
     gamma: float = param(0.99, "discount factor", "0.99 everywhere", gt=0.0, le=1.0)
-    reward_scale: float = param(0.1, "rewards are multiplied by this before learning; sets "
-                                "the reward/cost trade-off that the lambda range [0, C] spans",
-                                "OSRL (BCQ-Lag, CPQ, BC): 0.1", gt=0.0)
+    reward_scale: float = param(
+        0.1,
+        "rewards are multiplied by this before learning; sets "
+        "the reward/cost trade-off that the lambda range [0, C] spans",
+        "OSRL (BCQ-Lag, CPQ, BC): 0.1",
+        gt=0.0,
+    )
     precision: Literal["fp32", "bf16-mixed"] = param(
-        "fp32", "critic matmuls: fp32, or bf16-mixed (bf16 hidden layers, fp32 weights/outputs/"
-        "losses; several times faster on AVX512-BF16)", "fp32")
+        "fp32",
+        "critic matmuls: fp32, or bf16-mixed (bf16 hidden layers, fp32 weights/outputs/"
+        "losses; several times faster on AVX512-BF16)",
+        "fp32",
+    )
     log_every: int = param(500, "steps between scalar log rows (CSV)", gt=0)
     checkpoint_every: int = param(5_000, "steps between resumable checkpoints", gt=0)
     eval_episodes: int = param(10, "episodes in the final evaluation (0 disables it)", ge=0)
-    eval_seed: int = param(10_000, "first environment seed of the fixed evaluation seed list",
-                           ge=0)
+    eval_seed: int = param(10_000, "first environment seed of the fixed evaluation seed list", ge=0)
     eval_envs: int = param(5, "vectorised environments used by evaluation", gt=0)
 
     @field_validator("gamma", "reward_scale")
@@ -110,8 +127,9 @@ def allowed(info: FieldInfo) -> str:
 
 def _is_list_field(info: FieldInfo) -> bool:
     options = getattr(info.annotation, "__args__", None) or ()
-    return any(getattr(option, "__origin__", None) is list
-               for option in (info.annotation, *options))
+    return any(
+        getattr(option, "__origin__", None) is list for option in (info.annotation, *options)
+    )
 
 
 def _is_optional(info: FieldInfo) -> bool:
@@ -141,13 +159,18 @@ def set_field(config: Config, dotted_name: str, value: Any) -> None:
     info = type(target).model_fields[name]
     shown = value
     if isinstance(value, str) and _is_list_field(info):
-        value = (None if value.strip().lower() in ("", "none") and _is_optional(info)
-                 else [item.strip() for item in value.split(",") if item.strip()])
+        value = (
+            None
+            if value.strip().lower() in ("", "none") and _is_optional(info)
+            else [item.strip() for item in value.split(",") if item.strip()]
+        )
     try:
         setattr(target, name, value)
     except ValidationError as error:
-        raise ConfigError(f"{dotted_name}={shown!r} is not allowed: {dotted_name} must be "
-                          f"{allowed(info)} ({error.errors()[0]['msg']})") from None
+        raise ConfigError(
+            f"{dotted_name}={shown!r} is not allowed: {dotted_name} must be "
+            f"{allowed(info)} ({error.errors()[0]['msg']})"
+        ) from None
 
 
 def apply_settings(config: Config, settings: Mapping[str, Any], prefix: str = "") -> None:

@@ -31,8 +31,14 @@ class Batch:
 class OfflineBuffer:
     """A DSRL dataset as device tensors with observation statistics."""
 
-    def __init__(self, dataset: Dataset, action_low: np.ndarray, action_high: np.ndarray,
-                 device: torch.device, reward_scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        action_low: np.ndarray,
+        action_high: np.ndarray,
+        device: torch.device,
+        reward_scale: float = 1.0,
+    ) -> None:
         self.device = device
         low = torch.as_tensor(action_low, dtype=torch.float32)
         high = torch.as_tensor(action_high, dtype=torch.float32)
@@ -80,6 +86,9 @@ class OfflineBuffer:
 
 def episode_rows_within_cost(dataset: Dataset, cost_limit: float) -> np.ndarray:
     """Row indices of the episodes whose undiscounted cost is at most ``cost_limit``."""
-    rows = [np.arange(s.start, s.stop) for s in dataset.episode_slices()
-            if dataset.costs[s].sum() <= cost_limit]
+    rows = [
+        np.arange(s.start, s.stop)
+        for s in dataset.episode_slices()
+        if dataset.costs[s].sum() <= cost_limit
+    ]
     return np.concatenate(rows) if rows else np.empty(0, dtype=np.int64)

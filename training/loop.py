@@ -96,8 +96,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError("--device cuda was asked for but no CUDA device is visible; "
-                            "use --device cpu or auto")
+        raise TrainingError(
+            "--device cuda was asked for but no CUDA device is visible; use --device cpu or auto"
+        )
     return torch.device(name)
 
 
@@ -120,15 +121,21 @@ def build_configs(request: TrainRequest) -> tuple[AlgorithmSpec, RunConfig, Conf
             else:
                 set_field(algorithm_config, name, value)
         except ConfigError as error:
-            where = ("--set" if name in request.overrides else
-                     f"{request.config_file}:" if name in from_file else "task default")
+            where = (
+                "--set"
+                if name in request.overrides
+                else f"{request.config_file}:"
+                if name in from_file
+                else "task default"
+            )
             raise TrainingError(f"{where} {name}={value}: {error}") from None
     if request.steps is not None:
         try:
             set_field(run_config, "steps", request.steps)
         except ConfigError:
-            raise TrainingError(f"--steps must be a positive integer, got {request.steps}"
-                                ) from None
+            raise TrainingError(
+                f"--steps must be a positive integer, got {request.steps}"
+            ) from None
     return spec, run_config, algorithm_config
 
 
@@ -144,13 +151,16 @@ def read_config_file(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise TrainingError(f"--config {path}: not valid YAML{where}; write one NAME: VALUE per "
-                            "line, nested or dotted (e.g. td3bc.alpha: 2.5)") from None
+        raise TrainingError(
+            f"--config {path}: not valid YAML{where}; write one NAME: VALUE per "
+            "line, nested or dotted (e.g. td3bc.alpha: 2.5)"
+        ) from None
     if settings is None:
         return {}
     if not isinstance(settings, dict):
-        raise TrainingError(f"--config {path}: expected a mapping of settings, got a "
-                            f"{type(settings).__name__}")
+        raise TrainingError(
+            f"--config {path}: expected a mapping of settings, got a {type(settings).__name__}"
+        )
 
     def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         flat: dict[str, Any] = {}
@@ -158,8 +168,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
             if isinstance(value, Mapping):
                 flat.update(flatten(value, f"{prefix}{key}."))
             else:
-                flat[f"{prefix}{key}"] = (",".join(str(v) for v in value)
-                                          if isinstance(value, list) else value)
+                flat[f"{prefix}{key}"] = (
+                    ",".join(str(v) for v in value) if isinstance(value, list) else value
+                )
         return flat
 
     return flatten(settings)
@@ -174,7 +185,8 @@ def check_dataset_matches_task(dataset: Dataset, spec: TaskSpec) -> tuple[list[f
     if recorded and str(recorded) != spec.name:
         raise TrainingError(
             f"{dataset.path}: the dataset was recorded for task {recorded!r}, not {spec.name!r}; "
-            f"pass --task {recorded} or the dataset collected for {spec.name}")
+            f"pass --task {recorded} or the dataset collected for {spec.name}"
+        )
 
     spaces = env_spaces(spec)
     obs_dim, action_dim = spaces.obs_dim, spaces.action_dim
@@ -182,7 +194,8 @@ def check_dataset_matches_task(dataset: Dataset, spec: TaskSpec) -> tuple[list[f
         raise TrainingError(
             f"{dataset.path}: observations/actions are {dataset.obs_dim}/{dataset.action_dim}-"
             f"dimensional but {spec.name} ({spec.env_id}) has {obs_dim}/{action_dim}; "
-            "pass the dataset collected for this task")
+            "pass the dataset collected for this task"
+        )
     return list(spaces.action_low), list(spaces.action_high)
 
 
@@ -202,14 +215,14 @@ class ScalarLog:
     def add(self, values: Logs) -> None:
         """Accumulate one update's values; device tensors stay on the device until a row."""
         for key, value in values.items():
-            self.sums[key] = self.sums[key] + (value.detach() if isinstance(value, torch.Tensor)
-                                               else value)
+            self.sums[key] = self.sums[key] + (
+                value.detach() if isinstance(value, torch.Tensor) else value
+            )
             self.counts[key] += 1
 
     def write_row(self, step: int, wall_seconds: float, stage: str) -> dict[str, float | str]:
         """Append the averages since the last row (the one host read-back per row)."""
-        row: dict[str, float | str] = {"step": step, "stage": stage,
-                                       "wall_seconds": wall_seconds}
+        row: dict[str, float | str] = {"step": step, "stage": stage, "wall_seconds": wall_seconds}
         row.update({k: float(self.sums[k]) / self.counts[k] for k in sorted(self.sums)})
         known = self.columns or []
         if not known or not set(row) <= set(known):
@@ -240,8 +253,13 @@ class ScalarLog:
         atomic_write(self.path, rewrite)  # a crash mid-rewrite must not lose the earlier rows
 
 
-def evaluate_actor(actor: SquashedGaussianActor, spec: TaskSpec, cost_limit: float,
-                   run_config: RunConfig, progress: bool = False) -> dict[str, Any]:
+def evaluate_actor(
+    actor: SquashedGaussianActor,
+    spec: TaskSpec,
+    cost_limit: float,
+    run_config: RunConfig,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Deterministic actor in the real environment on the fixed seed list, DSRL-normalised."""
     from safepolicy.rollout import rollout_episodes
 
@@ -252,9 +270,14 @@ def evaluate_actor(actor: SquashedGaussianActor, spec: TaskSpec, cost_limit: flo
         batch = torch.as_tensor(observations, dtype=torch.float32, device=device)
         return actor(batch).cpu().numpy()
 
-    records = rollout_episodes(policy, spec, run_config.eval_episodes, seed=run_config.eval_seed,
-                               num_envs=min(run_config.eval_envs, run_config.eval_episodes),
-                               progress=progress)
+    records = rollout_episodes(
+        policy,
+        spec,
+        run_config.eval_episodes,
+        seed=run_config.eval_seed,
+        num_envs=min(run_config.eval_envs, run_config.eval_episodes),
+        progress=progress,
+    )
     returns = np.array([r.episode_return for r in records])
     costs = np.array([r.episode_cost for r in records])
     return {
@@ -273,9 +296,15 @@ def _rng_state(generator: torch.Generator) -> dict[str, Any]:
     return {"generator": generator.get_state(), "torch": torch.get_rng_state()}
 
 
-def build_context(dataset: Dataset | None, spec: TaskSpec, run_config: RunConfig,
-                  cost_limit: float, device: torch.device, seed: int,
-                  total_steps: int | None = None) -> TrainingContext:
+def build_context(
+    dataset: Dataset | None,
+    spec: TaskSpec,
+    run_config: RunConfig,
+    cost_limit: float,
+    device: torch.device,
+    seed: int,
+    total_steps: int | None = None,
+) -> TrainingContext:
     """The problem an algorithm is given: ``dataset`` (checked against ``spec``'s env) on
     ``device``, with the run's sizes and a minibatch generator seeded with ``seed``. Without a
     dataset (an online algorithm) the sizes come from the task's env and ``buffer`` is None."""
@@ -289,20 +318,42 @@ def build_context(dataset: Dataset | None, spec: TaskSpec, run_config: RunConfig
     else:
         action_low, action_high = check_dataset_matches_task(dataset, spec)
         obs_dim, action_dim = dataset.obs_dim, dataset.action_dim
-        buffer = OfflineBuffer(dataset, np.asarray(action_low), np.asarray(action_high), device,
-                               reward_scale=run_config.reward_scale)
+        buffer = OfflineBuffer(
+            dataset,
+            np.asarray(action_low),
+            np.asarray(action_high),
+            device,
+            reward_scale=run_config.reward_scale,
+        )
     return TrainingContext(
-        buffer=buffer, obs_dim=obs_dim, action_dim=action_dim,
-        action_low=action_low, action_high=action_high, hidden_sizes=run_config.hidden_sizes,
-        gamma=run_config.gamma, batch_size=run_config.batch_size, cost_limit=cost_limit,
+        buffer=buffer,
+        obs_dim=obs_dim,
+        action_dim=action_dim,
+        action_low=action_low,
+        action_high=action_high,
+        hidden_sizes=run_config.hidden_sizes,
+        gamma=run_config.gamma,
+        batch_size=run_config.batch_size,
+        cost_limit=cost_limit,
         episode_length=spec.max_episode_steps,
-        total_steps=run_config.steps if total_steps is None else total_steps, device=device,
-        generator=torch.Generator().manual_seed(seed), seed=seed,
-        precision=run_config.precision, dataset=dataset,
-        network_sizes={role: sizes for role, sizes in (
-            ("actor", run_config.actor_hidden_sizes), ("critic", run_config.critic_hidden_sizes),
-            ("value", run_config.value_hidden_sizes)) if sizes},
-        task=spec, reward_scale=run_config.reward_scale)
+        total_steps=run_config.steps if total_steps is None else total_steps,
+        device=device,
+        generator=torch.Generator().manual_seed(seed),
+        seed=seed,
+        precision=run_config.precision,
+        dataset=dataset,
+        network_sizes={
+            role: sizes
+            for role, sizes in (
+                ("actor", run_config.actor_hidden_sizes),
+                ("critic", run_config.critic_hidden_sizes),
+                ("value", run_config.value_hidden_sizes),
+            )
+            if sizes
+        },
+        task=spec,
+        reward_scale=run_config.reward_scale,
+    )
 
 
 def stage_checkpoint_path(run_dir: Path, stage: str) -> Path:
@@ -319,21 +370,28 @@ def stage_bounds(stages: list[Stage]) -> list[tuple[Stage, int, int]]:
     return bounds
 
 
-def load_reused_stage(reuse: Mapping[str, Path], spec: AlgorithmSpec, stages: list[Stage],
-                      resolved: dict[str, Any], device: torch.device,
-                      ) -> tuple[str, dict[str, Any], int, StageSource | None] | None:
+def load_reused_stage(
+    reuse: Mapping[str, Path],
+    spec: AlgorithmSpec,
+    stages: list[Stage],
+    resolved: dict[str, Any],
+    device: torch.device,
+) -> tuple[str, dict[str, Any], int, StageSource | None] | None:
     """The stage checkpoint named by ``--reuse-stage``: (stage, state, global step after it,
     the other algorithm it came from when ``spec.stage_sources`` allows one, else None)."""
     if not reuse:
         return None
     if len(reuse) > 1:
-        raise TrainingError("--reuse-stage names one stage (the last one to skip); got "
-                            f"{', '.join(reuse)}")
-    (stage_name, source), = reuse.items()
+        raise TrainingError(
+            f"--reuse-stage names one stage (the last one to skip); got {', '.join(reuse)}"
+        )
+    ((stage_name, source),) = reuse.items()
     ends = {stage.name: end for stage, _, end in stage_bounds(stages)}
     if stage_name not in ends:
-        raise TrainingError(f"--reuse-stage {stage_name}: {resolved['algorithm']} has no stage "
-                            f"{stage_name!r}; its stages are {', '.join(ends)}")
+        raise TrainingError(
+            f"--reuse-stage {stage_name}: {resolved['algorithm']} has no stage "
+            f"{stage_name!r}; its stages are {', '.join(ends)}"
+        )
     other = spec.stage_sources.get(stage_name)
     path = Path(source)
     if path.is_dir():
@@ -341,17 +399,22 @@ def load_reused_stage(reuse: Mapping[str, Path], spec: AlgorithmSpec, stages: li
         if not path.is_file() and other is not None:
             path = stage_checkpoint_path(Path(source), other.stage)
     if not path.is_file():
-        raise TrainingError(f"--reuse-stage {stage_name}={source}: no stage checkpoint at "
-                            f"{path}; name a run directory that finished that stage or its "
-                            f"checkpoints/stage-{stage_name}.pt")
+        raise TrainingError(
+            f"--reuse-stage {stage_name}={source}: no stage checkpoint at "
+            f"{path}; name a run directory that finished that stage or its "
+            f"checkpoints/stage-{stage_name}.pt"
+        )
     try:
         state = torch.load(path, map_location=device, weights_only=False)
     except Exception as error:
-        raise TrainingError(f"--reuse-stage {stage_name}={source}: {path} is not a readable "
-                            f"checkpoint ({error.__class__.__name__})") from None
+        raise TrainingError(
+            f"--reuse-stage {stage_name}={source}: {path} is not a readable "
+            f"checkpoint ({error.__class__.__name__})"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise TrainingError(f"--reuse-stage {stage_name}={source}: {path} is not a run "
-                            "checkpoint of this version")
+        raise TrainingError(
+            f"--reuse-stage {stage_name}={source}: {path} is not a run checkpoint of this version"
+        )
     saved = state["config"]
     foreign = other if other is not None and saved.get("algorithm") == other.algorithm else None
     for key in ("algorithm", "task", "dataset_sha256"):
@@ -359,14 +422,18 @@ def load_reused_stage(reuse: Mapping[str, Path], spec: AlgorithmSpec, stages: li
             continue
         if saved.get(key) != resolved[key]:
             allowed = f" (or {other.algorithm})" if other is not None else ""
-            raise TrainingError(f"--reuse-stage {stage_name}={source}: that run's {key} is "
-                                f"{saved.get(key)!r}, this run's is {resolved[key]!r}{allowed}; "
-                                "a stage can only be reused by the same algorithm on the same "
-                                "data")
+            raise TrainingError(
+                f"--reuse-stage {stage_name}={source}: that run's {key} is "
+                f"{saved.get(key)!r}, this run's is {resolved[key]!r}{allowed}; "
+                "a stage can only be reused by the same algorithm on the same "
+                "data"
+            )
     expected_stage = foreign.stage if foreign is not None else stage_name
     if state.get("stage") != expected_stage:
-        raise TrainingError(f"--reuse-stage {stage_name}={source}: {path} was written at the "
-                            f"end of stage {state.get('stage')!r}, not {expected_stage!r}")
+        raise TrainingError(
+            f"--reuse-stage {stage_name}={source}: {path} was written at the "
+            f"end of stage {state.get('stage')!r}, not {expected_stage!r}"
+        )
     return stage_name, state, ends[stage_name], foreign
 
 
@@ -383,43 +450,56 @@ def train(request: TrainRequest) -> Path:
         raise TrainingError(f"{request.algorithm} learns from a dataset; pass --dataset FILE.h5")
     dataset = None if request.dataset is None else load_dataset(request.dataset)
     device = resolve_device(request.device)
-    context = build_context(dataset, task, run_config, request.cost_limit, device, request.seed,
-                            total_steps=total_steps)
+    context = build_context(
+        dataset, task, run_config, request.cost_limit, device, request.seed, total_steps=total_steps
+    )
     generator = context.generator
     out = Path(request.out)
     checkpoint_path = out / "checkpoints" / "last.pt"
     if out.exists() and any(out.iterdir()) and not request.resume:
-        raise TrainingError(f"{out}: run directory is not empty; pass --resume to continue it "
-                            "or choose a new --out")
+        raise TrainingError(
+            f"{out}: run directory is not empty; pass --resume to continue it or choose a new --out"
+        )
 
     torch.manual_seed(request.seed)
     algorithm: Algorithm = spec.build(algorithm_config, context)
 
     dataset_hash = None if request.dataset is None else file_sha256(request.dataset)
     resolved: dict[str, Any] = {
-        "algorithm": request.algorithm, "task": task.name, "env_id": task.env_id,
-        "cost_limit": request.cost_limit, "seed": request.seed, "device": str(device),
+        "algorithm": request.algorithm,
+        "task": task.name,
+        "env_id": task.env_id,
+        "cost_limit": request.cost_limit,
+        "seed": request.seed,
+        "device": str(device),
         "dataset": None if request.dataset is None else str(request.dataset),
         "dataset_sha256": dataset_hash,
-        "run": run_config.model_dump(), "algorithm_config": algorithm_config.model_dump(),
+        "run": run_config.model_dump(),
+        "algorithm_config": algorithm_config.model_dump(),
         "stages": {stage.name: stage.steps for stage in stages},
         "reused_stages": {name: str(path) for name, path in request.reuse_stages.items()},
     }
     start_step = 0
     if request.resume and not checkpoint_path.exists() and out.exists() and any(out.iterdir()):
-        raise TrainingError(f"{checkpoint_path}: no checkpoint to resume from (the run stopped "
-                            "before its first checkpoint, or it was deleted); start a new --out "
-                            "without --resume")
+        raise TrainingError(
+            f"{checkpoint_path}: no checkpoint to resume from (the run stopped "
+            "before its first checkpoint, or it was deleted); start a new --out "
+            "without --resume"
+        )
     if request.resume and checkpoint_path.exists():
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
         if state.get("format") != CHECKPOINT_FORMAT:
-            raise TrainingError(f"{checkpoint_path}: not a checkpoint of this version "
-                                f"({state.get('format')!r}); start a new --out")
+            raise TrainingError(
+                f"{checkpoint_path}: not a checkpoint of this version "
+                f"({state.get('format')!r}); start a new --out"
+            )
         changed = differing_keys(state.get("config"), resolved)
         if changed:
-            raise TrainingError(f"{checkpoint_path}: this run was started with other settings; "
-                                f"differing: {', '.join(changed)}. Resume with the same "
-                                "arguments or choose a new --out")
+            raise TrainingError(
+                f"{checkpoint_path}: this run was started with other settings; "
+                f"differing: {', '.join(changed)}. Resume with the same "
+                "arguments or choose a new --out"
+            )
         algorithm.load_state_dict(state["algorithm"])
         generator.set_state(state["rng"]["generator"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -441,19 +521,32 @@ def train(request: TrainRequest) -> Path:
 
     def save_checkpoint(step: int, stage: str | None) -> None:
         if not out.is_dir():  # saving would quietly recreate a run directory someone deleted
-            raise TrainingError(f"{out}: the run directory disappeared at step {step}; "
-                                "nothing was saved. Start a new --out")
-        payload = {"format": CHECKPOINT_FORMAT, "config": resolved, "step": step,
-                   "stage": stage, "algorithm": algorithm.state_dict(),
-                   "rng": _rng_state(generator)}
+            raise TrainingError(
+                f"{out}: the run directory disappeared at step {step}; "
+                "nothing was saved. Start a new --out"
+            )
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "config": resolved,
+            "step": step,
+            "stage": stage,
+            "algorithm": algorithm.state_dict(),
+            "rng": _rng_state(generator),
+        }
         atomic_torch_save(payload, checkpoint_path)
         if stage is not None:
             atomic_torch_save(payload, stage_checkpoint_path(out, stage))
 
     log = ScalarLog(out / "scalars.csv")
     started = time.perf_counter()
-    bar = tqdm(total=total_steps, initial=start_step, disable=not request.progress,
-               desc=f"{request.algorithm} {task.name}", unit="step", dynamic_ncols=True)
+    bar = tqdm(
+        total=total_steps,
+        initial=start_step,
+        disable=not request.progress,
+        desc=f"{request.algorithm} {task.name}",
+        unit="step",
+        dynamic_ncols=True,
+    )
     for stage, before, end in stage_bounds(stages):
         if start_step >= end:
             continue
@@ -467,11 +560,18 @@ def train(request: TrainRequest) -> Path:
                 try:
                     row = log.write_row(step, time.perf_counter() - started, stage.name)
                 except OSError as error:  # e.g. the run directory was deleted mid-run
-                    raise TrainingError(f"{out}: cannot write the training log at step {step} "
-                                        f"({error.strerror}); start a new --out") from None
-                bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in row.items()
-                                 if k in ("loss/critic", "loss/actor", "o3srl/expected_lambda")
-                                 and isinstance(v, float)})
+                    raise TrainingError(
+                        f"{out}: cannot write the training log at step {step} "
+                        f"({error.strerror}); start a new --out"
+                    ) from None
+                bar.set_postfix(
+                    {
+                        k.split("/")[-1]: f"{v:.3g}"
+                        for k, v in row.items()
+                        if k in ("loss/critic", "loss/actor", "o3srl/expected_lambda")
+                        and isinstance(v, float)
+                    }
+                )
             if step == end:
                 save_checkpoint(step, stage.name)
             elif step % run_config.checkpoint_every == 0:
@@ -480,21 +580,33 @@ def train(request: TrainRequest) -> Path:
 
     actor = algorithm.actor
     actor.eval()
-    evaluation = (evaluate_actor(actor, task, request.cost_limit, run_config,
-                                 progress=request.progress)
-                  if run_config.eval_episodes > 0 else None)
+    evaluation = (
+        evaluate_actor(actor, task, request.cost_limit, run_config, progress=request.progress)
+        if run_config.eval_episodes > 0
+        else None
+    )
     if evaluation is not None:
         atomic_write_text(out / "evaluation.json", json.dumps(evaluation, indent=2))
     if (out / "scalars.csv").exists():  # absent when reused stages left nothing to train
-        plot_training_curves(out / "scalars.csv", out / CURVES_FILENAME, request.cost_limit,
-                             evaluation)
+        plot_training_curves(
+            out / "scalars.csv", out / CURVES_FILENAME, request.cost_limit, evaluation
+        )
     metadata = ActorMetadata(
-        task=task.name, env_id=task.env_id, algorithm=request.algorithm,
-        cost_limit=request.cost_limit, seed=request.seed,
-        config={"run": resolved["run"], "algorithm": resolved["algorithm_config"],
-                "stages": resolved["stages"], "reused_stages": resolved["reused_stages"]},
+        task=task.name,
+        env_id=task.env_id,
+        algorithm=request.algorithm,
+        cost_limit=request.cost_limit,
+        seed=request.seed,
+        config={
+            "run": resolved["run"],
+            "algorithm": resolved["algorithm_config"],
+            "stages": resolved["stages"],
+            "reused_stages": resolved["reused_stages"],
+        },
         dataset_path=None if request.dataset is None else str(Path(request.dataset).resolve()),
         dataset_sha256=dataset_hash,
-        code_version=code_version(), evaluation=evaluation)
+        code_version=code_version(),
+        evaluation=evaluation,
+    )
     save_actor(out, actor.cpu(), metadata)
     return out

@@ -53,35 +53,49 @@ def ensemble_estimate(q_values: torch.Tensor, estimate: str, ucb_k: float = 1.0)
     raise ValueError(f"ensemble estimate must be one of {ESTIMATES}, got {estimate!r}")
 
 
-def reduce_groups(q_values: torch.Tensor, sizes: Sequence[int], reductions: Sequence[str],
-                  ) -> list[torch.Tensor]:
+def reduce_groups(
+    q_values: torch.Tensor,
+    sizes: Sequence[int],
+    reductions: Sequence[str],
+) -> list[torch.Tensor]:
     """Split a stacked ensemble into its groups and reduce each with its own rule."""
     groups = torch.split(q_values, list(sizes))
     return [reduce_members(group, rule) for group, rule in zip(groups, reductions, strict=True)]
 
 
-def td_target(signal: torch.Tensor, terminals: torch.Tensor, next_value: torch.Tensor,
-              gamma: float) -> torch.Tensor:
+def td_target(
+    signal: torch.Tensor, terminals: torch.Tensor, next_value: torch.Tensor, gamma: float
+) -> torch.Tensor:
     """One-step Bellman target y = signal + gamma (1 - done) V(s')."""
     return signal + gamma * (1.0 - terminals) * next_value
 
 
 def stacked_targets(targets: Sequence[torch.Tensor], sizes: Sequence[int]) -> torch.Tensor:
     """Each signal's target repeated for every critic of its group: [sum(sizes), batch]."""
-    return torch.cat([target.expand(size, -1)
-                      for target, size in zip(targets, sizes, strict=True)])
+    return torch.cat([target.expand(size, -1) for target, size in zip(targets, sizes, strict=True)])
 
 
-def td_targets(next_q: torch.Tensor, signals: Sequence[torch.Tensor], terminals: torch.Tensor,
-               gamma: float, sizes: Sequence[int], reductions: Sequence[str]) -> torch.Tensor:
+def td_targets(
+    next_q: torch.Tensor,
+    signals: Sequence[torch.Tensor],
+    terminals: torch.Tensor,
+    gamma: float,
+    sizes: Sequence[int],
+    reductions: Sequence[str],
+) -> torch.Tensor:
     """Targets for a grouped ensemble from its target network's next-state values.
 
     ``signals[g]`` (rewards, costs, ...) is the per-step signal of group g, whose ``sizes[g]``
     members' next values are combined by ``reductions[g]``.
     """
     next_values = reduce_groups(next_q, sizes, reductions)
-    return stacked_targets([td_target(signal, terminals, value, gamma)
-                            for signal, value in zip(signals, next_values, strict=True)], sizes)
+    return stacked_targets(
+        [
+            td_target(signal, terminals, value, gamma)
+            for signal, value in zip(signals, next_values, strict=True)
+        ],
+        sizes,
+    )
 
 
 def ensemble_mse(q_values: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -100,9 +114,13 @@ def awr_weights(advantages: torch.Tensor, beta: float, max_weight: float) -> tor
     return torch.exp(beta * advantages).clamp(max=max_weight)
 
 
-def td3bc_actor_loss(q_values: torch.Tensor, policy_actions: torch.Tensor,
-                     dataset_actions: torch.Tensor, alpha: float, q_scale: torch.Tensor,
-                     ) -> torch.Tensor:
+def td3bc_actor_loss(
+    q_values: torch.Tensor,
+    policy_actions: torch.Tensor,
+    dataset_actions: torch.Tensor,
+    alpha: float,
+    q_scale: torch.Tensor,
+) -> torch.Tensor:
     """-lambda_bc * mean Q(s, pi(s)) + mean (pi(s) - a)^2, lambda_bc = alpha / q_scale.
 
     ``q_scale`` is what the Q term is divided by; TD3+BC uses the batch's mean |Q(s, pi(s))|
@@ -112,20 +130,27 @@ def td3bc_actor_loss(q_values: torch.Tensor, policy_actions: torch.Tensor,
     return -q_weight * q_values.mean() + F.mse_loss(policy_actions, dataset_actions)
 
 
-def log_std_loss(mean: torch.Tensor, log_std: torch.Tensor, unit_actions: torch.Tensor,
-                 ) -> torch.Tensor:
+def log_std_loss(
+    mean: torch.Tensor,
+    log_std: torch.Tensor,
+    unit_actions: torch.Tensor,
+) -> torch.Tensor:
     """Negative log-likelihood of dataset actions through the log-std head only."""
     pre_squash = torch.atanh(unit_actions.clamp(-1 + 1e-6, 1 - 1e-6))
     return -squashed_gaussian_log_prob(pre_squash, mean.detach(), log_std).mean()
 
 
-def sac_actor_loss(q_values: torch.Tensor, log_prob: torch.Tensor, temperature: torch.Tensor,
-                   ) -> torch.Tensor:
+def sac_actor_loss(
+    q_values: torch.Tensor,
+    log_prob: torch.Tensor,
+    temperature: torch.Tensor,
+) -> torch.Tensor:
     """SAC's policy loss E[alpha log pi(a|s) - Q(s, a)], a ~ pi (reparameterised)."""
     return (temperature.detach() * log_prob - q_values).mean()
 
 
-def sac_temperature_loss(log_temperature: torch.Tensor, log_prob: torch.Tensor,
-                         target_entropy: float) -> torch.Tensor:
+def sac_temperature_loss(
+    log_temperature: torch.Tensor, log_prob: torch.Tensor, target_entropy: float
+) -> torch.Tensor:
     """SAC's automatic temperature: -E[log alpha (log pi(a|s) + H_target)]."""
     return -(log_temperature * (log_prob.detach() + target_entropy)).mean()

@@ -71,8 +71,9 @@ class FixedMultiplier:
 class DualAscent:
     """lambda <- clip(lambda + lr * (measured_cost - cost_limit), 0, max_value)."""
 
-    def __init__(self, learning_rate: float, initial: float = 0.0,
-                 max_value: float = math.inf) -> None:
+    def __init__(
+        self, learning_rate: float, initial: float = 0.0, max_value: float = math.inf
+    ) -> None:
         if learning_rate <= 0.0:
             raise ValueError(f"dual ascent needs a learning rate > 0, got {learning_rate}")
         self.learning_rate = learning_rate
@@ -111,8 +112,9 @@ class PIDGains:
 class PIDMultiplier:
     """PID Lagrangian (Stooke et al. 2020): reacts to the violation, its sum and its rise."""
 
-    def __init__(self, gains: PIDGains, max_value: float = math.inf,
-                 initial_integral: float = 0.0) -> None:
+    def __init__(
+        self, gains: PIDGains, max_value: float = math.inf, initial_integral: float = 0.0
+    ) -> None:
         if min(gains.proportional, gains.integral, gains.derivative) < 0.0:
             raise ValueError(f"PID gains must be >= 0, got {gains}")
         self.gains = gains
@@ -129,8 +131,11 @@ class PIDMultiplier:
     def control(self, error: float, cost_rise: float) -> float:
         """Apply the PID law to one error e = J_c - d and rise J_c - J_c,prev; returns lambda."""
         self.integral = max(0.0, self.integral + self.gains.integral * error)
-        raw = (self.gains.proportional * error + self.integral
-               + self.gains.derivative * max(0.0, cost_rise))
+        raw = (
+            self.gains.proportional * error
+            + self.integral
+            + self.gains.derivative * max(0.0, cost_rise)
+        )
         self._value = min(max(raw, 0.0), self.max_value)
         return self._value
 
@@ -143,9 +148,12 @@ class PIDMultiplier:
 
     def state_dict(self) -> dict[str, Any]:
         """Integral, previous cost, lambda and gains."""
-        return {"value": self._value, "integral": self.integral,
-                "previous_cost": self.previous_cost,
-                "gains": [self.gains.proportional, self.gains.integral, self.gains.derivative]}
+        return {
+            "value": self._value,
+            "integral": self.integral,
+            "previous_cost": self.previous_cost,
+            "gains": [self.gains.proportional, self.gains.integral, self.gains.derivative],
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` saved."""
@@ -176,8 +184,14 @@ def exp3_learning_rate(num_arms: int, rounds: int) -> float:
 class Exp3:
     """EXP3 for losses in [0, 1] with importance-weighted loss estimates."""
 
-    def __init__(self, num_arms: int, rounds: int, seed: int, exploration: float = 0.0,
-                 learning_rate: float | None = None) -> None:
+    def __init__(
+        self,
+        num_arms: int,
+        rounds: int,
+        seed: int,
+        exploration: float = 0.0,
+        learning_rate: float | None = None,
+    ) -> None:
         self.num_arms = num_arms
         self.learning_rate = learning_rate or exp3_learning_rate(num_arms, rounds)
         self.exploration = exploration
@@ -203,8 +217,10 @@ class Exp3:
 
     def state_dict(self) -> dict[str, Any]:
         """Cumulative estimates and the arm-drawing RNG."""
-        return {"cumulative_loss_estimates": self.cumulative_loss_estimates.tolist(),
-                "rng": self.rng.bit_generator.state}
+        return {
+            "cumulative_loss_estimates": self.cumulative_loss_estimates.tolist(),
+            "rng": self.rng.bit_generator.state,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` saved."""
@@ -212,8 +228,13 @@ class Exp3:
         self.rng.bit_generator.state = state["rng"]
 
 
-def lagrange_player_loss(lagrange_multiplier: float, cost_value: float, budget_value: float,
-                         lambda_max: float, cost_value_bound: float) -> float:
+def lagrange_player_loss(
+    lagrange_multiplier: float,
+    cost_value: float,
+    budget_value: float,
+    lambda_max: float,
+    cost_value_bound: float,
+) -> float:
     """l = -(lambda - C/2)(V_c - kappa_v), mapped to [0, 1] by its bound C G / 2."""
     gap = float(np.clip(cost_value - budget_value, -cost_value_bound, cost_value_bound))
     centred_multiplier = lagrange_multiplier - lambda_max / 2.0
@@ -227,8 +248,14 @@ class Exp3Multiplier:
     the same (value) units; ``cost_value_bound`` G bounds |V_c - kappa_v| so the loss is in [0, 1].
     """
 
-    def __init__(self, arms: np.ndarray, rounds: int, seed: int, cost_value_bound: float,
-                 exploration: float = 0.0) -> None:
+    def __init__(
+        self,
+        arms: np.ndarray,
+        rounds: int,
+        seed: int,
+        cost_value_bound: float,
+        exploration: float = 0.0,
+    ) -> None:
         self.arms = np.asarray(arms, dtype=float)
         self.lambda_max = float(self.arms.max())
         self.cost_value_bound = cost_value_bound
@@ -247,12 +274,16 @@ class Exp3Multiplier:
     def update(self, measured_cost: float, cost_limit: float) -> dict[str, float]:
         """Charge the pulled arm its loss, then draw the next round's arm."""
         pulled = self.value
-        loss = lagrange_player_loss(pulled, measured_cost, cost_limit, self.lambda_max,
-                                    self.cost_value_bound)
+        loss = lagrange_player_loss(
+            pulled, measured_cost, cost_limit, self.lambda_max, self.cost_value_bound
+        )
         self.bandit.update(self.arm, loss)
         probabilities = self.bandit.probabilities()
-        logs = {"multiplier/lambda": pulled, "multiplier/bandit_loss": loss,
-                "multiplier/expected_lambda": float(probabilities @ self.arms)}
+        logs = {
+            "multiplier/lambda": pulled,
+            "multiplier/bandit_loss": loss,
+            "multiplier/expected_lambda": float(probabilities @ self.arms),
+        }
         logs.update({f"multiplier/p_arm{k}": float(p) for k, p in enumerate(probabilities)})
         self.arm = self.bandit.sample()
         return logs
@@ -293,11 +324,20 @@ class AdaptivePIDMultiplier(PIDMultiplier):
       lagged test process (tests/test_apid.py: 4.56 vs 3.17 on seed 0).
     """
 
-    def __init__(self, gains: PIDGains, max_value: float = math.inf,
-                 initial_integral: float = 0.0, smoothing: float = 0.9, delay: int = 10,
-                 proportional_rate: float = 0.05, integral_rate: float = 0.05,
-                 derivative_rate: float = 0.05, gain_floor: float = 0.1,
-                 gain_ceiling: float = 10.0, min_mean_cost: float = 1e-6) -> None:
+    def __init__(
+        self,
+        gains: PIDGains,
+        max_value: float = math.inf,
+        initial_integral: float = 0.0,
+        smoothing: float = 0.9,
+        delay: int = 10,
+        proportional_rate: float = 0.05,
+        integral_rate: float = 0.05,
+        derivative_rate: float = 0.05,
+        gain_floor: float = 0.1,
+        gain_ceiling: float = 10.0,
+        min_mean_cost: float = 1e-6,
+    ) -> None:
         super().__init__(gains, max_value=max_value, initial_integral=initial_integral)
         if not 0.0 <= smoothing < 1.0:
             raise ValueError(f"aPID smoothing must lie in [0, 1), got {smoothing}")
@@ -306,8 +346,10 @@ class AdaptivePIDMultiplier(PIDMultiplier):
         if min(proportional_rate, integral_rate, derivative_rate) < 0.0:
             raise ValueError("aPID adaptation rates must be >= 0")
         if not 0.0 < gain_floor <= 1.0 <= gain_ceiling:
-            raise ValueError(f"aPID gain clamps need 0 < floor <= 1 <= ceiling, got "
-                             f"[{gain_floor}, {gain_ceiling}]")
+            raise ValueError(
+                f"aPID gain clamps need 0 < floor <= 1 <= ceiling, got "
+                f"[{gain_floor}, {gain_ceiling}]"
+            )
         self.initial_gains = PIDGains(gains.proportional, gains.integral, gains.derivative)
         self.gains = PIDGains(gains.proportional, gains.integral, gains.derivative)
         self.smoothing = smoothing
@@ -327,7 +369,7 @@ class AdaptivePIDMultiplier(PIDMultiplier):
 
     def adapt_gains(self, cost_limit: float) -> None:
         """Scale the gains from the mean and std of the buffered smoothed costs, then clamp."""
-        window = np.asarray(self.smoothed_costs[-self.delay:])
+        window = np.asarray(self.smoothed_costs[-self.delay :])
         if len(window) < 2:
             return
         mean = max(float(window.mean()), self.min_mean_cost)
@@ -343,38 +385,58 @@ class AdaptivePIDMultiplier(PIDMultiplier):
         self.gains = PIDGains(
             self._clamp(self.gains.proportional * pi_factor_p, initial.proportional),
             self._clamp(self.gains.integral * pi_factor_i, initial.integral),
-            self._clamp(self.gains.derivative * d_factor, initial.derivative))
+            self._clamp(self.gains.derivative * d_factor, initial.derivative),
+        )
 
     def update(self, measured_cost: float, cost_limit: float) -> dict[str, float]:
         """Smooth, buffer, adapt the gains, then apply the position-form law."""
         violation = measured_cost - cost_limit
         a = self.smoothing
-        self.smoothed_violation = violation if self.smoothed_violation is None else (
-            a * self.smoothed_violation + (1.0 - a) * violation)
-        self.smoothed_cost = measured_cost if self.smoothed_cost is None else (
-            a * self.smoothed_cost + (1.0 - a) * measured_cost)
-        self.smoothed_costs = [*self.smoothed_costs, self.smoothed_cost][-(self.delay + 1):]
+        self.smoothed_violation = (
+            violation
+            if self.smoothed_violation is None
+            else (a * self.smoothed_violation + (1.0 - a) * violation)
+        )
+        self.smoothed_cost = (
+            measured_cost
+            if self.smoothed_cost is None
+            else (a * self.smoothed_cost + (1.0 - a) * measured_cost)
+        )
+        self.smoothed_costs = [*self.smoothed_costs, self.smoothed_cost][-(self.delay + 1) :]
         self.previous_cost = measured_cost
         self.adapt_gains(cost_limit)
         self.integral = max(0.0, self.integral + self.gains.integral * violation)
         lagged_rise = max(0.0, self.smoothed_cost - self.smoothed_costs[0])
-        raw = (self.gains.proportional * self.smoothed_violation + self.integral
-               + self.gains.derivative * lagged_rise)
+        raw = (
+            self.gains.proportional * self.smoothed_violation
+            + self.integral
+            + self.gains.derivative * lagged_rise
+        )
         self._value = min(max(raw, 0.0), self.max_value)
-        return {"multiplier/lambda": self._value, "multiplier/integral": self.integral,
-                "multiplier/kp": self.gains.proportional, "multiplier/ki": self.gains.integral,
-                "multiplier/kd": self.gains.derivative,
-                "multiplier/smoothed_cost": self.smoothed_cost}
+        return {
+            "multiplier/lambda": self._value,
+            "multiplier/integral": self.integral,
+            "multiplier/kp": self.gains.proportional,
+            "multiplier/ki": self.gains.integral,
+            "multiplier/kd": self.gains.derivative,
+            "multiplier/smoothed_cost": self.smoothed_cost,
+        }
 
     def state_dict(self) -> dict[str, Any]:
         """PID state plus the EMAs, the smoothed-cost buffer and the adapted gains."""
         state = super().state_dict()
-        state.update({"smoothed_violation": self.smoothed_violation,
-                      "smoothed_cost": self.smoothed_cost,
-                      "smoothed_costs": list(self.smoothed_costs),
-                      "initial_gains": [self.initial_gains.proportional,
-                                        self.initial_gains.integral,
-                                        self.initial_gains.derivative]})
+        state.update(
+            {
+                "smoothed_violation": self.smoothed_violation,
+                "smoothed_cost": self.smoothed_cost,
+                "smoothed_costs": list(self.smoothed_costs),
+                "initial_gains": [
+                    self.initial_gains.proportional,
+                    self.initial_gains.integral,
+                    self.initial_gains.derivative,
+                ],
+            }
+        )
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -26,8 +26,9 @@ LOG_STD_MIN = -5.0
 LOG_STD_MAX = 2.0
 
 
-def mlp(in_dim: int, out_dim: int, hidden_sizes: Sequence[int],
-        activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+def mlp(
+    in_dim: int, out_dim: int, hidden_sizes: Sequence[int], activation: type[nn.Module] = nn.ReLU
+) -> nn.Sequential:
     """A plain MLP: Linear-activation blocks, then a linear output layer."""
     layers: list[nn.Module] = []
     last = in_dim
@@ -98,8 +99,8 @@ class SquashedGaussianActor(nn.Module):
         bias). An algorithm that trains with a fixed std and never reads the head leaves it
         there (no gradient reaches those rows), so the exported policy carries that std."""
         last = [module for module in self.trunk.modules() if isinstance(module, nn.Linear)][-1]
-        last.weight[self.action_dim:].zero_()
-        last.bias[self.action_dim:].fill_(log_std)
+        last.weight[self.action_dim :].zero_()
+        last.bias[self.action_dim :].fill_(log_std)
 
     def distribution(self, observations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pre-squash mean and clamped log-std for raw observations."""
@@ -136,8 +137,11 @@ class SquashedGaussianActor(nn.Module):
         return squashed_gaussian_log_prob(torch.atanh(squashed), mean, log_std)
 
 
-def squashed_gaussian_log_prob(pre_squash: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor,
-                               ) -> torch.Tensor:
+def squashed_gaussian_log_prob(
+    pre_squash: torch.Tensor,
+    mean: torch.Tensor,
+    log_std: torch.Tensor,
+) -> torch.Tensor:
     """log pi(tanh(u)) for u ~ N(mean, exp(log_std)), summed over action dimensions."""
     gaussian = -0.5 * (((pre_squash - mean) / log_std.exp()) ** 2) - log_std
     gaussian = gaussian - 0.5 * math.log(2 * math.pi)
@@ -158,8 +162,11 @@ class EnsembleLinear(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, inputs: torch.Tensor, members: list[int] | slice | None = None,
-                ) -> torch.Tensor:
+    def forward(
+        self,
+        inputs: torch.Tensor,
+        members: list[int] | slice | None = None,
+    ) -> torch.Tensor:
         if members is None:
             return torch.baddbmm(self.bias, inputs, self.weight)
         return torch.baddbmm(self.bias[members], inputs, self.weight[members])
@@ -180,13 +187,18 @@ class CriticEnsemble(nn.Module):
     an update's floating-point work goes, at several times the float32 rate.
     """
 
-    def __init__(self, obs_dim: int, action_dim: int, ensemble_size: int | Mapping[str, int] = 2,
-                 hidden_sizes: Sequence[int] = (256, 256), precision: str = "fp32") -> None:
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        ensemble_size: int | Mapping[str, int] = 2,
+        hidden_sizes: Sequence[int] = (256, 256),
+        precision: str = "fp32",
+    ) -> None:
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        groups = ({"q": ensemble_size} if isinstance(ensemble_size, int)
-                  else dict(ensemble_size))
+        groups = {"q": ensemble_size} if isinstance(ensemble_size, int) else dict(ensemble_size)
         if not groups or any(size < 1 for size in groups.values()):
             raise ValueError(f"critic groups need at least one member each, got {groups}")
         self.groups = groups
@@ -200,8 +212,9 @@ class CriticEnsemble(nn.Module):
             EnsembleLinear(self.ensemble_size, a, b) for a, b in itertools.pairwise(sizes)
         )
 
-    def forward(self, observations: torch.Tensor, actions: torch.Tensor,
-                members: list[int] | None = None) -> torch.Tensor:
+    def forward(
+        self, observations: torch.Tensor, actions: torch.Tensor, members: list[int] | None = None
+    ) -> torch.Tensor:
         """Q-values [len(members) or N, batch]; ``members`` evaluates only those critics."""
         inputs = torch.cat([self.normalizer(observations), actions], dim=-1)
         count = self.ensemble_size if members is None else len(members)
@@ -231,14 +244,18 @@ class CriticEnsemble(nn.Module):
     def group(self, q_values: torch.Tensor, name: str) -> torch.Tensor:
         """Rows of group ``name`` from a full ensemble output [N, batch]."""
         members = self.members(name)
-        return q_values[members[0]:members[-1] + 1]
+        return q_values[members[0] : members[-1] + 1]
 
 
 class ValueNetwork(nn.Module):
     """V(s) heads for IQL-style expectile value learning: [batch, outputs]."""
 
-    def __init__(self, obs_dim: int, outputs: int = 1, hidden_sizes: Sequence[int] = (256, 256),
-                 ) -> None:
+    def __init__(
+        self,
+        obs_dim: int,
+        outputs: int = 1,
+        hidden_sizes: Sequence[int] = (256, 256),
+    ) -> None:
         super().__init__()
         self.normalizer = ObservationNormalizer(obs_dim)
         self.trunk = mlp(obs_dim, outputs, hidden_sizes)

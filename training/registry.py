@@ -82,7 +82,8 @@ def algorithm_spec(name: str) -> AlgorithmSpec:
     """The spec of algorithm ``name`` (imports its module)."""
     if name not in REGISTRY:
         raise UnknownAlgorithmError(
-            f"unknown algorithm {name!r}; known: {', '.join(algorithm_names())}")
+            f"unknown algorithm {name!r}; known: {', '.join(algorithm_names())}"
+        )
     module_name, _, attribute = REGISTRY[name].partition(":")
     spec = getattr(importlib.import_module(module_name), attribute)
     if not isinstance(spec, AlgorithmSpec) or spec.name != name:
@@ -98,6 +99,8 @@ def checked_stages(spec: AlgorithmSpec, config: Any, run_config: RunConfig) -> l
         raise ValueError(f"{spec.name}: stages must be non-empty with unique names, got {names}")
     for stage in stages:
         if stage.steps <= 0:
-            raise ValueError(f"{spec.name}: stage {stage.name!r} has {stage.steps} steps; "
-                             "set its step count to a positive number")
+            raise ValueError(
+                f"{spec.name}: stage {stage.name!r} has {stage.steps} steps; "
+                "set its step count to a positive number"
+            )
     return stages

@@ -34,27 +34,56 @@ KEYS = ("observations", "actions", "rewards", "costs", "next_observations", "ter
 class ReplayBuffer:
     """A fixed-capacity ring of transitions on ``device``; the oldest are overwritten."""
 
-    def __init__(self, capacity: int, obs_dim: int, action_dim: int, device: torch.device,
-                 reward_scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        obs_dim: int,
+        action_dim: int,
+        device: torch.device,
+        reward_scale: float = 1.0,
+    ) -> None:
         if capacity < 1:
             raise ValueError(f"replay capacity must be at least 1, got {capacity}")
         self.capacity, self.device, self.reward_scale = capacity, device, reward_scale
-        shapes = {"observations": (obs_dim,), "actions": (action_dim,), "rewards": (),
-                  "costs": (), "next_observations": (obs_dim,), "terminals": ()}
-        self.storage = {key: torch.zeros((capacity, *shape), device=device)
-                        for key, shape in shapes.items()}
+        shapes = {
+            "observations": (obs_dim,),
+            "actions": (action_dim,),
+            "rewards": (),
+            "costs": (),
+            "next_observations": (obs_dim,),
+            "terminals": (),
+        }
+        self.storage = {
+            key: torch.zeros((capacity, *shape), device=device) for key, shape in shapes.items()
+        }
         self.size = 0
         self.position = 0  # the next row written
 
-    def add(self, observations: Any, unit_actions: Any, rewards: Any, costs: Any,
-            next_observations: Any, terminals: Any) -> None:
+    def add(
+        self,
+        observations: Any,
+        unit_actions: Any,
+        rewards: Any,
+        costs: Any,
+        next_observations: Any,
+        terminals: Any,
+    ) -> None:
         """Append a batch of transitions (rows along dim 0; rewards unscaled, as the env gives)."""
-        values = {"observations": observations, "actions": unit_actions,
-                  "rewards": rewards, "costs": costs, "next_observations": next_observations,
-                  "terminals": terminals}
-        tensors = {key: torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor)
-                                        else value, dtype=torch.float32).to(self.device)
-                   for key, value in values.items()}
+        values = {
+            "observations": observations,
+            "actions": unit_actions,
+            "rewards": rewards,
+            "costs": costs,
+            "next_observations": next_observations,
+            "terminals": terminals,
+        }
+        tensors = {
+            key: torch.as_tensor(
+                np.asarray(value) if not isinstance(value, torch.Tensor) else value,
+                dtype=torch.float32,
+            ).to(self.device)
+            for key, value in values.items()
+        }
         tensors["rewards"] = tensors["rewards"] * self.reward_scale
         count = tensors["observations"].shape[0]
         rows = (self.position + torch.arange(count)) % self.capacity
@@ -73,16 +102,22 @@ class ReplayBuffer:
 
     def state_dict(self) -> dict[str, Any]:
         """The stored rows, the write position and the capacity."""
-        return {"capacity": self.capacity, "size": self.size, "position": self.position,
-                "rows": {key: self.storage[key][:self.size].clone() for key in KEYS}}
+        return {
+            "capacity": self.capacity,
+            "size": self.size,
+            "position": self.position,
+            "rows": {key: self.storage[key][: self.size].clone() for key in KEYS},
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if int(state["capacity"]) != self.capacity:
-            raise ValueError(f"replay checkpoint has capacity {state['capacity']}, this buffer "
-                             f"{self.capacity}; resume with the same replay capacity")
+            raise ValueError(
+                f"replay checkpoint has capacity {state['capacity']}, this buffer "
+                f"{self.capacity}; resume with the same replay capacity"
+            )
         self.size, self.position = int(state["size"]), int(state["position"])
         for key in KEYS:
-            self.storage[key][:self.size] = state["rows"][key].to(self.device)
+            self.storage[key][: self.size] = state["rows"][key].to(self.device)
 
 
 def concatenate(batches: Sequence[Batch]) -> Batch:
@@ -93,8 +128,9 @@ def concatenate(batches: Sequence[Batch]) -> Batch:
 class MixedSampler:
     """Minibatches with a fixed share of online rows: ``round(online_fraction * batch)``."""
 
-    def __init__(self, offline: OfflineBuffer | None, online: ReplayBuffer,
-                 online_fraction: float) -> None:
+    def __init__(
+        self, offline: OfflineBuffer | None, online: ReplayBuffer, online_fraction: float
+    ) -> None:
         if not 0.0 <= online_fraction <= 1.0:
             raise ValueError(f"online_fraction must be in [0, 1], got {online_fraction}")
         if offline is None and online_fraction < 1.0:
@@ -114,15 +150,25 @@ class MixedSampler:
             return self.online.sample(batch_size, generator)
         if online == 0:
             return self.offline.sample(batch_size, generator)
-        return concatenate([self.offline.sample(batch_size - online, generator),
-                            self.online.sample(online, generator)])
+        return concatenate(
+            [
+                self.offline.sample(batch_size - online, generator),
+                self.online.sample(online, generator),
+            ]
+        )
 
 
 class EnvironmentCollector:
     """Steps the task's vector envs with an actor into a replay buffer; tracks costs spent."""
 
-    def __init__(self, task: TaskSpec, num_envs: int, seed: int, device: torch.device,
-                 scheduled_episodes: int = 1_000_000) -> None:
+    def __init__(
+        self,
+        task: TaskSpec,
+        num_envs: int,
+        seed: int,
+        device: torch.device,
+        scheduled_episodes: int = 1_000_000,
+    ) -> None:
         self.task, self.num_envs, self.seed, self.device = task, num_envs, seed, device
         self.scheduled_episodes = scheduled_episodes
         self.episodes: list[EpisodeRecord] = []
@@ -137,16 +183,22 @@ class EnvironmentCollector:
         self.observations, _ = self.envs.reset()
 
     @torch.no_grad()
-    def collect(self, actor: SquashedGaussianActor, steps: int, replay: ReplayBuffer,
-                generator: torch.Generator | None = None, deterministic: bool = False,
-                ) -> list[EpisodeRecord]:
+    def collect(
+        self,
+        actor: SquashedGaussianActor,
+        steps: int,
+        replay: ReplayBuffer,
+        generator: torch.Generator | None = None,
+        deterministic: bool = False,
+    ) -> list[EpisodeRecord]:
         """``steps`` vector steps (``steps * num_envs`` transitions) with ``actor``'s sampled
         actions (noise from ``generator``) or its deterministic ones; returns the episodes that
         finished."""
         finished: list[EpisodeRecord] = []
         for _ in range(steps):
-            observations = torch.as_tensor(self.observations, dtype=torch.float32,
-                                           device=self.device)
+            observations = torch.as_tensor(
+                self.observations, dtype=torch.float32, device=self.device
+            )
             mean, log_std = actor.distribution(observations)
             if not deterministic:
                 noise = torch.randn(mean.shape, generator=generator).to(self.device)
@@ -159,8 +211,14 @@ class EnvironmentCollector:
             stored_next = np.array(next_observations, dtype=np.float32, copy=True)
             for index in np.flatnonzero(done):
                 stored_next[index] = infos["final_observation"][index]
-            replay.add(self.observations, unit_actions, rewards, costs, stored_next,
-                       terminated.astype(np.float32))
+            replay.add(
+                self.observations,
+                unit_actions,
+                rewards,
+                costs,
+                stored_next,
+                terminated.astype(np.float32),
+            )
             self.cumulative_cost += float(costs.sum())
             self.env_steps += self.num_envs
             finished += finished_episodes(infos, done)
@@ -170,9 +228,15 @@ class EnvironmentCollector:
 
     def state_dict(self) -> dict[str, Any]:
         """Counters and finished episodes (the environments restart on load)."""
-        return {"cumulative_cost": self.cumulative_cost, "env_steps": self.env_steps,
-                "episodes": [(r.seed, r.episode_return, r.episode_cost, r.length, r.terminated)
-                             for r in self.episodes], "next_seed": self.next_seed}
+        return {
+            "cumulative_cost": self.cumulative_cost,
+            "env_steps": self.env_steps,
+            "episodes": [
+                (r.seed, r.episode_return, r.episode_cost, r.length, r.terminated)
+                for r in self.episodes
+            ],
+            "next_seed": self.next_seed,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.cumulative_cost = float(state["cumulative_cost"])

@@ -28,20 +28,28 @@ def gaussian_kl_to_standard_normal(mean: torch.Tensor, log_std: torch.Tensor) ->
 class ConditionalVAE(nn.Module):
     """p(a | s) as a conditional VAE; actions live in [-max_action, max_action]."""
 
-    def __init__(self, state_dim: int, action_dim: int, hidden_sizes: Sequence[int] = (750, 750),
-                 latent_dim: int | None = None, max_action: float = 1.0) -> None:
+    def __init__(
+        self,
+        state_dim: int,
+        action_dim: int,
+        hidden_sizes: Sequence[int] = (750, 750),
+        latent_dim: int | None = None,
+        max_action: float = 1.0,
+    ) -> None:
         super().__init__()
         if state_dim < 1 or action_dim < 1:
-            raise ValueError(f"the VAE needs state and action sizes >= 1, got {state_dim}, "
-                             f"{action_dim}")
+            raise ValueError(
+                f"the VAE needs state and action sizes >= 1, got {state_dim}, {action_dim}"
+            )
         self.action_dim = action_dim
         self.latent_dim = latent_dim or 2 * action_dim
         self.max_action = max_action
         self.encoder = mlp(state_dim + action_dim, 2 * self.latent_dim, hidden_sizes)
         self.decoder = mlp(state_dim + self.latent_dim, action_dim, hidden_sizes)
 
-    def encode(self, states: torch.Tensor, actions: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(
+        self, states: torch.Tensor, actions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and clamped log std of q(z | s, a)."""
         mean, log_std = self.encoder(torch.cat([states, actions], -1)).chunk(2, -1)
         return mean, log_std.clamp(-4.0, 15.0)
@@ -49,13 +57,17 @@ class ConditionalVAE(nn.Module):
     def decode(self, states: torch.Tensor, latents: torch.Tensor | None = None) -> torch.Tensor:
         """An action for each state; without latents, from clipped prior samples."""
         if latents is None:
-            latents = torch.randn(states.shape[0], self.latent_dim, device=states.device,
-                                  dtype=states.dtype).clamp(-0.5, 0.5)
+            latents = torch.randn(
+                states.shape[0], self.latent_dim, device=states.device, dtype=states.dtype
+            ).clamp(-0.5, 0.5)
         return self.max_action * torch.tanh(self.decoder(torch.cat([states, latents], -1)))
 
-    def forward(self, states: torch.Tensor, actions: torch.Tensor,
-                noise: torch.Tensor | None = None,
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        states: torch.Tensor,
+        actions: torch.Tensor,
+        noise: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Reconstruction through a reparameterised latent, with the posterior's mean, log std.
 
         ``noise`` (standard normal, [batch, latent]) lets a caller draw it from its own
@@ -72,8 +84,13 @@ class ConditionalVAE(nn.Module):
         return (self.decode(states, mean) - actions).pow(2).sum(-1)
 
 
-def elbo_loss(vae: ConditionalVAE, states: torch.Tensor, actions: torch.Tensor,
-              kl_weight: float = 0.5, noise: torch.Tensor | None = None) -> torch.Tensor:
+def elbo_loss(
+    vae: ConditionalVAE,
+    states: torch.Tensor,
+    actions: torch.Tensor,
+    kl_weight: float = 0.5,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Negative ELBO: mean reconstruction MSE + kl_weight * mean KL to the prior (``noise``:
     the reparameterisation's standard normal draws, as in ``ConditionalVAE.forward``)."""
     reconstruction, mean, log_std = vae(states, actions, noise)

@@ -59,8 +59,9 @@ class TrainingContext:
     def offline(self) -> OfflineBuffer:
         """The dataset's buffer; a clear error for an offline algorithm run without data."""
         if self.buffer is None:
-            raise ValueError("this algorithm learns from a dataset but the run has none; "
-                             "pass --dataset")
+            raise ValueError(
+                "this algorithm learns from a dataset but the run has none; pass --dataset"
+            )
         return self.buffer
 
     def obs_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,24 +79,38 @@ class TrainingContext:
 
     def new_actor(self, hidden_sizes: Sequence[int] | None = None) -> SquashedGaussianActor:
         """A squashed Gaussian actor with the dataset's observation statistics."""
-        actor = SquashedGaussianActor(self.obs_dim, self.action_dim,
-                                      hidden_sizes or self.sizes_for("actor"),
-                                      self.action_low, self.action_high)
+        actor = SquashedGaussianActor(
+            self.obs_dim,
+            self.action_dim,
+            hidden_sizes or self.sizes_for("actor"),
+            self.action_low,
+            self.action_high,
+        )
         return self.place(actor)
 
-    def new_critics(self, groups: int | Mapping[str, int],
-                    hidden_sizes: Sequence[int] | None = None) -> CriticEnsemble:
+    def new_critics(
+        self, groups: int | Mapping[str, int], hidden_sizes: Sequence[int] | None = None
+    ) -> CriticEnsemble:
         """Q networks as one batched ensemble at the run's precision; ``groups`` is a member
         count or named groups of any sizes, e.g. ``{"reward": 2, "cost": 5}``."""
-        critics = CriticEnsemble(self.obs_dim, self.action_dim, groups,
-                                 hidden_sizes or self.sizes_for("critic"), self.precision)
+        critics = CriticEnsemble(
+            self.obs_dim,
+            self.action_dim,
+            groups,
+            hidden_sizes or self.sizes_for("critic"),
+            self.precision,
+        )
         return self.place(critics)
 
-    def new_value(self, outputs: int, hidden_sizes: Sequence[int] | None = None,
-                  ) -> ValueNetwork:
+    def new_value(
+        self,
+        outputs: int,
+        hidden_sizes: Sequence[int] | None = None,
+    ) -> ValueNetwork:
         """A state-value network with ``outputs`` heads."""
-        return self.place(ValueNetwork(self.obs_dim, outputs,
-                                       hidden_sizes or self.sizes_for("value")))
+        return self.place(
+            ValueNetwork(self.obs_dim, outputs, hidden_sizes or self.sizes_for("value"))
+        )
 
     def place(self, module: Module) -> Module:
         """Any network on the training device, every ``ObservationNormalizer`` inside it set

@@ -27,8 +27,7 @@ from safepolicy.training.registry import AlgorithmSpec
 class TD3BCLagConfig(Config):
     """Baseline: TD3+BC on the Lagrangian reward with one fixed multiplier."""
 
-    lagrange_multiplier: float = param(1.0, "the fixed lambda", "baseline, no paper value",
-                                       ge=0.0)
+    lagrange_multiplier: float = param(1.0, "the fixed lambda", "baseline, no paper value", ge=0.0)
     per_step_budget: Literal["episode", "paper"] = param("episode", "as in O3SRL")
     td3bc: TD3BCConfig = Field(default_factory=TD3BCConfig)
 
@@ -49,7 +48,8 @@ class BCSafe:
         if rows.size == 0:
             raise ValueError(
                 f"BC-Safe: no episode in the dataset has cost <= {context.cost_limit:g}; "
-                "raise --cost-limit or collect data with safer behaviour")
+                "raise --cost-limit or collect data with safer behaviour"
+            )
         self.buffer = context.offline.subset(torch.as_tensor(rows))
         self.context = context
         self.actor = context.new_actor()
@@ -62,7 +62,8 @@ class BCSafe:
         batch = self.buffer.sample(self.context.batch_size, self.context.generator)
         mean, log_std = self.actor.distribution(batch.observations)
         loss = F.mse_loss(torch.tanh(mean), batch.actions) + log_std_loss(
-            mean, log_std, batch.actions)
+            mean, log_std, batch.actions
+        )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -103,8 +104,14 @@ class TD3BCLag:
 
 
 TD3BC_LAG_SPEC = AlgorithmSpec(
-    name="td3bc-lag", config_type=TD3BCLagConfig, build=TD3BCLag,
-    summary="TD3+BC on r - lambda (c - b) with one fixed lambda (baseline)")
+    name="td3bc-lag",
+    config_type=TD3BCLagConfig,
+    build=TD3BCLag,
+    summary="TD3+BC on r - lambda (c - b) with one fixed lambda (baseline)",
+)
 BC_SAFE_SPEC = AlgorithmSpec(
-    name="bc-safe", config_type=BCSafeConfig, build=BCSafe,
-    summary="behaviour cloning of the episodes within the cost limit (baseline)")
+    name="bc-safe",
+    config_type=BCSafeConfig,
+    build=BCSafe,
+    summary="behaviour cloning of the episodes within the cost limit (baseline)",
+)

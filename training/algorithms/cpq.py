@@ -115,38 +115,60 @@ from safepolicy.training.vae import ConditionalVAE, elbo_loss, gaussian_kl_to_st
 
 STAGE = "cpq"
 # OSRL's CPQ configs for the Bullet tasks train on batches of 512 (run.batch_size's default is 256)
-BULLET_TASKS = ("BallRun", "BallCircle", "CarRun", "CarCircle", "DroneRun", "DroneCircle",
-                "AntRun", "AntCircle")
+BULLET_TASKS = (
+    "BallRun",
+    "BallCircle",
+    "CarRun",
+    "CarCircle",
+    "DroneRun",
+    "DroneCircle",
+    "AntRun",
+    "AntCircle",
+)
 
 
 class CPQConfig(Config):
     """CPQ (Xu et al. 2022) with OSRL's Bullet settings; its steps are ``run.steps``."""
 
     actor_lr: float = param(1e-4, "actor learning rate", "OSRL: 1e-4", gt=0.0)
-    critic_lr: float = param(1e-3, "reward and cost critic learning rate", "OSRL: 1e-3",
-                             gt=0.0)
+    critic_lr: float = param(1e-3, "reward and cost critic learning rate", "OSRL: 1e-3", gt=0.0)
     vae_lr: float = param(1e-3, "VAE learning rate", "OSRL: 1e-3", gt=0.0)
-    penalty_lr: float = param(3e-3, "step size of the OOD penalty weight alpha_p",
-                              "OSRL alpha_lr: 1e-4 (see the departures)", gt=0.0)
-    log_penalty_bound: float = param(5.0, "log alpha_p is clamped to [-bound, bound]",
-                                     "OSRL: 5", gt=0.0)
-    qc_scalar: float = param(1.5, "OOD cost Q is pushed to qc_scalar * qc_limit",
-                             "OSRL: 1.5", gt=0.0)
-    sample_actions: int = param(10, "policy draws per state scored by the VAE",
-                                "OSRL: 10", gt=0)
-    ood_fraction: float = param(0.25, "share of the draws (highest VAE KL) treated as OOD",
-                                "OSRL: KL above its 0.75 quantile", gt=0.0, le=1.0)
+    penalty_lr: float = param(
+        3e-3,
+        "step size of the OOD penalty weight alpha_p",
+        "OSRL alpha_lr: 1e-4 (see the departures)",
+        gt=0.0,
+    )
+    log_penalty_bound: float = param(
+        5.0, "log alpha_p is clamped to [-bound, bound]", "OSRL: 5", gt=0.0
+    )
+    qc_scalar: float = param(
+        1.5, "OOD cost Q is pushed to qc_scalar * qc_limit", "OSRL: 1.5", gt=0.0
+    )
+    sample_actions: int = param(10, "policy draws per state scored by the VAE", "OSRL: 10", gt=0)
+    ood_fraction: float = param(
+        0.25,
+        "share of the draws (highest VAE KL) treated as OOD",
+        "OSRL: KL above its 0.75 quantile",
+        gt=0.0,
+        le=1.0,
+    )
     vae_kl_weight: float = param(0.5, "beta of the VAE's ELBO", "OSRL: 0.5", gt=0.0)
-    vae_hidden_sizes: list[PositiveInt] = param([400, 400], "VAE encoder/decoder widths",
-                                                "OSRL: 400, 400", min_length=1)
-    reward_critics: int = param(2, "reward Q ensemble size (targets take the minimum)",
-                                "OSRL num_q: 2", ge=1)
-    cost_critics: int = param(2, "cost Q ensemble size (targets take the minimum)",
-                              "OSRL num_qc: 2", ge=1)
+    vae_hidden_sizes: list[PositiveInt] = param(
+        [400, 400], "VAE encoder/decoder widths", "OSRL: 400, 400", min_length=1
+    )
+    reward_critics: int = param(
+        2, "reward Q ensemble size (targets take the minimum)", "OSRL num_q: 2", ge=1
+    )
+    cost_critics: int = param(
+        2, "cost Q ensemble size (targets take the minimum)", "OSRL num_qc: 2", ge=1
+    )
     tau: float = param(0.005, "target network EMA rate", "OSRL: 0.005", gt=0.0, le=1.0)
     entropy: Literal["auto", "off"] = param(
-        "auto", "auto: SAC entropy bonus with a tuned temperature; off: OSRL's actor loss",
-        "SAC actor (OSRL: none)")
+        "auto",
+        "auto: SAC entropy bonus with a tuned temperature; off: OSRL's actor loss",
+        "SAC actor (OSRL: none)",
+    )
     temperature_lr: float = param(3e-4, "SAC temperature learning rate", "SAC: 3e-4", gt=0.0)
     initial_temperature: float = param(1.0, "SAC alpha at the start", "SAC: 1.0", gt=0.0)
 
@@ -155,11 +177,12 @@ def cost_threshold(cost_limit: float, gamma: float, episode_length: int) -> floa
     """OSRL's per-step cost threshold L (1 - gamma^T) / ((1 - gamma) T) in Q units."""
     if gamma >= 1.0:
         return cost_limit
-    return cost_limit * (1.0 - gamma ** episode_length) / ((1.0 - gamma) * episode_length)
+    return cost_limit * (1.0 - gamma**episode_length) / ((1.0 - gamma) * episode_length)
 
 
-def squashed_sample(actor: SquashedGaussianActor, observations: torch.Tensor,
-                    noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def squashed_sample(
+    actor: SquashedGaussianActor, observations: torch.Tensor, noise: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A reparameterised action in [-1, 1] (critic units) and its log-probability, from the
     given standard normal ``noise`` (shape of the actions, or [draws, *that])."""
     mean, log_std = actor.distribution(observations)
@@ -167,15 +190,19 @@ def squashed_sample(actor: SquashedGaussianActor, observations: torch.Tensor,
     return torch.tanh(pre_squash), squashed_gaussian_log_prob(pre_squash, mean, log_std)
 
 
-def ood_scores(vae: ConditionalVAE, observations: torch.Tensor, actions: torch.Tensor,
-               ) -> torch.Tensor:
+def ood_scores(
+    vae: ConditionalVAE,
+    observations: torch.Tensor,
+    actions: torch.Tensor,
+) -> torch.Tensor:
     """OSRL's OOD score: KL of the VAE posterior q(z | s, a) to the prior, one per row."""
     mean, log_std = vae.encode(observations, actions)
     return gaussian_kl_to_standard_normal(mean, log_std)
 
 
-def penalty_step(log_penalty: torch.Tensor, ood_cost: torch.Tensor, target: float, lr: float,
-                 bound: float) -> torch.Tensor:
+def penalty_step(
+    log_penalty: torch.Tensor, ood_cost: torch.Tensor, target: float, lr: float, bound: float
+) -> torch.Tensor:
     """OSRL's alpha_p update: log a += lr * a * (target - E_ood Qc), clamped (device ops)."""
     updated = log_penalty + lr * log_penalty.exp() * (target - ood_cost)
     return updated.clamp(-bound, bound)
@@ -184,9 +211,17 @@ def penalty_step(log_penalty: torch.Tensor, ood_cost: torch.Tensor, target: floa
 class CPQ:
     """CPQ's networks and one update; the module docstring lists the state layout."""
 
-    COMPONENTS = ("actor", "critic", "target_critic", "vae", "vae_normalizer",
-                  "actor_optimizer", "critic_optimizer", "vae_optimizer",
-                  "temperature_optimizer")
+    COMPONENTS = (
+        "actor",
+        "critic",
+        "target_critic",
+        "vae",
+        "vae_normalizer",
+        "actor_optimizer",
+        "critic_optimizer",
+        "vae_optimizer",
+        "temperature_optimizer",
+    )
 
     def __init__(self, config: CPQConfig, context: TrainingContext) -> None:
         self.config = config
@@ -199,16 +234,19 @@ class CPQ:
         self.ood_count = max(1, math.ceil(config.ood_fraction * draws))
 
         self.actor = context.new_actor()
-        self.critic = context.new_critics({"reward": config.reward_critics,
-                                           "cost": config.cost_critics})
+        self.critic = context.new_critics(
+            {"reward": config.reward_critics, "cost": config.cost_critics}
+        )
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.cost_members = self.critic.members("cost")
         self.vae_normalizer = context.place(ObservationNormalizer(context.obs_dim))
-        self.vae = context.place(ConditionalVAE(context.obs_dim, context.action_dim,
-                                                config.vae_hidden_sizes))
+        self.vae = context.place(
+            ConditionalVAE(context.obs_dim, context.action_dim, config.vae_hidden_sizes)
+        )
         device = context.device
         self.log_temperature = nn.Parameter(
-            torch.tensor(math.log(config.initial_temperature), device=device))
+            torch.tensor(math.log(config.initial_temperature), device=device)
+        )
         self.log_penalty = torch.zeros((), device=device)
         self.actor_optimizer = adam(self.actor.parameters(), lr=config.actor_lr)
         self.critic_optimizer = adam(self.critic.parameters(), lr=config.critic_lr)
@@ -227,31 +265,44 @@ class CPQ:
         next actions, OOD draws, the actor's sample, the VAE's latent."""
         actions, latent = self.context.action_dim, self.vae.latent_dim
         draws = self.config.sample_actions
-        sizes = [batch_size * actions, draws * batch_size * actions, batch_size * actions,
-                 batch_size * latent]
+        sizes = [
+            batch_size * actions,
+            draws * batch_size * actions,
+            batch_size * actions,
+            batch_size * latent,
+        ]
         noise = torch.randn(sum(sizes), generator=self.context.generator)
         noise = noise.to(self.context.device, non_blocking=True)
         next_noise, ood_noise, actor_noise, latent_noise = noise.split(sizes)
-        return (next_noise.view(batch_size, actions),
-                ood_noise.view(draws, batch_size, actions),
-                actor_noise.view(batch_size, actions), latent_noise.view(batch_size, latent))
+        return (
+            next_noise.view(batch_size, actions),
+            ood_noise.view(draws, batch_size, actions),
+            actor_noise.view(batch_size, actions),
+            latent_noise.view(batch_size, latent),
+        )
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         """VAE, critics (with the OOD penalty), actor and temperature, targets: OSRL's order."""
         next_noise, ood_noise, actor_noise, latent_noise = self.update_noise(
-            batch.observations.shape[0])
+            batch.observations.shape[0]
+        )
         vae_loss = self.vae_step(batch, latent_noise)
         critic_loss, ood_cost = self.critic_step(batch, next_noise, ood_noise)
         actor_loss, entropy = self.actor_step(batch, actor_noise)
         soft_update(self.target_critic, self.critic, self.config.tau)
-        return {"loss/vae": vae_loss, "loss/critic": critic_loss, "loss/actor": actor_loss,
-                "cpq/ood_cost_q": ood_cost, "cpq/penalty": self.log_penalty.exp(),
-                "cpq/temperature": self.log_temperature.detach().exp(), "cpq/entropy": entropy}
+        return {
+            "loss/vae": vae_loss,
+            "loss/critic": critic_loss,
+            "loss/actor": actor_loss,
+            "cpq/ood_cost_q": ood_cost,
+            "cpq/penalty": self.log_penalty.exp(),
+            "cpq/temperature": self.log_temperature.detach().exp(),
+            "cpq/entropy": entropy,
+        }
 
     def vae_step(self, batch: Batch, latent_noise: torch.Tensor) -> torch.Tensor:
         states = self.vae_normalizer(batch.observations)
-        loss = elbo_loss(self.vae, states, batch.actions, self.config.vae_kl_weight,
-                         latent_noise)
+        loss = elbo_loss(self.vae, states, batch.actions, self.config.vae_kl_weight, latent_noise)
         self.vae_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.vae_optimizer.step()
@@ -264,27 +315,36 @@ class CPQ:
         next_q = self.target_critic(batch.next_observations, next_actions)
         next_reward, next_cost = reduce_groups(next_q, self.critic.group_sizes, ("min", "min"))
         within = (next_cost <= self.qc_limit).float()
-        reward_target = td_target(batch.rewards, batch.terminals, within * next_reward,
-                                  self.context.gamma)
+        reward_target = td_target(
+            batch.rewards, batch.terminals, within * next_reward, self.context.gamma
+        )
         cost_target = td_target(batch.costs, batch.terminals, next_cost, self.context.gamma)
         return stacked_targets([reward_target, cost_target], self.critic.group_sizes)
 
     @torch.no_grad()
-    def ood_draws(self, observations: torch.Tensor, ood_noise: torch.Tensor,
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    def ood_draws(
+        self,
+        observations: torch.Tensor,
+        ood_noise: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``ood_count`` policy draws with the highest VAE KL: (observations, actions)."""
         draws, batch_size, action_dim = ood_noise.shape
         actions, _ = squashed_sample(self.actor, observations, ood_noise)  # [draws, batch, A]
         actions = actions.reshape(draws * batch_size, action_dim)
         states = observations.repeat(draws, 1)  # row i is state i % batch, like ``actions``
-        with torch.autocast(states.device.type, dtype=torch.bfloat16,
-                            enabled=self.context.precision == "bf16-mixed"):
+        with torch.autocast(
+            states.device.type, dtype=torch.bfloat16, enabled=self.context.precision == "bf16-mixed"
+        ):
             scores = ood_scores(self.vae, self.vae_normalizer(states), actions)
         chosen = scores.float().topk(self.ood_count, sorted=False).indices
         return states[chosen], actions[chosen]
 
-    def critic_step(self, batch: Batch, next_noise: torch.Tensor, ood_noise: torch.Tensor,
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def critic_step(
+        self,
+        batch: Batch,
+        next_noise: torch.Tensor,
+        ood_noise: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         targets = self.targets(batch, next_noise)
         ood_observations, ood_actions = self.ood_draws(batch.observations, ood_noise)
         td_loss = ensemble_mse(self.critic(batch.observations, batch.actions), targets)
@@ -296,12 +356,20 @@ class CPQ:
         loss.backward()
         self.critic_optimizer.step()
         measured = ood_cost.detach().min()
-        self.log_penalty = penalty_step(self.log_penalty, measured, self.qc_target,
-                                        self.config.penalty_lr, self.config.log_penalty_bound)
+        self.log_penalty = penalty_step(
+            self.log_penalty,
+            measured,
+            self.qc_target,
+            self.config.penalty_lr,
+            self.config.log_penalty_bound,
+        )
         return td_loss.detach(), measured
 
-    def actor_step(self, batch: Batch, actor_noise: torch.Tensor,
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    def actor_step(
+        self,
+        batch: Batch,
+        actor_noise: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         actions, log_prob = squashed_sample(self.actor, batch.observations, actor_noise)
         # the critics' own weights get no gradient from the actor loss
         self.critic.requires_grad_(False)
@@ -318,17 +386,20 @@ class CPQ:
         loss.backward()
         self.actor_optimizer.step()
         if self.config.entropy == "auto":
-            temperature_loss = sac_temperature_loss(self.log_temperature, log_prob,
-                                                    self.target_entropy)
+            temperature_loss = sac_temperature_loss(
+                self.log_temperature, log_prob, self.target_entropy
+            )
             self.temperature_optimizer.zero_grad(set_to_none=True)
             temperature_loss.backward()
             self.temperature_optimizer.step()
         return loss.detach(), -log_prob.detach().mean()
 
     def state_dict(self) -> dict[str, Any]:
-        return {**component_states(self, self.COMPONENTS),
-                "log_temperature": self.log_temperature.detach().clone(),
-                "log_penalty": self.log_penalty.clone()}
+        return {
+            **component_states(self, self.COMPONENTS),
+            "log_temperature": self.log_temperature.detach().clone(),
+            "log_penalty": self.log_penalty.clone(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         load_component_states(self, self.COMPONENTS, state)
@@ -344,8 +415,10 @@ def cpq_state(path: str | Path, device: torch.device | str = "cpu") -> dict[str,
     if path.is_dir():
         path = path / "checkpoints" / f"stage-{STAGE}.pt"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no CPQ checkpoint; run `safepolicy train cpq` to the "
-                                "end of its stage or name its checkpoint file")
+        raise FileNotFoundError(
+            f"{path}: no CPQ checkpoint; run `safepolicy train cpq` to the "
+            "end of its stage or name its checkpoint file"
+        )
     payload = torch.load(path, map_location=device, weights_only=False)
     algorithm = payload.get("config", {}).get("algorithm") if isinstance(payload, dict) else None
     if algorithm != "cpq":
@@ -354,8 +427,11 @@ def cpq_state(path: str | Path, device: torch.device | str = "cpu") -> dict[str,
 
 
 SPEC = AlgorithmSpec(
-    name="cpq", config_type=CPQConfig, build=CPQ,
+    name="cpq",
+    config_type=CPQConfig,
+    build=CPQ,
     summary="CPQ: VAE-marked OOD actions get their cost Q pushed up; reward Q backed up only "
-            "where cost Q is within the threshold; SAC-style actor",
+    "where cost Q is within the threshold; SAC-style actor",
     stages=lambda config, run: [Stage(STAGE, run.steps)],
-    task_overrides={task: {"run.batch_size": 512} for task in BULLET_TASKS})
+    task_overrides={task: {"run.batch_size": 512} for task in BULLET_TASKS},
+)

@@ -117,40 +117,52 @@ class DRCORLConfig(Config):
     """DRCORL (seed 003): diffusion behaviour model, IQL + UCB cost critics, KL-regularised
     Gaussian extraction with gradient manipulation in slack bands."""
 
-    behaviour_steps: int = param(20_000, "diffusion behaviour-model updates (stage 1)",
-                                 "not stated", gt=0)
-    critics_steps: int = param(20_000, "critic pretraining updates (stage 2)",
-                               "not stated", gt=0)
-    policy_steps: int = param(2_050, "policy-extraction updates (stage 3)",
-                              "2050 (Table 2, read as extraction)", gt=0)
+    behaviour_steps: int = param(
+        20_000, "diffusion behaviour-model updates (stage 1)", "not stated", gt=0
+    )
+    critics_steps: int = param(20_000, "critic pretraining updates (stage 2)", "not stated", gt=0)
+    policy_steps: int = param(
+        2_050, "policy-extraction updates (stage 3)", "2050 (Table 2, read as extraction)", gt=0
+    )
     diffusion_lr: float = param(6e-4, "diffusion model learning rate", "6e-4", gt=0.0)
-    diffusion_hidden_sizes: list[PositiveInt] = param([256, 256, 256], "noise-predictor widths",
-                                              "not stated", min_length=1)
+    diffusion_hidden_sizes: list[PositiveInt] = param(
+        [256, 256, 256], "noise-predictor widths", "not stated", min_length=1
+    )
     actor_lr: float = param(6e-4, "actor learning rate", "6e-4", gt=0.0)
-    critic_lr: float = param(6e-4, "Q, V and cost-ensemble learning rate", "6e-4",
-                             gt=0.0)
+    critic_lr: float = param(6e-4, "Q, V and cost-ensemble learning rate", "6e-4", gt=0.0)
     tau: float = param(0.005, "target network EMA rate", "0.005", gt=0.0, le=1.0)
-    expectile: float = param(0.7, "IQL expectile of the reward value", "0.7",
-                             gt=0.0, lt=1.0)
+    expectile: float = param(0.7, "IQL expectile of the reward value", "0.7", gt=0.0, lt=1.0)
     reward_critics: int = param(2, "IQL reward Q networks", "2", ge=1)
     cost_critics: int = param(5, "cost critic ensemble size", "not stated", ge=2)
-    td_pessimism: float = param(0.5, "k_td of the cost TD target mean + k_td * std",
-                                "a positive constant, value not stated", ge=0.0)
-    ucb_k: float = param(1.0, "k of the UCB cost estimate mean + k * std", "not stated",
-                         ge=0.0)
+    td_pessimism: float = param(
+        0.5,
+        "k_td of the cost TD target mean + k_td * std",
+        "a positive constant, value not stated",
+        ge=0.0,
+    )
+    ucb_k: float = param(1.0, "k of the UCB cost estimate mean + k * std", "not stated", ge=0.0)
     temperature_schedule: Literal["linear", "constant"] = param(
-        "linear", "temperature beta over extraction: linear start -> end, or constant start",
-        "linear 0.04 -> 1.0 (constant and sqrt also studied)")
-    temperature_start: float = param(0.04, "beta at the start of extraction (small = closer "
-                                     "to the behaviour model)", "0.04", gt=0.0)
-    temperature_end: float = param(1.0, "beta at the end of a linear schedule", "1.0",
-                                   gt=0.0)
+        "linear",
+        "temperature beta over extraction: linear start -> end, or constant start",
+        "linear 0.04 -> 1.0 (constant and sqrt also studied)",
+    )
+    temperature_start: float = param(
+        0.04,
+        "beta at the start of extraction (small = closer to the behaviour model)",
+        "0.04",
+        gt=0.0,
+    )
+    temperature_end: float = param(1.0, "beta at the end of a linear schedule", "1.0", gt=0.0)
     policy_std: Literal["fixed", "learned"] = param(
-        "fixed", "pre-squash std: fixed (entropy constant) or the actor's log-std head with "
-        "the closed-form Gaussian entropy", "fixed variance")
+        "fixed",
+        "pre-squash std: fixed (entropy constant) or the actor's log-std head with "
+        "the closed-form Gaussian entropy",
+        "fixed variance",
+    )
     fixed_std: float = param(0.2, "the fixed pre-squash std", "not stated", gt=0.0)
-    slack_start: float = param(0.2, "h+ and h- at the start, relative to the cost limit",
-                               "0.2", ge=0.0)
+    slack_start: float = param(
+        0.2, "h+ and h- at the start, relative to the cost limit", "0.2", ge=0.0
+    )
 
 
 def temperature_at(config: DRCORLConfig, step: int, steps: int) -> float:
@@ -158,8 +170,7 @@ def temperature_at(config: DRCORLConfig, step: int, steps: int) -> float:
     if config.temperature_schedule == "constant":
         return config.temperature_start
     progress = min(step / max(steps - 1, 1), 1.0)
-    return config.temperature_start + progress * (config.temperature_end
-                                                  - config.temperature_start)
+    return config.temperature_start + progress * (config.temperature_end - config.temperature_start)
 
 
 def ucb(cost_q: torch.Tensor, k: float) -> torch.Tensor:
@@ -167,9 +178,13 @@ def ucb(cost_q: torch.Tensor, k: float) -> torch.Tensor:
     return cost_q.mean(dim=0) + k * cost_q.std(dim=0)
 
 
-def reverse_kl_surrogate(behaviour: DiffusionBehaviourModel, states: torch.Tensor,
-                         actions: torch.Tensor, log_std: torch.Tensor,
-                         generator: torch.Generator) -> torch.Tensor:
+def reverse_kl_surrogate(
+    behaviour: DiffusionBehaviourModel,
+    states: torch.Tensor,
+    actions: torch.Tensor,
+    log_std: torch.Tensor,
+    generator: torch.Generator,
+) -> torch.Tensor:
     """Per-state surrogate whose gradient is that of KL(pi || mu) (Eqs. 6-9).
 
     ``actions`` are the policy's reparameterised samples in [-1, 1]; ``log_std`` its pre-squash
@@ -183,7 +198,8 @@ def reverse_kl_surrogate(behaviour: DiffusionBehaviourModel, states: torch.Tenso
     noisy = behaviour.schedule.perturb(actions, t, noise)
     with torch.no_grad():
         weighted_score = behaviour.schedule.sigma(t)[:, None] ** 2 * behaviour.score(
-            noisy, t, states)
+            noisy, t, states
+        )
         # control variate: sigma_t * eps has zero mean given a, so subtracting it leaves the
         # expected gradient unchanged and removes the noise the perturbation itself injects
         weighted_score = weighted_score + behaviour.schedule.sigma(t)[:, None] * noise
@@ -191,8 +207,9 @@ def reverse_kl_surrogate(behaviour: DiffusionBehaviourModel, states: torch.Tenso
     return negative_entropy - (weighted_score * noisy).sum(dim=-1)
 
 
-def extraction_loss(q_values: torch.Tensor, kl: torch.Tensor, temperature: float,
-                    sign: float) -> torch.Tensor:
+def extraction_loss(
+    q_values: torch.Tensor, kl: torch.Tensor, temperature: float, sign: float
+) -> torch.Tensor:
     """sign * beta * Q / mean|Q| + KL: sign -1 maximises reward (Eq. 19), +1 minimises cost
     (Eq. 20)."""
     q_scale = q_values.abs().mean().detach().clamp(min=1e-6)
@@ -202,16 +219,29 @@ def extraction_loss(q_values: torch.Tensor, kl: torch.Tensor, temperature: float
 class DRCORL:
     """The three stages of DRCORL; the actor is the extracted Gaussian policy."""
 
-    COMPONENTS = ("behaviour", "behaviour_optimizer", "actor", "actor_optimizer",
-                  "reward_critic", "target_reward_critic", "reward_critic_optimizer",
-                  "cost_critic", "target_cost_critic", "cost_critic_optimizer",
-                  "value", "value_optimizer")
+    COMPONENTS = (
+        "behaviour",
+        "behaviour_optimizer",
+        "actor",
+        "actor_optimizer",
+        "reward_critic",
+        "target_reward_critic",
+        "reward_critic_optimizer",
+        "cost_critic",
+        "target_cost_critic",
+        "cost_critic_optimizer",
+        "value",
+        "value_optimizer",
+    )
 
     def __init__(self, config: DRCORLConfig, context: TrainingContext) -> None:
         self.config = config
         self.context = context
-        self.behaviour = context.place(DiffusionBehaviourModel(
-            context.obs_dim, context.action_dim, tuple(config.diffusion_hidden_sizes)))
+        self.behaviour = context.place(
+            DiffusionBehaviourModel(
+                context.obs_dim, context.action_dim, tuple(config.diffusion_hidden_sizes)
+            )
+        )
         self.behaviour_optimizer = adam(self.behaviour.parameters(), lr=config.diffusion_lr)
         self.reward_critic = context.new_critics(config.reward_critics)
         self.cost_critic = context.new_critics(config.cost_critics)
@@ -250,8 +280,9 @@ class DRCORL:
     # stage 1 -----------------------------------------------------------------------------
     def behaviour_update(self, batch: Batch) -> Logs:
         """One noise-prediction step of the diffusion behaviour model (Eq. 5)."""
-        loss = noise_prediction_loss(self.behaviour, batch.observations, batch.actions,
-                                     generator=self.context.generator)
+        loss = noise_prediction_loss(
+            self.behaviour, batch.observations, batch.actions, generator=self.context.generator
+        )
         self.behaviour_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.behaviour_optimizer.step()
@@ -267,12 +298,16 @@ class DRCORL:
         config, gamma = self.config, self.context.gamma
         with torch.no_grad():
             reward_q = reduce_members(
-                self.target_reward_critic(batch.observations, batch.actions), "min")
-            cost_ucb = ucb(self.target_cost_critic(batch.observations, batch.actions),
-                           config.td_pessimism)
+                self.target_reward_critic(batch.observations, batch.actions), "min"
+            )
+            cost_ucb = ucb(
+                self.target_cost_critic(batch.observations, batch.actions), config.td_pessimism
+            )
         values = self.value(batch.observations)
-        value_loss = (expectile_loss(reward_q - values[:, 0], config.expectile)
-                      + (cost_ucb - values[:, 1]).pow(2).mean())
+        value_loss = (
+            expectile_loss(reward_q - values[:, 0], config.expectile)
+            + (cost_ucb - values[:, 1]).pow(2).mean()
+        )
         self.value_optimizer.zero_grad(set_to_none=True)
         value_loss.backward()
         self.value_optimizer.step()
@@ -281,20 +316,23 @@ class DRCORL:
             next_values = self.value(batch.next_observations)
             if policy_targets:
                 next_actions = self.sample_actions(batch.next_observations)[0]
-                next_cost = ucb(self.target_cost_critic(batch.next_observations, next_actions),
-                                config.td_pessimism)
+                next_cost = ucb(
+                    self.target_cost_critic(batch.next_observations, next_actions),
+                    config.td_pessimism,
+                )
             else:
                 next_cost = next_values[:, 1]
             reward_targets = stacked_targets(
                 [td_target(batch.rewards, batch.terminals, next_values[:, 0], gamma)],
-                [config.reward_critics])
+                [config.reward_critics],
+            )
             cost_targets = stacked_targets(
-                [td_target(batch.costs, batch.terminals, next_cost, gamma)],
-                [config.cost_critics])
-        reward_loss = ensemble_mse(self.reward_critic(batch.observations, batch.actions),
-                                   reward_targets)
-        cost_loss = ensemble_mse(self.cost_critic(batch.observations, batch.actions),
-                                 cost_targets)
+                [td_target(batch.costs, batch.terminals, next_cost, gamma)], [config.cost_critics]
+            )
+        reward_loss = ensemble_mse(
+            self.reward_critic(batch.observations, batch.actions), reward_targets
+        )
+        cost_loss = ensemble_mse(self.cost_critic(batch.observations, batch.actions), cost_targets)
         self.reward_critic_optimizer.zero_grad(set_to_none=True)
         self.cost_critic_optimizer.zero_grad(set_to_none=True)
         (reward_loss + cost_loss).backward()
@@ -302,8 +340,11 @@ class DRCORL:
         self.cost_critic_optimizer.step()
         soft_update(self.target_reward_critic, self.reward_critic, config.tau)
         soft_update(self.target_cost_critic, self.cost_critic, config.tau)
-        return {"loss/value": value_loss.detach(), "loss/reward_critic": reward_loss.detach(),
-                "loss/cost_critic": cost_loss.detach()}
+        return {
+            "loss/value": value_loss.detach(),
+            "loss/reward_critic": reward_loss.detach(),
+            "loss/cost_critic": cost_loss.detach(),
+        }
 
     # stage 3 -----------------------------------------------------------------------------
     def sample_actions(self, observations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -330,14 +371,19 @@ class DRCORL:
         branch = choose_step(float(cost_estimate), self.context.cost_limit, upper, lower)
 
         actions, log_std = self.sample_actions(batch.observations)
-        kl = reverse_kl_surrogate(self.behaviour, batch.observations, actions, log_std,
-                                  self.context.generator)
+        kl = reverse_kl_surrogate(
+            self.behaviour, batch.observations, actions, log_std, self.context.generator
+        )
         parameters = [p for p in self.actor_net.parameters() if p.requires_grad]
         reward_loss = extraction_loss(
-            reduce_members(self.reward_critic(batch.observations, actions), "min"), kl, beta,
-            sign=-1.0)
+            reduce_members(self.reward_critic(batch.observations, actions), "min"),
+            kl,
+            beta,
+            sign=-1.0,
+        )
         cost_loss = extraction_loss(
-            self.cost_critic(batch.observations, actions).mean(dim=0), kl, beta, sign=1.0)
+            self.cost_critic(batch.observations, actions).mean(dim=0), kl, beta, sign=1.0
+        )
         if branch is SafeStep.REWARD:
             gradient = flat_gradient(reward_loss, parameters)
         elif branch is SafeStep.COST:
@@ -345,18 +391,23 @@ class DRCORL:
         else:
             gradient = manipulate_gradients(
                 flat_gradient(reward_loss, parameters, retain_graph=True),
-                flat_gradient(cost_loss, parameters))
+                flat_gradient(cost_loss, parameters),
+            )
         self.actor_optimizer.zero_grad(set_to_none=True)
         assign_flat_gradient(parameters, gradient)
         self.actor_optimizer.step()
         self.policy_step += 1
-        return {"loss/actor_reward": reward_loss.detach(), "loss/actor_cost": cost_loss.detach(),
-                "drcorl/kl_surrogate": kl.mean().detach(),
-                "drcorl/cost_estimate": cost_estimate,
-                "drcorl/temperature": beta, "drcorl/slack": upper,
-                "drcorl/reward_step": float(branch is SafeStep.REWARD),
-                "drcorl/cost_step": float(branch is SafeStep.COST),
-                "drcorl/manipulated_step": float(branch is SafeStep.MANIPULATED)}
+        return {
+            "loss/actor_reward": reward_loss.detach(),
+            "loss/actor_cost": cost_loss.detach(),
+            "drcorl/kl_surrogate": kl.mean().detach(),
+            "drcorl/cost_estimate": cost_estimate,
+            "drcorl/temperature": beta,
+            "drcorl/slack": upper,
+            "drcorl/reward_step": float(branch is SafeStep.REWARD),
+            "drcorl/cost_step": float(branch is SafeStep.COST),
+            "drcorl/manipulated_step": float(branch is SafeStep.MANIPULATED),
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {**component_states(self, self.COMPONENTS), "policy_step": self.policy_step}
@@ -367,8 +418,13 @@ class DRCORL:
 
 
 SPEC = AlgorithmSpec(
-    name="drcorl", config_type=DRCORLConfig, build=DRCORL,
+    name="drcorl",
+    config_type=DRCORLConfig,
+    build=DRCORL,
     summary="diffusion-regularised Gaussian extraction with gradient manipulation (DRCORL)",
-    stages=lambda config, run: [Stage("behaviour", config.behaviour_steps),
-                                Stage("critics", config.critics_steps),
-                                Stage("policy", config.policy_steps)])
+    stages=lambda config, run: [
+        Stage("behaviour", config.behaviour_steps),
+        Stage("critics", config.critics_steps),
+        Stage("policy", config.policy_steps),
+    ],
+)

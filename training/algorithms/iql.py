@@ -44,10 +44,16 @@ class IQLConfig(Config):
     actor_lr: float = param(3e-4, "actor learning rate", "IQL: 3e-4", gt=0.0)
     critic_lr: float = param(3e-4, "Q and V learning rate", "IQL: 3e-4", gt=0.0)
     tau: float = param(0.005, "target network EMA rate", "IQL: 0.005", gt=0.0, le=1.0)
-    expectile: float = param(0.7, "expectile of the reward value (cost uses 1 - expectile)",
-                             "IQL: 0.7 (locomotion)", gt=0.0, lt=1.0)
-    beta: float = param(3.0, "inverse temperature of advantage-weighted regression", "IQL: 3.0",
-                        ge=0.0)
+    expectile: float = param(
+        0.7,
+        "expectile of the reward value (cost uses 1 - expectile)",
+        "IQL: 0.7 (locomotion)",
+        gt=0.0,
+        lt=1.0,
+    )
+    beta: float = param(
+        3.0, "inverse temperature of advantage-weighted regression", "IQL: 3.0", ge=0.0
+    )
     max_weight: float = param(100.0, "clip of the exp-advantage weights", "IQL: 100", gt=0.0)
     critics_per_signal: int = param(2, "critics for reward and for cost", "IQL: 2", ge=1)
 
@@ -55,18 +61,31 @@ class IQLConfig(Config):
 class IQLOracle:
     """IQL on r - lambda (c - b) with separate reward and cost values; lambda per update."""
 
-    COMPONENTS = ("actor", "critic", "value", "target_critic", "actor_optimizer",
-                  "critic_optimizer", "value_optimizer")
+    COMPONENTS = (
+        "actor",
+        "critic",
+        "value",
+        "target_critic",
+        "actor_optimizer",
+        "critic_optimizer",
+        "value_optimizer",
+    )
 
-    def __init__(self, config: IQLConfig, context: TrainingContext, per_step_budget_mode: str,
-                 ) -> None:
+    def __init__(
+        self,
+        config: IQLConfig,
+        context: TrainingContext,
+        per_step_budget_mode: str,
+    ) -> None:
         self.config = config
         self.context = context
-        self.budget_per_step = per_step_budget(context.cost_limit, context.gamma,
-                                               context.episode_length, per_step_budget_mode)
+        self.budget_per_step = per_step_budget(
+            context.cost_limit, context.gamma, context.episode_length, per_step_budget_mode
+        )
         self.actor = context.new_actor()
-        self.critic = context.new_critics({"reward": config.critics_per_signal,
-                                           "cost": config.critics_per_signal})
+        self.critic = context.new_critics(
+            {"reward": config.critics_per_signal, "cost": config.critics_per_signal}
+        )
         self.value = context.new_value(outputs=2)  # reward and cost values
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor_optimizer = adam(self.actor.parameters(), lr=config.actor_lr)
@@ -78,16 +97,20 @@ class IQLOracle:
         batch = self.context.offline.sample(self.context.batch_size, self.context.generator)
         return self.update(batch, lagrange_multiplier)
 
-    def update(self, batch: Batch, lagrange_multiplier: float,
-               ) -> dict[str, float | torch.Tensor]:
+    def update(
+        self,
+        batch: Batch,
+        lagrange_multiplier: float,
+    ) -> dict[str, float | torch.Tensor]:
         """Value, then Q, then policy, as in the IQL paper's Algorithm 1."""
         config, gamma = self.config, self.context.gamma
         with torch.no_grad():
             target_q = self.target_critic(batch.observations, batch.actions)
             reward_q, cost_q = reduce_groups(target_q, self.critic.group_sizes, ("min", "max"))
         values = self.value(batch.observations)
-        value_loss = (expectile_loss(reward_q - values[:, 0], config.expectile)
-                      + expectile_loss(cost_q - values[:, 1], 1.0 - config.expectile))
+        value_loss = expectile_loss(reward_q - values[:, 0], config.expectile) + expectile_loss(
+            cost_q - values[:, 1], 1.0 - config.expectile
+        )
         self.value_optimizer.zero_grad(set_to_none=True)
         value_loss.backward()
         self.value_optimizer.step()
@@ -95,9 +118,12 @@ class IQLOracle:
         with torch.no_grad():
             next_values = self.value(batch.next_observations)
             targets = stacked_targets(
-                [td_target(batch.rewards, batch.terminals, next_values[:, 0], gamma),
-                 td_target(batch.costs, batch.terminals, next_values[:, 1], gamma)],
-                self.critic.group_sizes)
+                [
+                    td_target(batch.rewards, batch.terminals, next_values[:, 0], gamma),
+                    td_target(batch.costs, batch.terminals, next_values[:, 1], gamma),
+                ],
+                self.critic.group_sizes,
+            )
         q_loss = ensemble_mse(self.critic(batch.observations, batch.actions), targets)
         self.critic_optimizer.zero_grad(set_to_none=True)
         q_loss.backward()
@@ -106,26 +132,31 @@ class IQLOracle:
 
         with torch.no_grad():
             values = values.detach()
-            advantages = ((reward_q - values[:, 0])
-                          - lagrange_multiplier * (cost_q - values[:, 1]))
+            advantages = (reward_q - values[:, 0]) - lagrange_multiplier * (cost_q - values[:, 1])
             weights = awr_weights(advantages, config.beta, config.max_weight)
         log_prob = self.actor.log_prob(batch.observations, self.actor.scale(batch.actions))
         actor_loss = -(weights * log_prob).mean()
         self.actor_optimizer.zero_grad(set_to_none=True)
         actor_loss.backward()
         self.actor_optimizer.step()
-        return {"loss/value": value_loss.detach(), "loss/critic": q_loss.detach(),
-                "loss/actor": actor_loss.detach()}
+        return {
+            "loss/value": value_loss.detach(),
+            "loss/critic": q_loss.detach(),
+            "loss/actor": actor_loss.detach(),
+        }
 
     @torch.no_grad()
-    def value_estimates(self, observations: torch.Tensor, cost_estimate: str = "mean",
-                        ucb_k: float = 1.0) -> tuple[float, float]:
+    def value_estimates(
+        self, observations: torch.Tensor, cost_estimate: str = "mean", ucb_k: float = 1.0
+    ) -> tuple[float, float]:
         """Mean Q_r(s, pi(s)) and the cost critics' estimate of Q_c(s, pi(s))
         (``losses.ensemble_estimate``) at the policy's deterministic actions."""
         actions = torch.tanh(self.actor.distribution(observations)[0])
         q = self.critic(observations, actions)
-        return (self.critic.group(q, "reward").mean().item(),
-                ensemble_estimate(self.critic.group(q, "cost"), cost_estimate, ucb_k).mean().item())
+        return (
+            self.critic.group(q, "reward").mean().item(),
+            ensemble_estimate(self.critic.group(q, "cost"), cost_estimate, ucb_k).mean().item(),
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return component_states(self, self.COMPONENTS)

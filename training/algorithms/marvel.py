@@ -56,29 +56,48 @@ OFFLINE, ONLINE = "offline", "online"
 class MarvelConfig(OnlineConfig):
     """Marvel: CPQ offline, value pre-alignment, SAC-Lag finetuning with aPID."""
 
-    offline_steps: int = param(100_000, "CPQ updates in the offline stage",
-                               "public code: 5e5; OSRL CPQ: 1e5", gt=0)
-    vpa: bool = param(True, "align Q and Qc to the offline policy before finetuning "
-                      "(false: Warm Start)", "Marvel: true")
-    online_steps: int = param(500, "online finetuning length in vector environment steps "
-                              "(--online-steps)", "Marvel: 100-500 online steps", gt=0)
-    online_fraction: float = param(1.0, "share of each online minibatch from the online "
-                                   "replay (the rest from the dataset)", "Marvel: 1", ge=0.0,
-                                   le=1.0)
+    offline_steps: int = param(
+        100_000, "CPQ updates in the offline stage", "public code: 5e5; OSRL CPQ: 1e5", gt=0
+    )
+    vpa: bool = param(
+        True,
+        "align Q and Qc to the offline policy before finetuning (false: Warm Start)",
+        "Marvel: true",
+    )
+    online_steps: int = param(
+        500,
+        "online finetuning length in vector environment steps (--online-steps)",
+        "Marvel: 100-500 online steps",
+        gt=0,
+    )
+    online_fraction: float = param(
+        1.0,
+        "share of each online minibatch from the online replay (the rest from the dataset)",
+        "Marvel: 1",
+        ge=0.0,
+        le=1.0,
+    )
     cpq: CPQConfig = Field(default_factory=CPQConfig)
     alignment: VPAConfig = Field(default_factory=VPAConfig)  # the vpa stage's settings
     # the online stage's settings, Marvel's Table 6 where it gives one
     actor_lr: float = param(5e-5, "finetuning actor learning rate", "Marvel: 5e-5", gt=0.0)
-    critic_lr: float = param(3e-5, "finetuning reward critics' learning rate",
-                             "Marvel: 3e-5", gt=0.0)
-    cost_critic_lr: float | None = param(8e-5, "finetuning cost critics' learning rate",
-                                         "Marvel: 8e-5", gt=0.0)
+    critic_lr: float = param(
+        3e-5, "finetuning reward critics' learning rate", "Marvel: 3e-5", gt=0.0
+    )
+    cost_critic_lr: float | None = param(
+        8e-5, "finetuning cost critics' learning rate", "Marvel: 8e-5", gt=0.0
+    )
     tau: float = param(5e-3, "target critics' Polyak rate", "Marvel: 5e-3", gt=0.0, le=1.0)
-    warmup_steps: int = param(0, "first online transitions with uniform random actions",
-                              "Marvel: none (the offline policy acts from the start)", ge=0)
+    warmup_steps: int = param(
+        0,
+        "first online transitions with uniform random actions",
+        "Marvel: none (the offline policy acts from the start)",
+        ge=0,
+    )
     replay_capacity: int = param(1_000_000, "online replay buffer size", "Marvel: 1e6", gt=0)
     cost_reduction: Literal["max", "min", "mean"] = param(
-        "min", "how the cost critics combine online", "CPQ's and VPA's targets: min")
+        "min", "how the cost critics combine online", "CPQ's and VPA's targets: min"
+    )
 
 
 class Marvel:
@@ -88,13 +107,24 @@ class Marvel:
         self.config, self.context = config, context
         self.cpq = CPQ(config.cpq, context)  # needs the dataset: a clear error without one
         # VPA updates CPQ's critics and their targets in place, the actor frozen
-        self.alignment = ValuePreAlignment(config.alignment, context, self.cpq.actor,
-                                           self.cpq.critic, self.cpq.target_critic)
+        self.alignment = ValuePreAlignment(
+            config.alignment, context, self.cpq.actor, self.cpq.critic, self.cpq.target_critic
+        )
         # the online update shares CPQ's actor and critics (the same modules, finetuned)
-        self.update = SACLagUpdate(config, context, self.cpq.actor, self.cpq.critic,
-                                   initial_temperature=config.cpq.initial_temperature)
-        self.learner = OnlineLearner(config, context, self.update, offline=context.offline,
-                                     online_fraction=config.online_fraction)
+        self.update = SACLagUpdate(
+            config,
+            context,
+            self.cpq.actor,
+            self.cpq.critic,
+            initial_temperature=config.cpq.initial_temperature,
+        )
+        self.learner = OnlineLearner(
+            config,
+            context,
+            self.update,
+            offline=context.offline,
+            online_fraction=config.online_fraction,
+        )
 
     @property
     def actor(self) -> SquashedGaussianActor:
@@ -116,8 +146,11 @@ class Marvel:
         return self.learner.step()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"cpq": self.cpq.state_dict(), "vpa": self.alignment.state_dict(),
-                "online": self.learner.state_dict()}
+        return {
+            "cpq": self.cpq.state_dict(),
+            "vpa": self.alignment.state_dict(),
+            "online": self.learner.state_dict(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.cpq.load_state_dict(state["cpq"])
@@ -131,9 +164,11 @@ def load_cpq_run(marvel: Marvel, cpq_state: dict[str, Any]) -> None:
     try:
         marvel.cpq.load_state_dict(cpq_state)
     except (RuntimeError, KeyError) as error:
-        raise ValueError("--reuse-stage offline: the cpq run's networks do not fit this run's "
-                         "(run.hidden_sizes, cpq.* sizes must be the same); "
-                         " ".join(str(error).split())[:300]) from None
+        raise ValueError(
+            "--reuse-stage offline: the cpq run's networks do not fit this run's "
+            "(run.hidden_sizes, cpq.* sizes must be the same); "
+            " ".join(str(error).split())[:300]
+        ) from None
 
 
 def marvel_stages(config: MarvelConfig, run: Any) -> list[Stage]:
@@ -145,7 +180,11 @@ def marvel_stages(config: MarvelConfig, run: Any) -> list[Stage]:
 
 
 SPEC = AlgorithmSpec(
-    name="marvel", config_type=MarvelConfig, build=Marvel, stages=marvel_stages,
+    name="marvel",
+    config_type=MarvelConfig,
+    build=Marvel,
+    stages=marvel_stages,
     summary="Marvel: CPQ offline, value pre-alignment, SAC-Lag finetuning online with aPID "
-            "(--online-steps counts vector environment steps)",
-    stage_sources={OFFLINE: StageSource("cpq", CPQ_STAGE, load_cpq_run)})
+    "(--online-steps counts vector environment steps)",
+    stage_sources={OFFLINE: StageSource("cpq", CPQ_STAGE, load_cpq_run)},
+)

@@ -67,26 +67,41 @@ from safepolicy.training.registry import AlgorithmSpec
 class O3SRLConfig(Config):
     """O3SRL: EXP3 over K Lagrange multipliers around an offline RL oracle."""
 
-    oracle: Literal["td3bc", "iql"] = param("td3bc", "offline RL oracle",
-                                            "paper: TD3+BC; IQL works")
+    oracle: Literal["td3bc", "iql"] = param(
+        "td3bc", "offline RL oracle", "paper: TD3+BC; IQL works"
+    )
     num_arms: int = param(5, "K, number of lambda arms", "paper: K=5 (K=2 already good)", ge=2)
     lambda_max: float = param(5.0, "C, the largest lambda", "paper: C=5", gt=0.0)
     arm_geometry: Literal["uniform", "dense-near-zero"] = param(
-        "uniform", "arm spacing on [0, C]; dense-near-zero helps loose budgets", "paper: both")
-    oracle_steps_per_round: int = param(10, "M, oracle gradient steps per bandit round",
-                                        "paper: M=10", ge=1)
-    exploration: float = param(0.0, "uniform mixing into the arm distribution (0 = pure EXP3)",
-                               "derived; see o3srl.py", ge=0.0, le=1.0)
-    value_batch: int = param(1024, "dataset states averaged for the round's value estimate",
-                             "not stated", ge=1)
+        "uniform", "arm spacing on [0, C]; dense-near-zero helps loose budgets", "paper: both"
+    )
+    oracle_steps_per_round: int = param(
+        10, "M, oracle gradient steps per bandit round", "paper: M=10", ge=1
+    )
+    exploration: float = param(
+        0.0,
+        "uniform mixing into the arm distribution (0 = pure EXP3)",
+        "derived; see o3srl.py",
+        ge=0.0,
+        le=1.0,
+    )
+    value_batch: int = param(
+        1024, "dataset states averaged for the round's value estimate", "not stated", ge=1
+    )
     cost_value_estimate: Literal["mean", "max", "ucb"] = param(
-        "mean", "how the bandit reads V_c from the cost critics per state: their mean, max, or "
-        "mean + ucb_k * std", "paper: the critic's value (mean)")
-    ucb_k: float = param(1.0, "k of the upper confidence bound (cost_value_estimate=ucb)",
-                         "not in the paper", ge=0.0)
+        "mean",
+        "how the bandit reads V_c from the cost critics per state: their mean, max, or "
+        "mean + ucb_k * std",
+        "paper: the critic's value (mean)",
+    )
+    ucb_k: float = param(
+        1.0, "k of the upper confidence bound (cost_value_estimate=ucb)", "not in the paper", ge=0.0
+    )
     per_step_budget: Literal["episode", "paper"] = param(
-        "episode", "per-step cost budget: kappa / T (episode) or (1 - gamma) kappa (paper)",
-        "paper: (1 - gamma) kappa")
+        "episode",
+        "per-step cost budget: kappa / T (episode) or (1 - gamma) kappa (paper)",
+        "paper: (1 - gamma) kappa",
+    )
     td3bc: TD3BCConfig = Field(default_factory=lambda: TD3BCConfig(q_scale_ema=0.01))
     iql: IQLConfig = Field(default_factory=IQLConfig)
 
@@ -109,8 +124,12 @@ class O3SRL:
         cost_value_bound = max(self.budget_value, max_cost_value - self.budget_value, 1e-6)
         rounds = max(1, context.total_steps // config.oracle_steps_per_round)
         self.multiplier = Exp3Multiplier(
-            lambda_arms(config.num_arms, config.lambda_max, config.arm_geometry), rounds,
-            seed=context.seed, cost_value_bound=cost_value_bound, exploration=config.exploration)
+            lambda_arms(config.num_arms, config.lambda_max, config.arm_geometry),
+            rounds,
+            seed=context.seed,
+            cost_value_bound=cost_value_bound,
+            exploration=config.exploration,
+        )
         self.steps_in_round = 0
 
     @property
@@ -136,20 +155,30 @@ class O3SRL:
     def end_round(self) -> dict[str, float]:
         """Estimate V_c of the current policy, charge the pulled arm, draw the next one."""
         buffer = self.context.offline
-        index = torch.randint(buffer.size, (self.config.value_batch,),
-                              generator=self.context.generator).to(buffer.device)
+        index = torch.randint(
+            buffer.size, (self.config.value_batch,), generator=self.context.generator
+        ).to(buffer.device)
         reward_value, cost_value = self.oracle.value_estimates(
-            buffer.observations[index], self.config.cost_value_estimate, self.config.ucb_k)
+            buffer.observations[index], self.config.cost_value_estimate, self.config.ucb_k
+        )
         round_logs = self.multiplier.update(cost_value, self.budget_value)
         logs = {key.replace("multiplier/", "o3srl/"): value for key, value in round_logs.items()}
-        logs.update({"o3srl/reward_value": reward_value, "o3srl/cost_value": cost_value,
-                     "o3srl/cost_budget_value": self.budget_value})
+        logs.update(
+            {
+                "o3srl/reward_value": reward_value,
+                "o3srl/cost_value": cost_value,
+                "o3srl/cost_budget_value": self.budget_value,
+            }
+        )
         self.steps_in_round = 0
         return logs
 
     def state_dict(self) -> dict[str, Any]:
-        return {"oracle": self.oracle.state_dict(), "multiplier": self.multiplier.state_dict(),
-                "steps_in_round": self.steps_in_round}
+        return {
+            "oracle": self.oracle.state_dict(),
+            "multiplier": self.multiplier.state_dict(),
+            "steps_in_round": self.steps_in_round,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.oracle.load_state_dict(state["oracle"])
@@ -157,5 +186,9 @@ class O3SRL:
         self.steps_in_round = int(state["steps_in_round"])
 
 
-SPEC = AlgorithmSpec(name="o3srl", config_type=O3SRLConfig, build=O3SRL,
-                     summary="EXP3 over Lagrange multipliers around an offline RL oracle")
+SPEC = AlgorithmSpec(
+    name="o3srl",
+    config_type=O3SRLConfig,
+    build=O3SRL,
+    summary="EXP3 over Lagrange multipliers around an offline RL oracle",
+)

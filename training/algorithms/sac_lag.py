@@ -90,53 +90,88 @@ class OnlineConfig(Config):
     which sets its own defaults)."""
 
     num_envs: int = param(4, "vectorised environments stepped together", "FSRL: 20", gt=0)
-    warmup_steps: int = param(2_000, "first environment transitions with uniform random "
-                              "actions and no updates", "Tianshou/FSRL random start", ge=0)
-    update_to_data: float = param(0.2, "gradient updates per environment transition",
-                                  "FSRL update_per_step: 0.2", gt=0.0)
-    replay_capacity: int = param(100_000, "online replay buffer size (transitions)",
-                                 "FSRL: 1e5; Marvel: 1e6", gt=0)
+    warmup_steps: int = param(
+        2_000,
+        "first environment transitions with uniform random actions and no updates",
+        "Tianshou/FSRL random start",
+        ge=0,
+    )
+    update_to_data: float = param(
+        0.2, "gradient updates per environment transition", "FSRL update_per_step: 0.2", gt=0.0
+    )
+    replay_capacity: int = param(
+        100_000, "online replay buffer size (transitions)", "FSRL: 1e5; Marvel: 1e6", gt=0
+    )
     actor_lr: float = param(5e-4, "actor learning rate", "FSRL: 5e-4", gt=0.0)
     critic_lr: float = param(1e-3, "reward critics' learning rate", "FSRL: 1e-3", gt=0.0)
-    cost_critic_lr: float | None = param(None, "cost critics' learning rate (none: "
-                                         "critic_lr)", "FSRL: critic_lr", gt=0.0)
-    temperature_lr: float = param(3e-4, "entropy temperature learning rate", "FSRL: 3e-4",
-                                  gt=0.0)
-    learn_temperature: bool = param(True, "adapt alpha towards the entropy target -|A|",
-                                    "FSRL auto_alpha: true")
-    tau: float = param(0.05, "target critics' Polyak rate", "FSRL: 0.05; Marvel: 5e-3",
-                       gt=0.0, le=1.0)
+    cost_critic_lr: float | None = param(
+        None, "cost critics' learning rate (none: critic_lr)", "FSRL: critic_lr", gt=0.0
+    )
+    temperature_lr: float = param(3e-4, "entropy temperature learning rate", "FSRL: 3e-4", gt=0.0)
+    learn_temperature: bool = param(
+        True, "adapt alpha towards the entropy target -|A|", "FSRL auto_alpha: true"
+    )
+    tau: float = param(
+        0.05, "target critics' Polyak rate", "FSRL: 0.05; Marvel: 5e-3", gt=0.0, le=1.0
+    )
     cost_reduction: Literal["max", "min", "mean"] = param(
-        "max", "how the cost critics combine in targets and the actor (max: pessimistic)",
-        "not stated; reward critics: min (clipped double Q)")
-    rescale_actor_loss: bool = param(True, "divide the actor loss by 1 + lambda",
-                                     "FSRL rescaling: true")
-    multiplier: MultiplierName = param("apid", "Lagrange update: apid (Marvel's adaptive "
-                                       "PID), pid (Stooke et al.) or dual-ascent", "Marvel: apid")
-    kp: float = param(0.05, "initial proportional gain (pid, apid)",
-                      "FSRL: 0.05 per collect; Marvel: 1e-4 per update", ge=0.0)
-    ki: float = param(0.0005, "initial integral gain (pid, apid)",
-                      "FSRL: 5e-4 per collect; Marvel: 1e-5 per update", ge=0.0)
-    kd: float = param(0.1, "initial derivative gain (pid, apid)",
-                      "FSRL: 0.1 per collect; Marvel: 1e-5 per update", ge=0.0)
-    apid_rate: float = param(0.05, "aPID gain adaptation rate (eta for Kp, Ki and Kd)",
-                             "Marvel: 0.05", ge=0.0)
-    dual_ascent_lr: float = param(0.005, "dual-ascent step per update on the episode-cost "
-                                  "violation", "Marvel: 10x its Ki (1e-4 vs 1e-5)", gt=0.0)
-    initial_lambda: float = param(0.0, "lambda at the start (integral state for pid/apid)",
-                                  "Marvel: 0", ge=0.0)
+        "max",
+        "how the cost critics combine in targets and the actor (max: pessimistic)",
+        "not stated; reward critics: min (clipped double Q)",
+    )
+    rescale_actor_loss: bool = param(
+        True, "divide the actor loss by 1 + lambda", "FSRL rescaling: true"
+    )
+    multiplier: MultiplierName = param(
+        "apid",
+        "Lagrange update: apid (Marvel's adaptive PID), pid (Stooke et al.) or dual-ascent",
+        "Marvel: apid",
+    )
+    kp: float = param(
+        0.05,
+        "initial proportional gain (pid, apid)",
+        "FSRL: 0.05 per collect; Marvel: 1e-4 per update",
+        ge=0.0,
+    )
+    ki: float = param(
+        0.0005,
+        "initial integral gain (pid, apid)",
+        "FSRL: 5e-4 per collect; Marvel: 1e-5 per update",
+        ge=0.0,
+    )
+    kd: float = param(
+        0.1,
+        "initial derivative gain (pid, apid)",
+        "FSRL: 0.1 per collect; Marvel: 1e-5 per update",
+        ge=0.0,
+    )
+    apid_rate: float = param(
+        0.05, "aPID gain adaptation rate (eta for Kp, Ki and Kd)", "Marvel: 0.05", ge=0.0
+    )
+    dual_ascent_lr: float = param(
+        0.005,
+        "dual-ascent step per update on the episode-cost violation",
+        "Marvel: 10x its Ki (1e-4 vs 1e-5)",
+        gt=0.0,
+    )
+    initial_lambda: float = param(
+        0.0, "lambda at the start (integral state for pid/apid)", "Marvel: 0", ge=0.0
+    )
     lambda_max: float = param(1000.0, "upper bound of lambda", gt=0.0)
 
 
 class SACLagConfig(OnlineConfig):
     """SAC-Lag from scratch: online SAC on Q_r - lambda Q_c, lambda from the episodes' cost."""
 
-    reward_critics: int = param(2, "reward critics (min of them in targets and the actor)",
-                                "SAC: 2", gt=0)
-    cost_critics: int = param(2, "cost critics (max of them in targets and the actor)",
-                              "FSRL: 2", gt=0)
-    initial_temperature: float = param(0.005, "entropy temperature alpha at the start",
-                                       "FSRL: 0.005", gt=0.0)
+    reward_critics: int = param(
+        2, "reward critics (min of them in targets and the actor)", "SAC: 2", gt=0
+    )
+    cost_critics: int = param(
+        2, "cost critics (max of them in targets and the actor)", "FSRL: 2", gt=0
+    )
+    initial_temperature: float = param(
+        0.005, "entropy temperature alpha at the start", "FSRL: 0.005", gt=0.0
+    )
 
 
 def build_multiplier(config: OnlineConfig) -> Multiplier:
@@ -144,19 +179,26 @@ def build_multiplier(config: OnlineConfig) -> Multiplier:
     gains = PIDGains(config.kp, config.ki, config.kd)
     if config.multiplier == "apid":
         rate = config.apid_rate
-        return AdaptivePIDMultiplier(gains, max_value=config.lambda_max,
-                                     initial_integral=config.initial_lambda,
-                                     proportional_rate=rate, integral_rate=rate,
-                                     derivative_rate=rate)
+        return AdaptivePIDMultiplier(
+            gains,
+            max_value=config.lambda_max,
+            initial_integral=config.initial_lambda,
+            proportional_rate=rate,
+            integral_rate=rate,
+            derivative_rate=rate,
+        )
     if config.multiplier == "pid":
-        return PIDMultiplier(gains, max_value=config.lambda_max,
-                             initial_integral=config.initial_lambda)
-    return DualAscent(config.dual_ascent_lr, initial=config.initial_lambda,
-                      max_value=config.lambda_max)
+        return PIDMultiplier(
+            gains, max_value=config.lambda_max, initial_integral=config.initial_lambda
+        )
+    return DualAscent(
+        config.dual_ascent_lr, initial=config.initial_lambda, max_value=config.lambda_max
+    )
 
 
-def sample_unit_actions(actor: SquashedGaussianActor, observations: torch.Tensor,
-                        generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_unit_actions(
+    actor: SquashedGaussianActor, observations: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Reparameterised actions in [-1, 1] (the critics' units) and their log-probabilities,
     with the noise drawn from ``generator`` (CPU) so a run replays exactly."""
     mean, log_std = actor.distribution(observations)
@@ -165,16 +207,26 @@ def sample_unit_actions(actor: SquashedGaussianActor, observations: torch.Tensor
     return torch.tanh(pre_squash), squashed_gaussian_log_prob(pre_squash, mean, log_std)
 
 
-def soft_reward(rewards: torch.Tensor, terminals: torch.Tensor, next_log_prob: torch.Tensor,
-                temperature: torch.Tensor, gamma: float) -> torch.Tensor:
+def soft_reward(
+    rewards: torch.Tensor,
+    terminals: torch.Tensor,
+    next_log_prob: torch.Tensor,
+    temperature: torch.Tensor,
+    gamma: float,
+) -> torch.Tensor:
     """r - gamma (1 - d) alpha log pi(a'|s'): SAC's entropy bonus of the next state folded into
     the reward, so the one-step target r' + gamma (1 - d) min Q' is SAC's soft target."""
     return rewards - gamma * (1.0 - terminals) * temperature * next_log_prob
 
 
-def lagrangian_actor_loss(reward_q: torch.Tensor, cost_q: torch.Tensor, log_prob: torch.Tensor,
-                          temperature: torch.Tensor, lagrange_multiplier: float,
-                          rescale: bool) -> torch.Tensor:
+def lagrangian_actor_loss(
+    reward_q: torch.Tensor,
+    cost_q: torch.Tensor,
+    log_prob: torch.Tensor,
+    temperature: torch.Tensor,
+    lagrange_multiplier: float,
+    rescale: bool,
+) -> torch.Tensor:
     """E[alpha log pi - (Q_r - lambda Q_c)], divided by 1 + lambda when ``rescale``."""
     loss = sac_actor_loss(reward_q - lagrange_multiplier * cost_q, log_prob, temperature)
     return loss / (1.0 + lagrange_multiplier) if rescale else loss
@@ -183,12 +235,18 @@ def lagrangian_actor_loss(reward_q: torch.Tensor, cost_q: torch.Tensor, log_prob
 class SACLagUpdate:
     """SAC-Lag's networks, optimisers and one gradient update on a minibatch."""
 
-    def __init__(self, config: OnlineConfig, context: TrainingContext,
-                 actor: SquashedGaussianActor, critics: CriticEnsemble,
-                 initial_temperature: float) -> None:
+    def __init__(
+        self,
+        config: OnlineConfig,
+        context: TrainingContext,
+        actor: SquashedGaussianActor,
+        critics: CriticEnsemble,
+        initial_temperature: float,
+    ) -> None:
         if set(critics.groups) != {"reward", "cost"}:
-            raise ValueError(f"SAC-Lag needs critic groups 'reward' and 'cost', got "
-                             f"{', '.join(critics.groups)}")
+            raise ValueError(
+                f"SAC-Lag needs critic groups 'reward' and 'cost', got {', '.join(critics.groups)}"
+            )
         self.config, self.context = config, context
         self.actor, self.critics = actor, critics
         self.target_critics = copy.deepcopy(critics).requires_grad_(False)
@@ -199,26 +257,37 @@ class SACLagUpdate:
         top_lr = max(config.critic_lr, cost_lr)
         self.critic_optimizer = adam(critics.parameters(), lr=top_lr)
         self.group_step_scales = {"reward": config.critic_lr / top_lr, "cost": cost_lr / top_lr}
-        self.log_temperature = nn.Parameter(torch.tensor(
-            math.log(initial_temperature), device=context.device))
+        self.log_temperature = nn.Parameter(
+            torch.tensor(math.log(initial_temperature), device=context.device)
+        )
         self.temperature_optimizer = adam([self.log_temperature], lr=config.temperature_lr)
         self.target_entropy = -float(context.action_dim)
-        self.reductions = ["min" if name == "reward" else config.cost_reduction
-                           for name in critics.groups]
+        self.reductions = [
+            "min" if name == "reward" else config.cost_reduction for name in critics.groups
+        ]
 
     def critic_loss(self, batch: Batch, temperature: torch.Tensor) -> torch.Tensor:
         """Soft TD error of every reward and cost critic against the target critics."""
         generator = self.context.generator
         with torch.no_grad():
             next_actions, next_log_prob = sample_unit_actions(
-                self.actor, batch.next_observations, generator)
+                self.actor, batch.next_observations, generator
+            )
             next_q = self.target_critics(batch.next_observations, next_actions)
-            signals = {"reward": soft_reward(batch.rewards, batch.terminals, next_log_prob,
-                                             temperature, self.context.gamma),
-                       "cost": batch.costs}
-            targets = td_targets(next_q, [signals[name] for name in self.critics.groups],
-                                 batch.terminals, self.context.gamma,
-                                 self.critics.group_sizes, self.reductions)
+            signals = {
+                "reward": soft_reward(
+                    batch.rewards, batch.terminals, next_log_prob, temperature, self.context.gamma
+                ),
+                "cost": batch.costs,
+            }
+            targets = td_targets(
+                next_q,
+                [signals[name] for name in self.critics.groups],
+                batch.terminals,
+                self.context.gamma,
+                self.critics.group_sizes,
+                self.reductions,
+            )
         return ensemble_mse(self.critics(batch.observations, batch.actions), targets)
 
     def update(self, batch: Batch, lagrange_multiplier: float) -> dict[str, torch.Tensor]:
@@ -233,25 +302,38 @@ class SACLagUpdate:
         if rescale:
             rescale_group_steps(self.critics, before, self.group_step_scales)
 
-        actions, log_prob = sample_unit_actions(self.actor, batch.observations,
-                                                self.context.generator)
+        actions, log_prob = sample_unit_actions(
+            self.actor, batch.observations, self.context.generator
+        )
         self.critics.requires_grad_(False)
         q = self.critics(batch.observations, actions)
         self.critics.requires_grad_(True)
         reward_q = reduce_members(self.critics.group(q, "reward"), "min")
         cost_q = reduce_members(self.critics.group(q, "cost"), self.config.cost_reduction)
-        actor_loss = lagrangian_actor_loss(reward_q, cost_q, log_prob, temperature,
-                                           lagrange_multiplier, self.config.rescale_actor_loss)
+        actor_loss = lagrangian_actor_loss(
+            reward_q,
+            cost_q,
+            log_prob,
+            temperature,
+            lagrange_multiplier,
+            self.config.rescale_actor_loss,
+        )
         self.actor_optimizer.zero_grad(set_to_none=True)
         actor_loss.backward()
         self.actor_optimizer.step()
 
-        logs = {"loss/critic": critic_loss.detach(), "loss/actor": actor_loss.detach(),
-                "q/reward": reward_q.detach().mean(), "q/cost": cost_q.detach().mean(),
-                "sac/entropy": -log_prob.detach().mean(), "sac/temperature": temperature}
+        logs = {
+            "loss/critic": critic_loss.detach(),
+            "loss/actor": actor_loss.detach(),
+            "q/reward": reward_q.detach().mean(),
+            "q/cost": cost_q.detach().mean(),
+            "sac/entropy": -log_prob.detach().mean(),
+            "sac/temperature": temperature,
+        }
         if self.config.learn_temperature:
-            temperature_loss = sac_temperature_loss(self.log_temperature, log_prob,
-                                                    self.target_entropy)
+            temperature_loss = sac_temperature_loss(
+                self.log_temperature, log_prob, self.target_entropy
+            )
             self.temperature_optimizer.zero_grad(set_to_none=True)
             temperature_loss.backward()
             self.temperature_optimizer.step()
@@ -259,8 +341,14 @@ class SACLagUpdate:
         soft_update(self.target_critics, self.critics, self.config.tau)
         return logs
 
-    COMPONENTS = ("actor", "critics", "target_critics", "actor_optimizer", "critic_optimizer",
-                  "temperature_optimizer")
+    COMPONENTS = (
+        "actor",
+        "critics",
+        "target_critics",
+        "actor_optimizer",
+        "critic_optimizer",
+        "temperature_optimizer",
+    )
 
     def state_dict(self) -> dict[str, Any]:
         state = component_states(self, self.COMPONENTS)
@@ -278,8 +366,9 @@ class UniformRandomActor(SquashedGaussianActor):
     interface (a pre-squash mean atanh(u), u ~ U(-1, 1), with a vanishing spread)."""
 
     def __init__(self, context: TrainingContext) -> None:
-        super().__init__(context.obs_dim, context.action_dim, [1], context.action_low,
-                         context.action_high)
+        super().__init__(
+            context.obs_dim, context.action_dim, [1], context.action_low, context.action_high
+        )
         self.generator = context.generator
         self.to(context.device)
 
@@ -294,14 +383,26 @@ class OnlineLearner:
     """Online SAC-Lag: steps the environments, keeps the replay, updates the multiplier from
     finished episodes and runs the owed gradient updates on a (possibly mixed) minibatch."""
 
-    def __init__(self, config: OnlineConfig, context: TrainingContext, update: SACLagUpdate,
-                 offline: OfflineBuffer | None = None, online_fraction: float = 1.0) -> None:
+    def __init__(
+        self,
+        config: OnlineConfig,
+        context: TrainingContext,
+        update: SACLagUpdate,
+        offline: OfflineBuffer | None = None,
+        online_fraction: float = 1.0,
+    ) -> None:
         if context.task is None:
-            raise ValueError("an online algorithm needs the task's environment; the training "
-                             "context has no task")
+            raise ValueError(
+                "an online algorithm needs the task's environment; the training context has no task"
+            )
         self.config, self.context, self.update = config, context, update
-        self.replay = ReplayBuffer(config.replay_capacity, context.obs_dim, context.action_dim,
-                                   context.device, reward_scale=context.reward_scale)
+        self.replay = ReplayBuffer(
+            config.replay_capacity,
+            context.obs_dim,
+            context.action_dim,
+            context.device,
+            reward_scale=context.reward_scale,
+        )
         self.sampler = MixedSampler(offline, self.replay, online_fraction)
         self.multiplier = build_multiplier(config)
         self.random_actor = UniformRandomActor(context)
@@ -314,8 +415,9 @@ class OnlineLearner:
         """The environments, opened on first use (after a resume: at the saved counters)."""
         if self._collector is None:
             assert self.context.task is not None
-            self._collector = EnvironmentCollector(self.context.task, self.config.num_envs,
-                                                   self.context.seed, self.context.device)
+            self._collector = EnvironmentCollector(
+                self.context.task, self.config.num_envs, self.context.seed, self.context.device
+            )
             if self._collector_state is not None:
                 self._collector.load_state_dict(self._collector_state)
         return self._collector
@@ -329,8 +431,9 @@ class OnlineLearner:
         logs: dict[str, float | torch.Tensor] = {}
         if finished:
             episode_cost = float(np.mean([record.episode_cost for record in finished]))
-            logs["online/episode_return"] = float(np.mean(
-                [record.episode_return for record in finished]))
+            logs["online/episode_return"] = float(
+                np.mean([record.episode_return for record in finished])
+            )
             logs["online/episode_cost"] = episode_cost
             logs["online/cumulative_cost"] = collector.cumulative_cost
             logs["online/env_steps"] = float(collector.env_steps)
@@ -351,11 +454,16 @@ class OnlineLearner:
 
     def state_dict(self) -> dict[str, Any]:
         """Networks, optimisers, multiplier, replay rows, collector counters, update credit."""
-        collector = (self._collector.state_dict() if self._collector is not None
-                     else self._collector_state)
-        return {"update": self.update.state_dict(), "multiplier": self.multiplier.state_dict(),
-                "replay": self.replay.state_dict(), "collector": collector,
-                "update_credit": self.update_credit}
+        collector = (
+            self._collector.state_dict() if self._collector is not None else self._collector_state
+        )
+        return {
+            "update": self.update.state_dict(),
+            "multiplier": self.multiplier.state_dict(),
+            "replay": self.replay.state_dict(),
+            "collector": collector,
+            "update_credit": self.update_credit,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.update.load_state_dict(state["update"])
@@ -372,8 +480,9 @@ class SACLag:
 
     def __init__(self, config: SACLagConfig, context: TrainingContext) -> None:
         actor = context.new_actor()
-        critics = context.new_critics({"reward": config.reward_critics,
-                                       "cost": config.cost_critics})
+        critics = context.new_critics(
+            {"reward": config.reward_critics, "cost": config.cost_critics}
+        )
         update = SACLagUpdate(config, context, actor, critics, config.initial_temperature)
         self.learner = OnlineLearner(config, context, update)
 
@@ -395,6 +504,10 @@ class SACLag:
 
 
 SPEC = AlgorithmSpec(
-    name="sac-lag", config_type=SACLagConfig, build=SACLag, needs_dataset=False,
+    name="sac-lag",
+    config_type=SACLagConfig,
+    build=SACLag,
+    needs_dataset=False,
     summary="online SAC-Lag from scratch in the task's environments (no dataset; --steps "
-            "counts vector environment steps)")
+    "counts vector environment steps)",
+)

@@ -64,38 +64,66 @@ class TD3BCConfig(Config):
     actor_lr: float = param(3e-4, "actor learning rate", "TD3+BC: 3e-4", gt=0.0)
     critic_lr: float = param(3e-4, "critic learning rate", "TD3+BC: 3e-4", gt=0.0)
     tau: float = param(0.005, "target network EMA rate", "TD3+BC: 0.005", gt=0.0, le=1.0)
-    policy_noise: float = param(0.2, "target policy smoothing noise (unit actions)", "TD3: 0.2",
-                                ge=0.0)
+    policy_noise: float = param(
+        0.2, "target policy smoothing noise (unit actions)", "TD3: 0.2", ge=0.0
+    )
     noise_clip: float = param(0.5, "clip of the smoothing noise", "TD3: 0.5", ge=0.0)
     policy_delay: int = param(2, "critic updates per actor update", "TD3: 2", ge=1)
-    alpha: float = param(2.5, "Q weight against BC: lambda_bc = alpha / mean|Q'(s, pi(s))|",
-                         "TD3+BC: 2.5", ge=0.0)
-    critics_per_signal: int = param(2, "critics for reward and for cost (clipped double Q)",
-                                    "TD3: 2", ge=1)
-    cost_critics: int = param(0, "cost critics when they should differ from the reward's "
-                              "(0: critics_per_signal); a larger ensemble gives the pessimistic "
-                              "cost estimates room to disagree", "TD3: 2", ge=0)
-    q_scale_ema: float = param(0.0, "0: lambda_bc from this batch's mean|Q'(s, pi(s))| "
-                               "(TD3+BC); > 0: from its running average at this rate, one scale "
-                               "for all arms", "TD3+BC: per batch", ge=0.0, le=1.0)
+    alpha: float = param(
+        2.5, "Q weight against BC: lambda_bc = alpha / mean|Q'(s, pi(s))|", "TD3+BC: 2.5", ge=0.0
+    )
+    critics_per_signal: int = param(
+        2, "critics for reward and for cost (clipped double Q)", "TD3: 2", ge=1
+    )
+    cost_critics: int = param(
+        0,
+        "cost critics when they should differ from the reward's "
+        "(0: critics_per_signal); a larger ensemble gives the pessimistic "
+        "cost estimates room to disagree",
+        "TD3: 2",
+        ge=0,
+    )
+    q_scale_ema: float = param(
+        0.0,
+        "0: lambda_bc from this batch's mean|Q'(s, pi(s))| "
+        "(TD3+BC); > 0: from its running average at this rate, one scale "
+        "for all arms",
+        "TD3+BC: per batch",
+        ge=0.0,
+        le=1.0,
+    )
 
 
 class TD3BCOracle:
     """TD3+BC on r - lambda (c - b); lambda is an argument of every update."""
 
-    COMPONENTS = ("actor", "critic", "target_actor", "target_critic", "actor_optimizer",
-                  "critic_optimizer")
+    COMPONENTS = (
+        "actor",
+        "critic",
+        "target_actor",
+        "target_critic",
+        "actor_optimizer",
+        "critic_optimizer",
+    )
 
-    def __init__(self, config: TD3BCConfig, context: TrainingContext, per_step_budget_mode: str,
-                 ) -> None:
+    def __init__(
+        self,
+        config: TD3BCConfig,
+        context: TrainingContext,
+        per_step_budget_mode: str,
+    ) -> None:
         self.config = config
         self.context = context
-        self.budget_per_step = per_step_budget(context.cost_limit, context.gamma,
-                                               context.episode_length, per_step_budget_mode)
+        self.budget_per_step = per_step_budget(
+            context.cost_limit, context.gamma, context.episode_length, per_step_budget_mode
+        )
         self.actor = context.new_actor()
-        self.critic = context.new_critics({"reward": config.critics_per_signal,
-                                           "cost": config.cost_critics
-                                           or config.critics_per_signal})
+        self.critic = context.new_critics(
+            {
+                "reward": config.critics_per_signal,
+                "cost": config.cost_critics or config.critics_per_signal,
+            }
+        )
         # the actor reads the first critic of each group (TD3)
         self.first_critics = [self.critic.members("reward")[0], self.critic.members("cost")[0]]
         self.target_actor = copy.deepcopy(self.actor).requires_grad_(False)
@@ -114,21 +142,31 @@ class TD3BCOracle:
         batch = self.context.offline.sample(self.context.batch_size, self.context.generator)
         return self.update(batch, lagrange_multiplier)
 
-    def update(self, batch: Batch, lagrange_multiplier: float,
-               ) -> dict[str, float | torch.Tensor]:
+    def update(
+        self,
+        batch: Batch,
+        lagrange_multiplier: float,
+    ) -> dict[str, float | torch.Tensor]:
         """Critic update every call; actor, log-std and targets every ``policy_delay`` calls."""
         config = self.config
         logs: dict[str, float | torch.Tensor] = {}
         with torch.no_grad():
             noise = torch.randn(batch.actions.shape, generator=self.context.generator)
             noise = (noise.to(batch.actions.device) * config.policy_noise).clamp(
-                -config.noise_clip, config.noise_clip)
-            next_actions = (self.unit_action(self.target_actor, batch.next_observations)
-                            + noise).clamp(-1.0, 1.0)
+                -config.noise_clip, config.noise_clip
+            )
+            next_actions = (
+                self.unit_action(self.target_actor, batch.next_observations) + noise
+            ).clamp(-1.0, 1.0)
             next_q = self.target_critic(batch.next_observations, next_actions)
-            targets = td_targets(next_q, (batch.rewards, batch.costs), batch.terminals,
-                                 self.context.gamma, sizes=self.critic.group_sizes,
-                                 reductions=("min", "max"))
+            targets = td_targets(
+                next_q,
+                (batch.rewards, batch.costs),
+                batch.terminals,
+                self.context.gamma,
+                sizes=self.critic.group_sizes,
+                reductions=("min", "max"),
+            )
         loss = ensemble_mse(self.critic(batch.observations, batch.actions), targets)
         self.critic_optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -143,12 +181,18 @@ class TD3BCOracle:
             # gradient here (they are not updated by the actor loss), which saves their
             # weight-gradient matmuls.
             self.critic.requires_grad_(False)
-            q_reward, q_cost = self.critic(batch.observations, policy_actions,
-                                           members=self.first_critics)
+            q_reward, q_cost = self.critic(
+                batch.observations, policy_actions, members=self.first_critics
+            )
             self.critic.requires_grad_(True)
             lagrangian_q = q_reward - lagrange_multiplier * q_cost
-            actor_loss = td3bc_actor_loss(lagrangian_q, policy_actions, batch.actions,
-                                          config.alpha, self.q_scale(lagrangian_q))
+            actor_loss = td3bc_actor_loss(
+                lagrangian_q,
+                policy_actions,
+                batch.actions,
+                config.alpha,
+                self.q_scale(lagrangian_q),
+            )
             actor_loss = actor_loss + log_std_loss(mean, log_std, batch.actions)
             self.actor_optimizer.zero_grad(set_to_none=True)
             actor_loss.backward()
@@ -175,25 +219,31 @@ class TD3BCOracle:
         return self.running_q_scale
 
     @torch.no_grad()
-    def value_estimates(self, observations: torch.Tensor, cost_estimate: str = "mean",
-                        ucb_k: float = 1.0) -> tuple[float, float]:
+    def value_estimates(
+        self, observations: torch.Tensor, cost_estimate: str = "mean", ucb_k: float = 1.0
+    ) -> tuple[float, float]:
         """Mean Q_r(s, pi(s)) and the cost ensemble's estimate of Q_c(s, pi(s)) over states.
 
         ``cost_estimate`` reduces the cost critics per state (``losses.ensemble_estimate``:
         mean, max or mean + ucb_k * std) before the mean over ``observations``.
         """
         q = self.critic(observations, self.unit_action(self.actor, observations))
-        return (self.critic.group(q, "reward").mean().item(),
-                ensemble_estimate(self.critic.group(q, "cost"), cost_estimate, ucb_k).mean().item())
+        return (
+            self.critic.group(q, "reward").mean().item(),
+            ensemble_estimate(self.critic.group(q, "cost"), cost_estimate, ucb_k).mean().item(),
+        )
 
     def state_dict(self) -> dict[str, Any]:
-        return {**component_states(self, self.COMPONENTS), "updates": self.updates,
-                "running_q_scale": self.running_q_scale}
+        return {
+            **component_states(self, self.COMPONENTS),
+            "updates": self.updates,
+            "running_q_scale": self.running_q_scale,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         load_component_states(self, self.COMPONENTS, state)
         self.updates = int(state["updates"])
         running = state.get("running_q_scale")
-        self.running_q_scale = (None if running is None
-                                else torch.as_tensor(running, device=self.context.device))
-
+        self.running_q_scale = (
+            None if running is None else torch.as_tensor(running, device=self.context.device)
+        )

@@ -48,24 +48,35 @@ class VPAConfig(Config):
     """Marvel's value pre-alignment: entropy-regularised FQE of the frozen offline policy."""
 
     steps: int = param(5_000, "VPA updates", "Marvel: about 5,000", gt=0)
-    reward_temperature: float = param(1e-3, "alpha: entropy weight in the Q targets",
-                                      "Marvel Table 6: 1e-3", ge=0.0)
-    cost_temperature: float = param(5e-4, "alpha_c: entropy weight in the Qc targets",
-                                    "Marvel Table 6: 5e-4", ge=0.0)
-    entropy: bool = param(True, "keep the entropy terms (false: plain FQE, as the public code's "
-                          "default)", "paper: on")
+    reward_temperature: float = param(
+        1e-3, "alpha: entropy weight in the Q targets", "Marvel Table 6: 1e-3", ge=0.0
+    )
+    cost_temperature: float = param(
+        5e-4, "alpha_c: entropy weight in the Qc targets", "Marvel Table 6: 5e-4", ge=0.0
+    )
+    entropy: bool = param(
+        True, "keep the entropy terms (false: plain FQE, as the public code's default)", "paper: on"
+    )
     reward_lr: float = param(3e-5, "Q learning rate", "Marvel Table 6: 3e-5", gt=0.0)
     cost_lr: float = param(8e-5, "Qc learning rate", "Marvel Table 6: 8e-5", gt=0.0)
     tau: float = param(0.005, "target network EMA rate", "SAC: 0.005", gt=0.0, le=1.0)
-    reward_reduction: Reduction = param("min", "how Q's members combine in the target",
-                                        "not stated; CPQ: min")
-    cost_reduction: Reduction = param("min", "how Qc's members combine in the target",
-                                      "not stated; CPQ: min")
+    reward_reduction: Reduction = param(
+        "min", "how Q's members combine in the target", "not stated; CPQ: min"
+    )
+    cost_reduction: Reduction = param(
+        "min", "how Qc's members combine in the target", "not stated; CPQ: min"
+    )
 
 
-def vpa_targets(next_q: torch.Tensor, next_log_prob: torch.Tensor, batch: Batch, gamma: float,
-                sizes: list[int], reductions: tuple[str, str],
-                temperatures: tuple[float, float]) -> torch.Tensor:
+def vpa_targets(
+    next_q: torch.Tensor,
+    next_log_prob: torch.Tensor,
+    batch: Batch,
+    gamma: float,
+    sizes: list[int],
+    reductions: tuple[str, str],
+    temperatures: tuple[float, float],
+) -> torch.Tensor:
     """Eqs. 8-9's targets for the reward and cost groups, [members, batch]:
     signal + gamma (1 - d) (next value - temperature * log pi0(a' | s'))."""
     next_reward, next_cost = reduce_groups(next_q, sizes, reductions)
@@ -75,8 +86,9 @@ def vpa_targets(next_q: torch.Tensor, next_log_prob: torch.Tensor, batch: Batch,
     return stacked_targets([reward, cost], sizes)
 
 
-def rescale_group_steps(critic: CriticEnsemble, before: list[torch.Tensor],
-                        scales: dict[str, float]) -> None:
+def rescale_group_steps(
+    critic: CriticEnsemble, before: list[torch.Tensor], scales: dict[str, float]
+) -> None:
     """Scale each group's last optimiser step, p <- before + scale * (p - before), in place
     (parameters are stacked along dim 0 by member)."""
     with torch.no_grad():
@@ -92,22 +104,30 @@ def rescale_group_steps(critic: CriticEnsemble, before: list[torch.Tensor],
 
 
 class ValuePreAlignment:
-    """VPA on CPQ's modules: updates ``critic`` and ``target_critic`` in place, ``actor`` frozen.
-    """
+    """VPA on CPQ's modules: updates ``critic`` and ``target_critic`` in place, ``actor`` frozen."""
 
-    def __init__(self, config: VPAConfig, context: TrainingContext, actor: SquashedGaussianActor,
-                 critic: CriticEnsemble, target_critic: CriticEnsemble) -> None:
+    def __init__(
+        self,
+        config: VPAConfig,
+        context: TrainingContext,
+        actor: SquashedGaussianActor,
+        critic: CriticEnsemble,
+        target_critic: CriticEnsemble,
+    ) -> None:
         if set(critic.groups) != {"reward", "cost"}:
-            raise ValueError(f"VPA needs critics in groups 'reward' and 'cost' (CPQ's layout); "
-                             f"got {', '.join(critic.groups)}")
+            raise ValueError(
+                f"VPA needs critics in groups 'reward' and 'cost' (CPQ's layout); "
+                f"got {', '.join(critic.groups)}"
+            )
         self.config = config
         self.context = context
         self.actor, self.critic, self.target_critic = actor, critic, target_critic
         top_lr = max(config.reward_lr, config.cost_lr)
         self.optimizer = adam(critic.parameters(), lr=top_lr)
         self.step_scales = {"reward": config.reward_lr / top_lr, "cost": config.cost_lr / top_lr}
-        self.temperatures = ((config.reward_temperature, config.cost_temperature)
-                             if config.entropy else (0.0, 0.0))
+        self.temperatures = (
+            (config.reward_temperature, config.cost_temperature) if config.entropy else (0.0, 0.0)
+        )
 
     def step(self) -> Logs:
         """One VPA update on a fresh minibatch."""
@@ -118,12 +138,18 @@ class ValuePreAlignment:
         noise = torch.randn(batch.actions.shape, generator=self.context.generator)
         with torch.no_grad():
             next_actions, next_log_prob = squashed_sample(
-                self.actor, batch.next_observations, noise.to(batch.actions.device))
+                self.actor, batch.next_observations, noise.to(batch.actions.device)
+            )
             next_q = self.target_critic(batch.next_observations, next_actions)
-            targets = vpa_targets(next_q, next_log_prob, batch, self.context.gamma,
-                                  self.critic.group_sizes,
-                                  (self.config.reward_reduction, self.config.cost_reduction),
-                                  self.temperatures)
+            targets = vpa_targets(
+                next_q,
+                next_log_prob,
+                batch,
+                self.context.gamma,
+                self.critic.group_sizes,
+                (self.config.reward_reduction, self.config.cost_reduction),
+                self.temperatures,
+            )
         q_values = self.critic(batch.observations, batch.actions)
         loss = ensemble_mse(q_values, targets)
         before = [parameter.detach().clone() for parameter in self.critic.parameters()]
