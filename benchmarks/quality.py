@@ -4,8 +4,10 @@ For each task it collects a dataset with ``safepolicy collect`` (or reuses one),
 algorithm at every cost limit and seed, evaluates the final actor on the fixed seed list in the
 real environment (the loop's evaluation, DSRL-normalised), and writes
 ``OUT/quality.json``, ``OUT/quality.md`` (mean +- std over seeds, unsafe cells marked) and
-``OUT/quality.png`` (normalised reward vs normalised cost). Finished runs are reused, so an
-interrupted benchmark continues where it stopped.
+``OUT/quality.png`` (normalised reward vs normalised cost). Each finished run's result goes to
+``OUT/results/<task>-<algorithm>-<limit>-s<seed>.json`` with the settings that made it, and a
+later invocation on any machine reuses a result whose settings match (commit them as they
+finish), so an interrupted benchmark continues where it stopped.
 
 Default size (fits about an hour on the 2-core CPU):
     python benchmarks/quality.py
@@ -102,8 +104,33 @@ def train_once(
     precision: str,
     settings: list[str],
     out: Path,
+    result_file: Path,
     reuse: dict[str, Path] | None = None,
 ) -> dict:
+    """Train and evaluate one (algorithm, task, cost limit, seed) run, or return its kept result
+    when ``result_file`` holds one made with the same settings."""
+    overrides = {
+        "run.eval_episodes": str(eval_episodes),
+        "run.precision": precision,
+        **settings_for(algorithm, settings),
+    }
+    # What makes two runs the same run: a result file kept in the repository with this
+    # fingerprint is reused on any machine, so the table resumes where another machine stopped.
+    fingerprint = {
+        "algorithm": algorithm,
+        "task": task,
+        "dataset": dataset.name,
+        "cost_limit": cost_limit,
+        "seed": seed,
+        "steps": steps,
+        "overrides": overrides,
+        "reused_stage": {stage: path.name for stage, path in (reuse or {}).items()},
+    }
+    if result_file.exists():
+        kept = json.loads(result_file.read_text())
+        if kept.get("fingerprint") == fingerprint:
+            return kept
+
     import torch
 
     from safepolicy.training.loop import TrainRequest, train
@@ -125,11 +152,7 @@ def train_once(
                 out=out,
                 seed=seed,
                 steps=steps,
-                overrides={
-                    "run.eval_episodes": str(eval_episodes),
-                    "run.precision": precision,
-                    **settings_for(algorithm, settings),
-                },
+                overrides=overrides,
                 reuse_stages=reuse or {},
                 progress=False,
             )
@@ -143,6 +166,10 @@ def train_once(
         ((stage, source),) = reuse.items()
         result["reused_stage"] = {"stage": stage, "from": source.name}
     result.update(task=task, algorithm=algorithm, cost_limit=cost_limit, seed=seed)
+    result["fingerprint"] = fingerprint
+    from safepolicy.fileio import atomic_write_text
+
+    atomic_write_text(result_file, json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -345,6 +372,7 @@ def main() -> int:
             args.precision,
             args.settings,
             runs_dir / f"{task}-{algorithm}-{limit:g}-s{seed}",
+            args.out / "results" / f"{task}-{algorithm}-{limit:g}-s{seed}.json",
             reused,
         )
 
@@ -363,8 +391,6 @@ def main() -> int:
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         for row in (row for wave in waves for row in pool.map(train_once_star, wave)):
             results.append(row)
-            name = f"{row['task']}-{row['algorithm']}-{row['cost_limit']:g}-s{row['seed']}"
-            (args.out / "results" / f"{name}.json").write_text(json.dumps(row, indent=2))
             print(
                 f"{row['task']} {row['algorithm']} kappa={row['cost_limit']:g} "
                 f"seed={row['seed']}: reward {row['normalized_reward']:.2f} "
