@@ -114,16 +114,35 @@ def train_once(
         "run.precision": precision,
         **settings_for(algorithm, settings),
     }
-    # What makes two runs the same run: a result file kept in the repository with this
-    # fingerprint is reused on any machine, so the table resumes where another machine stopped.
+    import torch
+
+    from safepolicy.training.loop import TrainRequest, build_configs, train
+
+    request = TrainRequest(
+        algorithm=algorithm,
+        task=task,
+        dataset=dataset,
+        cost_limit=cost_limit,
+        out=out,
+        seed=seed,
+        steps=steps,
+        overrides=overrides,
+        reuse_stages=reuse or {},
+        progress=False,
+    )
+    # What makes two runs the same run: the resolved configuration (defaults included, so a
+    # changed default is a different run), the data and the reused stage. A result file kept in
+    # the repository with this fingerprint is reused on any machine, so the table resumes where
+    # another machine stopped.
+    _, run_config, algorithm_config = build_configs(request)
     fingerprint = {
         "algorithm": algorithm,
         "task": task,
         "dataset": dataset.name,
         "cost_limit": cost_limit,
         "seed": seed,
-        "steps": steps,
-        "overrides": overrides,
+        "run_config": run_config.model_dump(mode="json"),
+        "algorithm_config": algorithm_config.model_dump(mode="json"),
         "reused_stage": {stage: path.name for stage, path in (reuse or {}).items()},
     }
     if result_file.exists():
@@ -131,33 +150,22 @@ def train_once(
         if kept.get("fingerprint") == fingerprint:
             return kept
 
-    import torch
-
-    from safepolicy.training.loop import TrainRequest, train
-
     torch.set_num_threads(1)  # one run per core; --jobs sets how many run at once
-    evaluation = out / "evaluation.json"
-    if not evaluation.exists():
+    evaluation, made_with = out / "evaluation.json", out / "fingerprint.json"
+    finished_here = (
+        evaluation.exists()
+        and made_with.exists()
+        and json.loads(made_with.read_text()) == fingerprint
+    )
+    if not finished_here:
         if out.exists():
             import shutil
 
-            shutil.rmtree(out)  # an interrupted run restarts cleanly
+            shutil.rmtree(out)  # an interrupted or differently-configured run restarts cleanly
         started = time.perf_counter()
-        train(
-            TrainRequest(
-                algorithm=algorithm,
-                task=task,
-                dataset=dataset,
-                cost_limit=cost_limit,
-                out=out,
-                seed=seed,
-                steps=steps,
-                overrides=overrides,
-                reuse_stages=reuse or {},
-                progress=False,
-            )
-        )
+        train(request)
         (out / "train_seconds.txt").write_text(f"{time.perf_counter() - started:.1f}\n")
+        made_with.write_text(json.dumps(fingerprint))
     result: dict = json.loads(evaluation.read_text())
     seconds = out / "train_seconds.txt"
     result["train_seconds"] = float(seconds.read_text()) if seconds.exists() else None
