@@ -43,6 +43,15 @@ Departures from the paper, and why:
 - The per-step budget defaults to kappa / T rather than (1 - gamma) kappa (``per_step_budget``):
   DSRL limits the undiscounted cost of a T-step episode, and the two agree only when
   T = 1 / (1 - gamma). The paper's form is one setting away.
+- A pessimistic cost value (issue 18): the TD3+BC oracle keeps 5 cost critics (2 reward critics,
+  as TD3), whose TD target is the max over the 5, and the bandit reads V_c as the per-state max
+  over them (``cost_value_estimate=max``) instead of one critic's value. With the paper's form
+  (2 cost critics, the mean) the critics under-read the learned policy's out-of-distribution
+  speeding on BallRun about 4x (cost value 21 against a true 92 per episode at limit 10) and
+  O3SRL broke the limit at 10 and 20 (normalised cost 4.45 and 4.46). With the pessimistic value
+  all 12 runs of BallRun and CarCircle at limits 5/10/20, seeds 0 and 1, kept their limit
+  (README, "Training quality"). The paper allows any stochastic value estimate for the bandit;
+  ``--set td3bc.cost_critics=0 --set cost_value_estimate=mean`` restores its form.
 - The TD3+BC oracle's Q normaliser is a running average shared by all arms
   (``td3bc.q_scale_ema`` = 0.01) instead of TD3+BC's per-batch mean|Q|, so that the actor follows
   the mixture of multipliers EXP3 plays rather than over-weighting some arms (td3bc.py).
@@ -89,10 +98,10 @@ class O3SRLConfig(Config):
         1024, "dataset states averaged for the round's value estimate", "not stated", ge=1
     )
     cost_value_estimate: Literal["mean", "max", "ucb"] = param(
-        "mean",
+        "max",
         "how the bandit reads V_c from the cost critics per state: their mean, max, or "
         "mean + ucb_k * std",
-        "paper: the critic's value (mean)",
+        "paper: the critic's value (mean); max is a departure, see o3srl.py",
     )
     ucb_k: float = param(
         1.0, "k of the upper confidence bound (cost_value_estimate=ucb)", "not in the paper", ge=0.0
@@ -102,7 +111,9 @@ class O3SRLConfig(Config):
         "per-step cost budget: kappa / T (episode) or (1 - gamma) kappa (paper)",
         "paper: (1 - gamma) kappa",
     )
-    td3bc: TD3BCConfig = Field(default_factory=lambda: TD3BCConfig(q_scale_ema=0.01))
+    td3bc: TD3BCConfig = Field(
+        default_factory=lambda: TD3BCConfig(q_scale_ema=0.01, cost_critics=5)
+    )
     iql: IQLConfig = Field(default_factory=IQLConfig)
 
 
