@@ -169,7 +169,7 @@ def test_issue18_preset_sets_the_table_and_explicit_flags_win(quality: ModuleTyp
     args = quality.parse_args(["--table", "issue18", "--seeds", "0", "--steps-for", "cpq=4000"])
     assert args.algorithms == ["o3srl", "drcorl", "cpq", "bc-safe", "td3bc-lag"]
     assert args.seeds == [0] and args.eval_episodes == 20
-    assert args.steps_for == {"td3bc-lag": 5000, "cpq": 4000}  # the later cpq count wins
+    assert args.steps_for == {"cpq": 4000}  # the command line wins over the preset's 2000
     assert args.reuse_stages == {"drcorl": "critics"}
     assert quality.settings_for("cpq", args.settings)["run.precision"] == "fp32"
     assert "run.precision" not in quality.settings_for("o3srl", args.settings)
