@@ -121,7 +121,8 @@ def test_squashed_gaussian_actions_stay_within_bounds() -> None:
     assert torch.isfinite(log_prob).all()
 
 
-@pytest.mark.slow  # over 30 s on the shared 2-core machine
+@pytest.mark.slow  # over 30 s on the shared 2-core machine; over 300 s when it is loaded
+@pytest.mark.timeout(1200)
 def test_o3srl_keeps_the_cost_limit_where_the_unconstrained_oracle_does_not() -> None:
     """Toy: reward a, cost (a + 1) / 2 per step, limit 5 per 10-step episode (needs a <= 0).
 
