@@ -248,6 +248,13 @@ def run_fingerprint(request: Any) -> dict:
     }
 
 
+def stage_checkpoint(run_dir: Path, stage: str) -> Path:
+    """Where a run keeps the checkpoint at the end of ``stage`` (the loop's layout)."""
+    from safepolicy.training.loop import stage_checkpoint_path
+
+    return stage_checkpoint_path(run_dir, stage)
+
+
 def kept_result(result_file: Path, fingerprint: dict) -> dict | None:
     """The result kept in ``result_file`` if it was made with ``fingerprint``, else None."""
     if not result_file.exists():
@@ -269,9 +276,12 @@ def train_once(
     out: Path,
     result_file: Path,
     reuse: dict[str, Path] | None = None,
+    stage_for_others: str | None = None,
 ) -> dict:
     """Train and evaluate one (algorithm, task, cost limit, seed) run, or return its kept result
-    when ``result_file`` holds one made with the same settings."""
+    when ``result_file`` holds one made with the same settings. ``stage_for_others`` names a
+    stage whose checkpoint later runs will start from: a kept result is then reused only while
+    this machine still has that checkpoint (a result file alone cannot seed another run)."""
     request = train_request(
         algorithm,
         task,
@@ -287,7 +297,9 @@ def train_once(
     )
     fingerprint = run_fingerprint(request)
     kept = kept_result(result_file, fingerprint)
-    if kept is not None:
+    if kept is not None and (
+        stage_for_others is None or stage_checkpoint(out, stage_for_others).is_file()
+    ):
         return kept
 
     import torch
@@ -340,6 +352,7 @@ class Job(NamedTuple):
     out: Path
     result_file: Path
     reuse: dict[str, Path] | None
+    stage_for_others: str | None = None  # a later run starts from this run's stage
 
     def request(self) -> Any:
         """The ``TrainRequest`` this run makes."""
@@ -918,6 +931,16 @@ def main(argv: list[str] | None = None) -> int:
     }
     references = dataset_references(datasets, limits)
     jobs = plan_jobs(args, limits)
+    # A run whose stage checkpoint a run still to train will start from must have that checkpoint
+    # here, even when its own result is kept (e.g. committed from another machine).
+    sources = {
+        source: stage
+        for job in jobs
+        if job.reuse is not None
+        and kept_result(job.result_file, run_fingerprint(job.request())) is None
+        for stage, source in job.reuse.items()
+    }
+    jobs = [job._replace(stage_for_others=sources.get(job.out)) for job in jobs]
     # runs that reuse another run's stage wait for the runs that train it
     waves = [[j for j in jobs if j.reuse is None], [j for j in jobs if j.reuse is not None]]
     results: list[dict] = []

@@ -261,3 +261,31 @@ def test_a_readme_without_markers_is_left_alone(
     args = quality.parse_args(["--readme", str(readme), "--out", str(tmp_path / "out")])
     assert args.readme is None
     assert "the README is left as it is" in capsys.readouterr().err
+
+
+def test_a_stage_source_kept_only_as_a_result_file_is_retrained_for_its_checkpoint(
+    quality: ModuleType, tmp_path: Path, ballrun_dataset: Path
+) -> None:
+    """On a fresh machine the committed result of a limit-5 DRCORL run is not enough for the
+    limit-10 run that starts from its critics stage: the source run trains again."""
+    import shutil
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    shutil.copy(ballrun_dataset, data / "BallRun.h5")
+    argv = [
+        "--tasks", "BallRun", "--algorithms", "drcorl", "--cost-limits", "5", "10",
+        "--seeds", "0", "--eval-episodes", "1", "--jobs", "1", "--no-readme",
+        "--set", "behaviour_steps=20", "--set", "critics_steps=20", "--set", "policy_steps=20",
+        "--set", "run.log_every=10", "--reuse-stage", "drcorl=critics",
+        "--data-dir", str(data), "--out", str(out),
+    ]  # fmt: skip
+    assert quality.main(argv) == 0
+    limit10 = out / "results" / "BallRun-drcorl-10-s0.json"
+    assert json.loads(limit10.read_text())["reused_stage"]["stage"] == "critics"
+
+    shutil.rmtree(out / "runs")  # what a fresh checkout has: the result files only
+    limit10.unlink()
+    assert quality.main(argv) == 0
+    assert json.loads(limit10.read_text())["reused_stage"]["from"] == "BallRun-drcorl-5-s0"
+    assert (out / "runs" / "BallRun-drcorl-5-s0" / "checkpoints" / "stage-critics.pt").is_file()
