@@ -193,41 +193,6 @@ def stage_seconds(run_dir: Path) -> dict[str, float]:
     return seconds
 
 
-def train_request(
-    algorithm: str,
-    task: str,
-    dataset: Path,
-    cost_limit: float,
-    seed: int,
-    steps: int,
-    eval_episodes: int,
-    precision: str,
-    settings: list[str],
-    out: Path,
-    reuse: dict[str, Path] | None,
-) -> Any:
-    """The ``TrainRequest`` one benchmark run makes."""
-    from safepolicy.training.loop import TrainRequest
-
-    overrides = {
-        "run.eval_episodes": str(eval_episodes),
-        "run.precision": precision,
-        **settings_for(algorithm, settings),
-    }
-    return TrainRequest(
-        algorithm=algorithm,
-        task=task,
-        dataset=dataset,
-        cost_limit=cost_limit,
-        out=out,
-        seed=seed,
-        steps=steps,
-        overrides=overrides,
-        reuse_stages=reuse or {},
-        progress=False,
-    )
-
-
 def run_fingerprint(request: Any) -> dict:
     """What makes two runs the same run: the resolved configuration (defaults included, so a
     changed default is a different run), the data and the reused stage. A result file kept in
@@ -248,13 +213,6 @@ def run_fingerprint(request: Any) -> dict:
     }
 
 
-def stage_checkpoint(run_dir: Path, stage: str) -> Path:
-    """Where a run keeps the checkpoint at the end of ``stage`` (the loop's layout)."""
-    from safepolicy.training.loop import stage_checkpoint_path
-
-    return stage_checkpoint_path(run_dir, stage)
-
-
 def kept_result(result_file: Path, fingerprint: dict) -> dict | None:
     """The result kept in ``result_file`` if it was made with ``fingerprint``, else None."""
     if not result_file.exists():
@@ -263,42 +221,58 @@ def kept_result(result_file: Path, fingerprint: dict) -> dict | None:
     return kept if kept.get("fingerprint") == fingerprint else None
 
 
-def train_once(
-    algorithm: str,
-    task: str,
-    dataset: Path,
-    cost_limit: float,
-    seed: int,
-    steps: int,
-    eval_episodes: int,
-    precision: str,
-    settings: list[str],
-    out: Path,
-    result_file: Path,
-    reuse: dict[str, Path] | None = None,
-    stage_for_others: str | None = None,
-) -> dict:
+class Job(NamedTuple):
+    """One run of the benchmark."""
+
+    algorithm: str
+    task: str
+    dataset: Path
+    cost_limit: float
+    seed: int
+    steps: int
+    eval_episodes: int
+    precision: str
+    settings: list[str]
+    out: Path
+    result_file: Path
+    reuse: dict[str, Path] | None
+    stage_for_others: str | None = None  # a later run starts from this run's stage
+
+    def request(self) -> Any:
+        """The ``TrainRequest`` this run makes."""
+        from safepolicy.training.loop import TrainRequest
+
+        return TrainRequest(
+            algorithm=self.algorithm,
+            task=self.task,
+            dataset=self.dataset,
+            cost_limit=self.cost_limit,
+            out=self.out,
+            seed=self.seed,
+            steps=self.steps,
+            overrides={
+                "run.eval_episodes": str(self.eval_episodes),
+                "run.precision": self.precision,
+                **settings_for(self.algorithm, self.settings),
+            },
+            reuse_stages=self.reuse or {},
+            progress=False,
+        )
+
+
+def train_once(job: Job) -> dict:
     """Train and evaluate one (algorithm, task, cost limit, seed) run, or return its kept result
-    when ``result_file`` holds one made with the same settings. ``stage_for_others`` names a
-    stage whose checkpoint later runs will start from: a kept result is then reused only while
-    this machine still has that checkpoint (a result file alone cannot seed another run)."""
-    request = train_request(
-        algorithm,
-        task,
-        dataset,
-        cost_limit,
-        seed,
-        steps,
-        eval_episodes,
-        precision,
-        settings,
-        out,
-        reuse,
-    )
+    when ``job.result_file`` holds one made with the same settings. ``job.stage_for_others``
+    names a stage whose checkpoint later runs will start from: a kept result is then reused only
+    while this machine still has that checkpoint (a result file alone cannot seed another run)."""
+    from safepolicy.training.loop import stage_checkpoint_path
+
+    out = job.out
+    request = job.request()
     fingerprint = run_fingerprint(request)
-    kept = kept_result(result_file, fingerprint)
+    kept = kept_result(job.result_file, fingerprint)
     if kept is not None and (
-        stage_for_others is None or stage_checkpoint(out, stage_for_others).is_file()
+        job.stage_for_others is None or stage_checkpoint_path(out, job.stage_for_others).is_file()
     ):
         return kept
 
@@ -326,54 +300,15 @@ def train_once(
     seconds = out / "train_seconds.txt"
     result["train_seconds"] = float(seconds.read_text()) if seconds.exists() else None
     result["stage_seconds"] = stage_seconds(out)
-    if reuse:
-        ((stage, source),) = reuse.items()
+    if job.reuse:
+        ((stage, source),) = job.reuse.items()
         result["reused_stage"] = {"stage": stage, "from": source.name}
-    result.update(task=task, algorithm=algorithm, cost_limit=cost_limit, seed=seed)
+    result.update(task=job.task, algorithm=job.algorithm, cost_limit=job.cost_limit, seed=job.seed)
     result["fingerprint"] = fingerprint
     from safepolicy.fileio import atomic_write_text
 
-    atomic_write_text(result_file, json.dumps(result, indent=2) + "\n")
+    atomic_write_text(job.result_file, json.dumps(result, indent=2) + "\n")
     return result
-
-
-class Job(NamedTuple):
-    """One run of the benchmark: ``train_once``'s arguments."""
-
-    algorithm: str
-    task: str
-    dataset: Path
-    cost_limit: float
-    seed: int
-    steps: int
-    eval_episodes: int
-    precision: str
-    settings: list[str]
-    out: Path
-    result_file: Path
-    reuse: dict[str, Path] | None
-    stage_for_others: str | None = None  # a later run starts from this run's stage
-
-    def request(self) -> Any:
-        """The ``TrainRequest`` this run makes."""
-        return train_request(
-            self.algorithm,
-            self.task,
-            self.dataset,
-            self.cost_limit,
-            self.seed,
-            self.steps,
-            self.eval_episodes,
-            self.precision,
-            self.settings,
-            self.out,
-            self.reuse,
-        )
-
-
-def train_job(job: Job) -> dict:
-    """``train_once`` for one planned run (what the process pool maps over)."""
-    return train_once(*job)
 
 
 def summarise(results: list[dict]) -> dict[tuple[str, str, float], dict[str, Any]]:
@@ -946,7 +881,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict] = []
     (args.out / "results").mkdir(parents=True, exist_ok=True)
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        for row in (row for wave in waves for row in pool.map(train_job, wave)):
+        for row in (row for wave in waves for row in pool.map(train_once, wave)):
             results.append(row)
             print(
                 f"{row['task']} {row['algorithm']} kappa={row['cost_limit']:g} "
