@@ -4,12 +4,15 @@ All servers are grpc.aio servers in their own processes, serving the same
 ``safepolicy.v1.PolicyService`` messages. The bare echo answers Act/ActStream with a zero
 action of the right shape and does nothing else (no validation, inference or metrics); the
 echo+onnxruntime server also runs one unchecked onnxruntime forward pass of the same policy
-per call, the least any server of this kind that really runs the model can cost. Runs
-alternate between the servers, rounds are repeated and the median round is reported, so the
-ratios hold on a busy machine even when the absolute figures drift.
+per call, the least any server of this kind that really runs the model can cost. Each path
+is measured with the servers interleaved in short turns (``--chunk`` calls each, a few tens
+of milliseconds; for ActStream one open stream per server), so load changes on a shared
+machine fall on every server alike; samples are pooled per server, the measurement is
+repeated ``--rounds`` times and the median round is reported. ``--variant same=`` adds a
+second copy of this tree's server: its ratio to the first is the noise floor of the run.
 
-    python benchmarks/serve_latency.py [--requests 2000] [--rounds 3] [--obs-dim 60]
-        [--compare LABEL=GITREF ...] [--variant LABEL="--flag value ..."]
+    python benchmarks/serve_latency.py [--requests 2000] [--chunk 50] [--rounds 3]
+        [--obs-dim 60] [--compare LABEL=GITREF ...] [--variant LABEL="--flag value ..."]
 
 ``--compare`` adds the server of another commit (exported with ``git archive``) to the same
 alternating rounds, so the effect of each change is measured under the same conditions;
@@ -31,7 +34,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,93 +115,159 @@ def wait_ready(target: str, timeout: float = 60.0) -> None:
     raise TimeoutError(f"{target} did not come up")
 
 
-def unary(target: str, request: Any, count: int) -> list[float]:
-    with grpc.insecure_channel(target) as channel:
-        act = policy_pb2_grpc.PolicyServiceStub(channel).Act
-        for _ in range(200):
-            act(request, timeout=10)
-        times = []
-        for _ in range(count):
-            started = time.perf_counter()
-            act(request, timeout=10)
-            times.append(time.perf_counter() - started)
-    return times
+class Pacer:
+    """Hands out turns: each round visits every server once, in an order that alternates.
+
+    Every measurement below interleaves the servers in short turns (``chunk`` calls, tens of
+    milliseconds) instead of one long block per server, so a load change on the shared
+    machine lands on all of them alike; the samples of all turns are pooled per server.
+    """
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+
+    def rounds(self, count: int) -> Iterator[list[str]]:
+        for index in range(count):
+            yield self.names if index % 2 == 0 else self.names[::-1]
 
 
-def concurrent(target: str, request: Any, clients: int, count: int) -> tuple[list[float], float]:
-    """``clients`` threads, each with its own channel, ``count`` calls each."""
-    times: list[float] = []
+def unary(targets: dict[str, str], request: Any, count: int, chunk: int) -> dict[str, list[float]]:
+    """Per server, ``count`` one-at-a-time Act latencies taken in interleaved turns."""
+    channels = {name: grpc.insecure_channel(target) for name, target in targets.items()}
+    try:
+        stubs = {name: policy_pb2_grpc.PolicyServiceStub(c).Act for name, c in channels.items()}
+        times: dict[str, list[float]] = {name: [] for name in targets}
+        for act in stubs.values():
+            for _ in range(200):
+                act(request, timeout=10)
+        for order in Pacer(list(targets)).rounds(max(1, count // chunk)):
+            for name in order:
+                act, local = stubs[name], times[name]
+                for _ in range(chunk):
+                    started = time.perf_counter()
+                    act(request, timeout=10)
+                    local.append(time.perf_counter() - started)
+        return times
+    finally:
+        for channel in channels.values():
+            channel.close()
+
+
+def concurrent(
+    targets: dict[str, str], request: Any, clients: int, count: int, chunk: int
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """``clients`` threads, each with a channel to every server, all calling the same server
+    at once, turn by turn (``chunk`` calls each per turn). Per server: latencies, and the
+    median over turns of the calls per second all clients together completed."""
+    names = list(targets)
+    turn: list[str] = [names[0]]
+    times: dict[str, list[float]] = {name: [] for name in names}
+    rates: dict[str, list[float]] = {name: [] for name in names}
     lock = threading.Lock()
-    barrier = threading.Barrier(clients + 1)
+    begin, done = threading.Barrier(clients + 1), threading.Barrier(clients + 1)
+    turns = list(Pacer(names).rounds(max(1, count // chunk)))
+    flat = [name for order in turns for name in order]
 
     def worker() -> None:
-        with grpc.insecure_channel(target) as channel:
-            act = policy_pb2_grpc.PolicyServiceStub(channel).Act
-            for _ in range(50):
-                act(request, timeout=10)
-            barrier.wait()
-            local = []
-            for _ in range(count):
-                started = time.perf_counter()
-                act(request, timeout=10)
-                local.append(time.perf_counter() - started)
-        with lock:
-            times.extend(local)
+        channels = {name: grpc.insecure_channel(target) for name, target in targets.items()}
+        try:
+            stubs = {n: policy_pb2_grpc.PolicyServiceStub(c).Act for n, c in channels.items()}
+            for act in stubs.values():
+                for _ in range(50):
+                    act(request, timeout=10)
+            for _ in flat:
+                begin.wait()
+                act, local = stubs[turn[0]], []
+                for _ in range(chunk):
+                    started = time.perf_counter()
+                    act(request, timeout=10)
+                    local.append(time.perf_counter() - started)
+                with lock:
+                    times[turn[0]].extend(local)
+                done.wait()
+        finally:
+            for channel in channels.values():
+                channel.close()
 
     threads = [threading.Thread(target=worker) for _ in range(clients)]
     for thread in threads:
         thread.start()
-    barrier.wait()
-    started = time.perf_counter()
+    for name in flat:
+        turn[0] = name
+        begin.wait()
+        started = time.perf_counter()
+        done.wait()
+        rates[name].append(clients * chunk / (time.perf_counter() - started))
     for thread in threads:
         thread.join()
-    return times, clients * count / (time.perf_counter() - started)
+    return times, {name: statistics.median(values) for name, values in rates.items()}
 
 
-def stream(target: str, request: Any, count: int) -> list[float]:
+def stream(targets: dict[str, str], request: Any, count: int, chunk: int) -> dict[str, list[float]]:
+    """Per server, ``count`` ActStream message round trips on one open stream per server,
+    the streams taking interleaved turns."""
     import queue
 
-    requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
-
-    def iterate() -> Any:
+    def iterate(requests: queue.SimpleQueue[Any]) -> Iterator[Any]:
         while (item := requests.get()) is not None:
             yield item
 
-    with grpc.insecure_channel(target) as channel:
-        call = policy_pb2_grpc.PolicyServiceStub(channel).ActStream(iterate(), timeout=600)
-        for _ in range(200):
-            requests.put(request)
-            next(call)
-        times = []
-        for _ in range(count):
-            started = time.perf_counter()
-            requests.put(request)
-            next(call)
-            times.append(time.perf_counter() - started)
-        requests.put(None)
-        for _ in call:
-            pass
-    return times
+    channels = {name: grpc.insecure_channel(target) for name, target in targets.items()}
+    queues: dict[str, queue.SimpleQueue[Any]] = {name: queue.SimpleQueue() for name in targets}
+    calls = {
+        name: policy_pb2_grpc.PolicyServiceStub(channels[name]).ActStream(
+            iterate(queues[name]), timeout=600
+        )
+        for name in targets
+    }
+    times: dict[str, list[float]] = {name: [] for name in targets}
+    try:
+        for name, call in calls.items():
+            for _ in range(200):
+                queues[name].put(request)
+                next(call)
+        for order in Pacer(list(targets)).rounds(max(1, count // chunk)):
+            for name in order:
+                requests, call, local = queues[name], calls[name], times[name]
+                for _ in range(chunk):
+                    started = time.perf_counter()
+                    requests.put(request)
+                    next(call)
+                    local.append(time.perf_counter() - started)
+        for name, call in calls.items():
+            queues[name].put(None)
+            for _ in call:
+                pass
+        return times
+    finally:
+        for channel in channels.values():
+            channel.close()
 
 
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q) * 1000.0)
 
 
-def measure(target: str, request: Any, count: int) -> dict[str, float]:
-    one = unary(target, request, count)
-    eight, throughput = concurrent(target, request, 8, max(count // 4, 50))
-    streamed = stream(target, request, count)
+def measure(
+    targets: dict[str, str], request: Any, count: int, chunk: int
+) -> dict[str, dict[str, float]]:
+    """Every figure of every server, each path measured with the servers interleaved."""
+    one = unary(targets, request, count, chunk)
+    eight, throughput = concurrent(targets, request, 8, max(count // 4, 50), max(chunk // 4, 10))
+    streamed = stream(targets, request, count, chunk)
     return {
-        "act1_p50": percentile(one, 50),
-        "act1_p99": percentile(one, 99),
-        "act1_rps": len(one) / sum(one),
-        "act8_p50": percentile(eight, 50),
-        "act8_p99": percentile(eight, 99),
-        "act8_rps": throughput,
-        "stream_p50": percentile(streamed, 50),
-        "stream_p99": percentile(streamed, 99),
-        "stream_rps": len(streamed) / sum(streamed),
+        name: {
+            "act1_p50": percentile(one[name], 50),
+            "act1_p99": percentile(one[name], 99),
+            "act1_rps": len(one[name]) / sum(one[name]),
+            "act8_p50": percentile(eight[name], 50),
+            "act8_p99": percentile(eight[name], 99),
+            "act8_rps": throughput[name],
+            "stream_p50": percentile(streamed[name], 50),
+            "stream_p99": percentile(streamed[name], 99),
+            "stream_rps": len(streamed[name]) / sum(streamed[name]),
+        }
+        for name in targets
     }
 
 
@@ -245,8 +314,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--requests", type=int, default=2000, help="calls per measurement")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per server")
+    parser.add_argument(
+        "--requests", type=int, default=2000, help="calls per server per path and round"
+    )
+    parser.add_argument(
+        "--chunk", type=int, default=50, help="calls per turn before the next server's turn"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="repeats; the median is reported")
     parser.add_argument("--obs-dim", type=int, default=60)
     parser.add_argument("--action-dim", type=int, default=2)
     parser.add_argument(
@@ -344,11 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         request = act_request(
             POLICY, np.random.default_rng(0).normal(size=args.obs_dim).astype(np.float32)
         )
-        rounds: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
-        for index in range(args.rounds):
-            order = list(targets) if index % 2 == 0 else list(reversed(list(targets)))
-            for name in order:
-                rounds[name].append(measure(targets[name], request, args.requests))
+        rounds = [measure(targets, request, args.requests, args.chunk) for _ in range(args.rounds)]
     finally:
         for process in processes:
             process.terminate()
@@ -357,11 +427,12 @@ def main(argv: list[str] | None = None) -> int:
         scratch.cleanup()
 
     def median(name: str, key: str) -> float:
-        return statistics.median(r[key] for r in rounds[name])
+        return statistics.median(r[name][key] for r in rounds)
 
     print(
         f"obs_dim={args.obs_dim} action_dim={args.action_dim} MLP 256x256, "
-        f"{args.requests} calls x {args.rounds} alternating rounds (median round), "
+        f"{args.requests} calls x {args.rounds} rounds (median round), servers interleaved "
+        f"in turns of {args.chunk} calls, "
         f"{os.cpu_count()} CPUs; compared: "
         f"{', '.join(args.compare + args.variant) or 'none'}\n"
     )
