@@ -93,6 +93,31 @@ def test_exp3_multiplier_moves_to_large_lambda_over_budget_and_small_under() -> 
     assert over.value in arms
 
 
+def test_exp3_observed_bound_reads_a_small_gap_that_the_worst_case_bound_drowns() -> None:
+    # a policy 1.0 under a budget of 3.3 in value units, the worst case |V_c - kappa_v| being
+    # ~97 (per-step cost 1, gamma 0.99): O3SRL's CarCircle runs at 1,000 rounds
+    arms = lambda_arms(5, 5.0, "uniform")
+    budget = 10.0 / 3.0
+    worst = Exp3Multiplier(arms, rounds=1000, seed=0, cost_value_bound=100.0 - budget)
+    observed = Exp3Multiplier(
+        arms, rounds=1000, seed=0, cost_value_bound=budget, observed_bound=True
+    )
+    for _ in range(1000):
+        for player in (worst, observed):
+            logs = player.update(budget - 1.0, budget)
+            assert 0.0 <= logs["multiplier/bandit_loss"] <= 1.0
+    # seeds 0-3: worst case E[lambda] 1.5-2.8 (uniform: 2.5), observed 0.14-0.52
+    assert worst.expected_value() > 1.2
+    assert observed.expected_value() < 0.6
+    # the bound grows to the largest gap read, so a later large gap still maps into [0, 1]
+    logs = observed.update(budget + 50.0, budget)
+    assert observed.cost_value_bound == pytest.approx(50.0)
+    assert 0.0 <= logs["multiplier/bandit_loss"] <= 1.0
+    restored = Exp3Multiplier(arms, rounds=1000, seed=1, cost_value_bound=budget)
+    restored.load_state_dict(observed.state_dict())
+    assert restored.cost_value_bound == pytest.approx(50.0)
+
+
 def test_exp3_multiplier_resumes_to_the_same_arms() -> None:
     arms = lambda_arms(3, 5.0, "dense-near-zero")
     first = Exp3Multiplier(arms, rounds=100, seed=3, cost_value_bound=5.0)

@@ -246,6 +246,8 @@ class Exp3Multiplier:
 
     ``update(cost_value, budget_value)`` takes the round's cost value estimate and the budget in
     the same (value) units; ``cost_value_bound`` G bounds |V_c - kappa_v| so the loss is in [0, 1].
+    With ``observed_bound`` G starts there and grows to the largest |V_c - kappa_v| met so far
+    (a round's gap is taken into G before its loss is computed, so every loss stays in [0, 1]).
     """
 
     def __init__(
@@ -255,10 +257,12 @@ class Exp3Multiplier:
         seed: int,
         cost_value_bound: float,
         exploration: float = 0.0,
+        observed_bound: bool = False,
     ) -> None:
         self.arms = np.asarray(arms, dtype=float)
         self.lambda_max = float(self.arms.max())
         self.cost_value_bound = cost_value_bound
+        self.observed_bound = observed_bound
         self.bandit = Exp3(len(self.arms), rounds, seed=seed, exploration=exploration)
         self.arm = self.bandit.sample()
 
@@ -274,6 +278,8 @@ class Exp3Multiplier:
     def update(self, measured_cost: float, cost_limit: float) -> dict[str, float]:
         """Charge the pulled arm its loss, then draw the next round's arm."""
         pulled = self.value
+        if self.observed_bound:
+            self.cost_value_bound = max(self.cost_value_bound, abs(measured_cost - cost_limit))
         loss = lagrange_player_loss(
             pulled, measured_cost, cost_limit, self.lambda_max, self.cost_value_bound
         )
@@ -283,19 +289,25 @@ class Exp3Multiplier:
             "multiplier/lambda": pulled,
             "multiplier/bandit_loss": loss,
             "multiplier/expected_lambda": float(probabilities @ self.arms),
+            "multiplier/cost_value_bound": self.cost_value_bound,
         }
         logs.update({f"multiplier/p_arm{k}": float(p) for k, p in enumerate(probabilities)})
         self.arm = self.bandit.sample()
         return logs
 
     def state_dict(self) -> dict[str, Any]:
-        """The bandit and the pulled arm."""
-        return {"bandit": self.bandit.state_dict(), "arm": self.arm}
+        """The bandit, the pulled arm and the loss bound G (it grows with ``observed_bound``)."""
+        return {
+            "bandit": self.bandit.state_dict(),
+            "arm": self.arm,
+            "cost_value_bound": self.cost_value_bound,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` saved."""
         self.bandit.load_state_dict(state["bandit"])
         self.arm = int(state["arm"])
+        self.cost_value_bound = float(state.get("cost_value_bound", self.cost_value_bound))
 
 
 class AdaptivePIDMultiplier(PIDMultiplier):

@@ -106,6 +106,12 @@ class O3SRLConfig(Config):
     ucb_k: float = param(
         1.0, "k of the upper confidence bound (cost_value_estimate=ucb)", "not in the paper", ge=0.0
     )
+    loss_bound: Literal["worst-case", "observed"] = param(
+        "worst-case",
+        "G, the bound on |V_c - kappa_v| that maps the bandit's loss to [0, 1]: from the "
+        "largest per-step cost (worst-case) or the largest gap read so far (observed)",
+        "paper: not stated; EXP3 needs losses in [0, 1]",
+    )
     per_step_budget: Literal["episode", "paper"] = param(
         "episode",
         "per-step cost budget: kappa / T (episode) or (1 - gamma) kappa (paper)",
@@ -132,7 +138,10 @@ class O3SRL:
             raise ValueError(f"O3SRL oracle must be 'td3bc' or 'iql', got {config.oracle!r}")
         self.budget_value = self.oracle.budget_per_step / (1.0 - context.gamma)
         max_cost_value = context.offline.max_step_cost / (1.0 - context.gamma)
-        cost_value_bound = max(self.budget_value, max_cost_value - self.budget_value, 1e-6)
+        if config.loss_bound == "worst-case":
+            cost_value_bound = max(self.budget_value, max_cost_value - self.budget_value, 1e-6)
+        else:  # grows from the budget to the largest gap the rounds read
+            cost_value_bound = max(self.budget_value, 1e-6)
         rounds = max(1, context.total_steps // config.oracle_steps_per_round)
         self.multiplier = Exp3Multiplier(
             lambda_arms(config.num_arms, config.lambda_max, config.arm_geometry),
@@ -140,6 +149,7 @@ class O3SRL:
             seed=context.seed,
             cost_value_bound=cost_value_bound,
             exploration=config.exploration,
+            observed_bound=config.loss_bound == "observed",
         )
         self.steps_in_round = 0
 

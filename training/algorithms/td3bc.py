@@ -34,7 +34,7 @@ Departures from the paper, and why:
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -82,6 +82,13 @@ class TD3BCConfig(Config):
         "cost estimates room to disagree",
         "TD3: 2",
         ge=0,
+    )
+    cost_target: Literal["max", "mean"] = param(
+        "max",
+        "how the cost critics' TD target combines the target ensemble: max (the pessimistic "
+        "mirror of clipped double Q) or mean (each member learns the same target; their "
+        "disagreement off the data is left for the readers of the ensemble)",
+        "TD3: min for reward, so max for cost",
     )
     q_scale_ema: float = param(
         0.0,
@@ -165,7 +172,7 @@ class TD3BCOracle:
                 batch.terminals,
                 self.context.gamma,
                 sizes=self.critic.group_sizes,
-                reductions=("min", "max"),
+                reductions=("min", config.cost_target),
             )
         loss = ensemble_mse(self.critic(batch.observations, batch.actions), targets)
         self.critic_optimizer.zero_grad(set_to_none=True)
