@@ -23,6 +23,10 @@ so the loss is centred on the middle multiplier, l'_t(k) = -(lambda_k - C / 2)(V
 and mapped to [0, 1] with the bound |V_c - kappa_v| <= G, G = max(kappa_v, c_max / (1 - gamma) -
 kappa_v), as EXP3's analysis requires: l01 = 1/2 + l' / (C G). Centring halves the range the
 uncentred loss needs (2 C G), so the same bound is met with twice the signal per round.
+``loss_bound=observed`` replaces G by the largest |V_c - kappa_v| read so far (at least kappa_v):
+the worst-case G is ~30x the gaps these tasks show, so the arms' losses differ by ~0.03 per
+round; the observed bound lets E[lambda] follow the reading within the run but did not raise
+the reward (README, Training quality), so the worst case stays the default.
 
 EXP3 step size. With losses in [0, 1], importance-weighted estimates l01 / p_k for the pulled
 arm, and p = softmax(-eta * cumulative estimates), the regret after T rounds is at most
