@@ -76,20 +76,23 @@ README_END = "<!-- quality-table:end -->"
 #   O3SRL 10k steps ~190 s; TD3+BC-Lag 10k 85-212 s (~190); BC-Safe 10k 21-30 s (30);
 #   CPQ fp32 348 s per 4k steps (87 ms a step; that run was --jobs 1, but every run uses one
 #   thread), so 2k ~174 s;
-#   DRCORL behaviour 5k ~96 s, critics 8k ~420 s (52 ms a step), so 5k ~263 s, policy 2,050 ~160 s.
+#   DRCORL behaviour 5k ~96 s, critics 8k ~420 s (52 ms a step), so 5k ~263 s, policy 2,050 ~160 s
+#   (all at load); its 6,150-step extraction (issue 18) measured 250 s beside behaviour 35 s and
+#   critics 5k 98 s in one --jobs 2 run on a quieter machine: 883 s per task-seed with 3 limits.
 # Each algorithm has 5 tasks x 3 limits x 3 seeds = 45 runs:
 #   o3srl      10,000 steps  45 x 190 =  8,550
 #   td3bc-lag  10,000 steps  45 x 190 =  8,550
 #   bc-safe    10,000 steps  45 x  30 =  1,350
 #   cpq         2,000 steps  45 x 174 =  7,830  (fp32: bf16 matmuls are slower for CPQ here)
-#   drcorl  5,000 / 5,000 / 2,050 (behaviour / critics / policy), the critics stage reused across
-#           limits: 15 task-seeds x (96 + 263 + 3 x 160) = 15 x 839 = 12,585
-#   training                                       38,865 run-seconds
+#   drcorl  5,000 / 5,000 / 6,150 (behaviour / critics / policy), the critics stage reused across
+#           limits: 15 task-seeds x (35 + 98 + 3 x 250) = 15 x 883 = 13,245
+#   training                                       39,525 run-seconds
 # Evaluation with 20 episodes instead of 10: Safety-Gymnasium episodes are 1,000 steps and
 # PointGoal1 steps at ~2 ms (measured 1.8 ms under load), HalfCheetahVelocity at ~0.35 ms with
 # the policy: 45 x 40 s + 45 x 7 s, plus ~4 s more per Bullet run (135 runs): about 2,700.
-#   total 41,565 run-seconds / 2 jobs = 20,783 s = 5.8 h, plus collecting the three new
-#   datasets (200 episodes each, one process, about 10 minutes): about 5.9 h.
+#   total 42,225 run-seconds / 2 jobs = 21,113 s = 5.9 h, plus collecting the three new
+#   datasets (200 episodes each, one process, about 10 minutes): about 6.0 h. DRCORL's figures
+#   come from a quieter moment than the others', so this is the estimate's weakest part.
 # TD3+BC-Lag has O3SRL's 10k steps: it is O3SRL's oracle at a fixed multiplier, so the two differ
 # only in how the multiplier is chosen. CPQ and DRCORL's critics get fewer steps to fit.
 PRESETS: dict[str, dict[str, Any]] = {
